@@ -1,0 +1,1 @@
+"""warpserve package."""
