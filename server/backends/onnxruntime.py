@@ -1,0 +1,76 @@
+"""ONNX Runtime backend: CPU here, CUDA when a GPU and onnxruntime-gpu are present."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.errors import InvalidInput, ModelLoadError
+from warpserve.server.repository import config as cfg
+
+log = logging.getLogger(__name__)
+
+
+def _param(config: mc.ModelConfig, key: str, default: int) -> int:
+    if key in config.parameters:
+        return int(config.parameters[key].string_value)
+    return default
+
+
+def _providers(config: mc.ModelConfig) -> list[str]:
+    wants_cpu = all(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in config.instance_group)
+    if not wants_cpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session_options(config: mc.ModelConfig, instances: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    cores = os.cpu_count() or 1
+    # Instances run concurrently, so they share the cores rather than each taking all.
+    options.intra_op_num_threads = _param(
+        config, "intra_op_thread_count", max(1, cores // max(instances, 1))
+    )
+    options.inter_op_num_threads = _param(config, "inter_op_thread_count", 1)
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning worker threads burn the cores the gRPC loop needs between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class OnnxRuntimeInstance:
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self._outputs = [o.name for o in session.get_outputs()]
+        self._inputs = {i.name for i in session.get_inputs()}
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {k: v for k, v in inputs.items() if k in self._inputs}
+        try:
+            results = self.session.run(self._outputs, feed)
+        except ort.capi.onnxruntime_pybind11_state.InvalidArgument as exc:
+            raise InvalidInput(f"ONNX Runtime rejected the inputs: {exc}") from exc
+        return dict(zip(self._outputs, results, strict=True))
+
+    def close(self) -> None:
+        del self.session
+
+
+def load_instance(
+    config: mc.ModelConfig, version_dir: Path, index: int, count: int
+) -> OnnxRuntimeInstance:
+    path = version_dir / cfg.model_filename(config)
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(config, count), providers=_providers(config)
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"ONNX Runtime could not load {path}: {exc}") from exc
+    log.info("loaded %s instance %d/%d on %s", path, index + 1, count, session.get_providers()[0])
+    return OnnxRuntimeInstance(session)

@@ -1,0 +1,243 @@
+"""The dynamic batcher: one per model version.
+
+Triton's semantics (max_batch_size, preferred sizes, max_queue_delay, priority
+levels, queue policy) with two changes: when an execution instance is idle a
+request is dispatched at once instead of waiting for a fuller batch (batches then
+form by themselves while instances are busy), and a request carrying several rows
+counts all of them toward max_batch_size.
+
+Everything here runs on the event loop thread; only ``Executor.run`` crosses to a
+worker thread, so queue state needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+from warpserve.server.batching.executor import BatchResult, Executor
+from warpserve.server.batching.policy import BatchingPolicy
+from warpserve.server.batching.request import DONE, QUEUED, RUNNING, QueuedRequest
+from warpserve.server.errors import DeadlineExceeded, QueueFull, Unavailable
+from warpserve.server.stats import VersionStats
+
+# Tests set this to inject a delay at a named point (race windows are hit on purpose).
+Hook = Callable[[str], None]
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        name: str,
+        policy: BatchingPolicy,
+        executors: list[Executor],
+        stats: VersionStats,
+        *,
+        hook: Hook | None = None,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.stats = stats
+        self.executors = list(executors)
+        self._idle: list[Executor] = list(executors)
+        self._queues: list[deque[QueuedRequest]] = [
+            deque() for _ in range(policy.priority_levels)
+        ]
+        self._queued = [0] * policy.priority_levels
+        self._running = 0
+        self._closed = False
+        self._delay_timer: asyncio.TimerHandle | None = None
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._hook = hook
+
+    # -- public ------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return sum(self._queued)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests queued or executing."""
+        return self.queued + self._running
+
+    def submit(self, request: QueuedRequest) -> None:
+        """Queue ``request``; its future resolves with its outputs or an error."""
+        if self._closed:
+            raise Unavailable(f"model '{self.name}' is draining; retry the request")
+        level = request.priority - 1
+        limit = self.policy.queue_for(request.priority).max_queue_size
+        if limit and self._queued[level] >= limit:
+            raise QueueFull(
+                f"queue full: model '{self.name}' has {limit} requests waiting at priority "
+                f"{request.priority} (max_queue_size); retry with backoff"
+            )
+        self._queues[level].append(request)
+        self._queued[level] += 1
+        self._drained.clear()
+        if request.deadline_ns:
+            delay = max(0.0, (request.deadline_ns - time.monotonic_ns()) / 1e9)
+            loop = asyncio.get_running_loop()
+            request.timer = loop.call_later(delay, self._expire, request)
+        self._schedule()
+
+    def cancel(self, request: QueuedRequest) -> None:
+        """The caller went away: take the request out of the queue if it is still there."""
+        if request.state == QUEUED:
+            self._leave_queue(request)
+        request.state = DONE
+
+    async def drain(self) -> None:
+        """Stop taking requests; return once every queued and running one finished."""
+        self._closed = True
+        self._check_drained()
+        await self._drained.wait()
+
+    def close(self) -> None:
+        for executor in self.executors:
+            executor.close()
+
+    # -- queue bookkeeping ---------------------------------------------------------
+
+    def _leave_queue(self, request: QueuedRequest) -> None:
+        request.state = DONE
+        self._queued[request.priority - 1] -= 1
+        if request.timer is not None:
+            request.timer.cancel()
+        self._check_drained()
+
+    def _expire(self, request: QueuedRequest) -> None:
+        if request.state != QUEUED:
+            return
+        if request.delay_on_timeout:
+            request.deadline_ns = 0  # Triton's DELAY: keep it, it just lost its deadline
+            return
+        self._leave_queue(request)
+        if not request.future.done():
+            waited = (time.monotonic_ns() - request.enqueued_ns) / 1e6
+            request.future.set_exception(DeadlineExceeded(
+                f"model '{self.name}': request timed out after {waited:.1f} ms in the "
+                "queue; raise the timeout or reduce load"
+            ))
+
+    def _check_drained(self) -> None:
+        if self._running == 0 and self.queued == 0:
+            self._drained.set()
+
+    # -- batch formation -----------------------------------------------------------
+
+    def _schedule(self) -> None:
+        while self._idle and self.queued:
+            batch = self._form_batch()
+            if batch is None:
+                return
+            self._dispatch(self._idle.pop(), batch)
+
+    def _head(self) -> QueuedRequest | None:
+        for queue in self._queues:
+            while queue and queue[0].state != QUEUED:
+                queue.popleft()
+            if queue:
+                return queue[0]
+        return None
+
+    def _should_wait(self, head: QueuedRequest, rows: int) -> bool:
+        """Triton mode only: hold a partial batch until max_queue_delay passes."""
+        policy = self.policy
+        if policy.eager or not policy.max_queue_delay_us or rows >= policy.batch_limit:
+            return False
+        if policy.preferred_batch_sizes and rows in policy.preferred_batch_sizes:
+            return False
+        due_ns = head.enqueued_ns + policy.max_queue_delay_us * 1000
+        now = time.monotonic_ns()
+        if now >= due_ns:
+            return False
+        if self._delay_timer is None:
+            loop = asyncio.get_running_loop()
+            self._delay_timer = loop.call_later((due_ns - now) / 1e9, self._delay_elapsed)
+        return True
+
+    def _delay_elapsed(self) -> None:
+        self._delay_timer = None
+        self._schedule()
+
+    def _form_batch(self) -> list[QueuedRequest] | None:
+        head = self._head()
+        if head is None:
+            return None
+        limit = self.policy.batch_limit
+        batch = self._collect(head, limit) if limit else [head]
+        batch = self._trim_to_preferred(batch)
+        rows = sum(r.rows for r in batch)
+        if self._should_wait(head, rows):
+            return None
+        for request in batch:
+            self._take(request)
+        return batch
+
+    def _collect(self, head: QueuedRequest, limit: int) -> list[QueuedRequest]:
+        """Same-signature requests in priority then arrival order, up to ``limit`` rows."""
+        batch, rows = [], 0
+        for queue in self._queues:
+            for request in queue:
+                if request.state != QUEUED or request.signature != head.signature:
+                    continue
+                if rows + request.rows > limit:
+                    continue
+                batch.append(request)
+                rows += request.rows
+                if rows == limit:
+                    return batch
+        return batch
+
+    def _trim_to_preferred(self, batch: list[QueuedRequest]) -> list[QueuedRequest]:
+        preferred = self.policy.preferred_batch_sizes
+        if not preferred or len(batch) == 1:
+            return batch
+        rows, best = 0, 0
+        for i, request in enumerate(batch):
+            rows += request.rows
+            if rows in preferred:
+                best = i + 1
+        return batch[:best] if best else batch
+
+    def _take(self, request: QueuedRequest) -> None:
+        request.state = RUNNING
+        self._queued[request.priority - 1] -= 1
+        if request.timer is not None:
+            request.timer.cancel()
+        request.queue_ns = time.monotonic_ns() - request.enqueued_ns
+        self.stats.queue.add(request.queue_ns)
+
+    # -- execution -----------------------------------------------------------------
+
+    def _dispatch(self, executor: Executor, batch: list[QueuedRequest]) -> None:
+        self._running += len(batch)
+        if self._hook:
+            self._hook("dispatch")
+        if executor.inline:
+            self._finish(executor, batch, executor.run(batch))
+            return
+        loop = asyncio.get_running_loop()
+        task = loop.run_in_executor(executor.pool, executor.run, batch)
+        task.add_done_callback(lambda fut: self._finish(executor, batch, fut.result()))
+
+    def _finish(self, executor: Executor, batch: list[QueuedRequest], result: BatchResult) -> None:
+        if result.executions:
+            self.stats.record_execution(
+                result.rows, len(batch), result.input_ns, result.infer_ns, result.output_ns
+            )
+        for request, outcome in zip(batch, result.outcomes, strict=True):
+            if request.state != DONE and not request.future.done():
+                if isinstance(outcome, BaseException):
+                    request.future.set_exception(outcome)
+                else:
+                    request.future.set_result(outcome)
+            request.state = DONE
+        self._running -= len(batch)
+        self._idle.append(executor)
+        self._check_drained()
+        self._schedule()

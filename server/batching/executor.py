@@ -1,0 +1,109 @@
+"""An execution instance: runs a formed batch on one model instance.
+
+``run`` does everything between "batch formed" and "outputs per request" (gather
+inputs, execute, slice outputs) in one call, so a batch costs one hop to the worker
+thread. Backends such as ONNX Runtime release the GIL while they compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from warpserve.server.batching.request import Outputs, QueuedRequest
+from warpserve.server.errors import BackendError, WarpserveError
+
+log = logging.getLogger(__name__)
+
+
+class ModelInstance(Protocol):
+    """What a backend hands the batcher: one loaded copy of a model."""
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> Outputs: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class BatchResult:
+    outcomes: list[Outputs | BaseException]
+    rows: int = 0
+    executions: int = 0
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
+@dataclass
+class Executor:
+    instance: ModelInstance
+    batched: bool                   # inputs carry a leading batch dimension
+    label: str = ""
+    # Run on the event loop thread instead of a worker: for models so small that
+    # the thread hop costs more than the compute (see the serving benchmark).
+    inline: bool = False
+    pool: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"exec-{self.label}")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.instance.close()
+
+    def run(self, batch: list[QueuedRequest]) -> BatchResult:
+        try:
+            return self._run_together(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                return BatchResult([_as_backend_error(exc)])
+            # One bad request must not fail its neighbours: run them one by one.
+            return self._run_each(batch)
+
+    def _run_together(self, batch: list[QueuedRequest]) -> BatchResult:
+        t0 = time.perf_counter_ns()
+        inputs = self._gather(batch)
+        t1 = time.perf_counter_ns()
+        outputs = self.instance.execute(inputs)
+        t2 = time.perf_counter_ns()
+        outcomes: list[Outputs | BaseException] = list(self._scatter(batch, outputs))
+        t3 = time.perf_counter_ns()
+        rows = sum(r.rows for r in batch)
+        return BatchResult(outcomes, rows, 1, t1 - t0, t2 - t1, t3 - t2)
+
+    def _run_each(self, batch: list[QueuedRequest]) -> BatchResult:
+        outcomes: list[Outputs | BaseException] = []
+        for request in batch:
+            try:
+                outcomes.append(self._run_together([request]).outcomes[0])
+            except Exception as exc:
+                outcomes.append(_as_backend_error(exc))
+        return BatchResult(outcomes)
+
+    def _gather(self, batch: list[QueuedRequest]) -> dict[str, np.ndarray]:
+        if len(batch) == 1:
+            return batch[0].inputs
+        names = batch[0].inputs.keys()
+        return {n: np.concatenate([r.inputs[n] for r in batch]) for n in names}
+
+    def _scatter(self, batch: list[QueuedRequest], outputs: Outputs) -> list[Outputs]:
+        if len(batch) == 1:
+            return [outputs]
+        result, offset = [], 0
+        for request in batch:
+            end = offset + request.rows
+            result.append({n: a[offset:end] for n, a in outputs.items()})
+            offset = end
+        return result
+
+
+def _as_backend_error(exc: Exception) -> BaseException:
+    if isinstance(exc, WarpserveError):
+        return exc
+    log.warning("model execution failed: %s", exc)
+    return BackendError(f"model raised {type(exc).__name__}: {exc}")

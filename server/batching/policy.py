@@ -1,0 +1,67 @@
+"""Batching and queueing policy, read from a model config's dynamic_batching block."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from warpserve.protos import model_config_pb2 as mc
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    max_queue_size: int = 0            # 0: unbounded
+    default_timeout_us: int = 0        # 0: no timeout
+    allow_timeout_override: bool = False
+    delay_on_timeout: bool = False     # Triton's TimeoutAction DELAY: keep, don't reject
+
+
+@dataclass(frozen=True)
+class BatchingPolicy:
+    max_batch_size: int = 0                     # 0: the model takes no batch dimension
+    dynamic: bool = False                       # dynamic_batching present in the config
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    priority_levels: int = 1
+    default_priority: int = 1
+    default_queue: QueuePolicy = field(default_factory=QueuePolicy)
+    priority_queues: dict[int, QueuePolicy] = field(default_factory=dict)
+    # warpserve: dispatch as soon as an instance is idle instead of waiting up to
+    # max_queue_delay for a fuller batch (parameters { key: "batching" value: "triton" }
+    # restores Triton's wait).
+    eager: bool = True
+
+    def queue_for(self, level: int) -> QueuePolicy:
+        return self.priority_queues.get(level, self.default_queue)
+
+    @property
+    def batch_limit(self) -> int:
+        """Most rows one execution may take."""
+        return self.max_batch_size if self.dynamic and self.max_batch_size > 0 else 0
+
+
+def _queue_policy(p: mc.ModelQueuePolicy) -> QueuePolicy:
+    return QueuePolicy(
+        max_queue_size=p.max_queue_size,
+        default_timeout_us=p.default_timeout_microseconds,
+        allow_timeout_override=p.allow_timeout_override,
+        delay_on_timeout=p.timeout_action == mc.ModelQueuePolicy.DELAY,
+    )
+
+
+def from_config(config: mc.ModelConfig) -> BatchingPolicy:
+    dynamic = config.HasField("dynamic_batching")
+    db = config.dynamic_batching
+    levels = max(1, db.priority_levels)
+    default_level = db.default_priority_level or (levels + 1) // 2 if db.priority_levels else 1
+    mode = config.parameters["batching"].string_value if "batching" in config.parameters else ""
+    return BatchingPolicy(
+        max_batch_size=config.max_batch_size,
+        dynamic=dynamic,
+        preferred_batch_sizes=tuple(sorted(db.preferred_batch_size)),
+        max_queue_delay_us=db.max_queue_delay_microseconds,
+        priority_levels=levels,
+        default_priority=min(max(default_level, 1), levels),
+        default_queue=_queue_policy(db.default_queue_policy),
+        priority_queues={int(k): _queue_policy(v) for k, v in db.priority_queue_policy.items()},
+        eager=mode != "triton",
+    )

@@ -1,0 +1,37 @@
+"""A request waiting in, or running from, a version's queue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Outputs = dict[str, np.ndarray]
+
+QUEUED, RUNNING, DONE = 0, 1, 2
+
+
+@dataclass(eq=False)
+class QueuedRequest:
+    inputs: dict[str, np.ndarray]
+    rows: int                       # rows this request adds to a batch (1 if unbatched)
+    signature: tuple[Any, ...]      # requests batch together only when these match
+    future: asyncio.Future[Outputs]
+    priority: int = 1
+    deadline_ns: int = 0            # monotonic; 0: none
+    delay_on_timeout: bool = False
+    enqueued_ns: int = field(default_factory=time.monotonic_ns)
+    state: int = QUEUED
+    timer: asyncio.TimerHandle | None = None
+    queue_ns: int = 0
+
+
+def signature_of(inputs: dict[str, np.ndarray], batched: bool) -> tuple[Any, ...]:
+    """Name, dtype and non-batch shape of every input, in a hashable form."""
+    skip = 1 if batched else 0
+    return tuple(
+        (name, array.dtype.str, array.shape[skip:]) for name, array in sorted(inputs.items())
+    )

@@ -1,0 +1,155 @@
+"""The ``warpserve`` command: serve, bench, models.
+
+``serve`` takes Triton's flag names where they exist so a Triton command line
+carries over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from warpserve import __version__
+from warpserve.server.options import ServerOptions
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "serve", help="run the inference server",
+        description="Serve a Triton-layout model repository over the KServe v2 / Triton "
+        "gRPC protocol. Without --model-repository, serves the built-in demo models "
+        "(trained and exported on first use, then cached).",
+    )
+    p.add_argument("--model-repository", "--model-store", type=Path, default=None,
+                   help="Triton-layout model repository (<model>/config.pbtxt, "
+                   "<model>/<version>/model.onnx); default: the built-in demo repository")
+    p.add_argument("--grpc-address", default="0.0.0.0", help="address the gRPC server binds")
+    p.add_argument("--grpc-port", type=int, default=8001,
+                   help="gRPC port (KServe v2 inference, health, admin); 0 picks a free port")
+    p.add_argument("--http-port", type=int, default=8000,
+                   help="port reserved for the v2 REST endpoint, which this release does not "
+                   "serve; accepted so Triton command lines carry over")
+    p.add_argument("--metrics-port", type=int, default=8002,
+                   help="Prometheus metrics port (nv_inference_* and warpserve_*); 0 picks a "
+                   "free port")
+    p.add_argument("--metrics-address", default="0.0.0.0", help="address metrics bind")
+    p.add_argument("--allow-metrics", type=_bool, default=True,
+                   help="serve Prometheus metrics (true/false)")
+    p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
+                   help="none: load every model at start; poll: also reload on repository "
+                   "changes; explicit: load only --load-model and RepositoryModelLoad calls")
+    p.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                   help="with --model-control-mode=explicit, a model to load at start "
+                   "(repeatable; '*' loads all)")
+    p.add_argument("--repository-poll-secs", type=float, default=15.0,
+                   help="seconds between repository scans in poll mode")
+    p.add_argument("--exit-timeout-secs", type=float, default=30.0,
+                   help="on SIGTERM/SIGINT, how long in-flight requests may take to finish")
+    p.add_argument("--grpc-max-message-bytes", type=int, default=256 * 1024 * 1024,
+                   help="largest gRPC message accepted or sent, in bytes")
+    p.add_argument("--rollback-grace-secs", type=float, default=300.0,
+                   help="how long a replaced version stays loaded so rollback needs no load")
+    p.add_argument("--admin-token-file", type=Path, default=None,
+                   help="file holding the admin API token (or set WARPSERVE_ADMIN_TOKEN); "
+                   "required when --grpc-address is not loopback")
+    p.add_argument("--log-verbose", type=int, default=0,
+                   help="0: info; 1 or more: debug logging")
+    p.set_defaults(func=_serve)
+
+
+def _options(args: argparse.Namespace) -> ServerOptions:
+    from warpserve.server.grpc.admin_auth import load_token
+
+    return ServerOptions(
+        model_repository=args.model_repository,
+        grpc_address=args.grpc_address,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_address=args.metrics_address,
+        metrics_port=args.metrics_port,
+        allow_metrics=args.allow_metrics,
+        model_control_mode=args.model_control_mode,
+        load_models=args.load_model,
+        repository_poll_secs=args.repository_poll_secs,
+        exit_timeout_secs=args.exit_timeout_secs,
+        max_message_bytes=args.grpc_max_message_bytes,
+        rollback_grace_secs=args.rollback_grace_secs,
+        admin_token=load_token(args.admin_token_file),
+        log_verbose=args.log_verbose,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    options = _options(args)
+    if options.model_repository is None:
+        from warpserve.server.demo.build import ensure_demo_repository
+
+        options.model_repository = ensure_demo_repository(progress=True)
+    from warpserve.server.grpc.server import run
+
+    return asyncio.run(run(options))
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from warpserve.server.tools import loadgen
+
+    p = sub.add_parser(
+        "bench", help="closed-loop load generator (throughput and latency percentiles)",
+        description="Send pre-serialized random ModelInfer requests shaped from the "
+        "model's metadata and report throughput and p50/p90/p99 latency per concurrency.",
+    )
+    loadgen.add_arguments(p)
+    p.set_defaults(func=loadgen.run)
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    try:
+        from warpserve.server.tools import models_cli
+    except ImportError:
+        return
+    p = sub.add_parser(
+        "models", help="model lifecycle: status, load, unload, rollout, promote, rollback, split",
+        description="Drive the admin API of a running warpserve.",
+    )
+    models_cli.add_arguments(p)
+    p.set_defaults(func=models_cli.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="warpserve", description="GPU-optimized inference server (KServe v2 / Triton gRPC)"
+    )
+    parser.add_argument("--version", action="version", version=f"warpserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    _add_bench(sub)
+    _add_models(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if getattr(args, "log_verbose", 0) else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname).1s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

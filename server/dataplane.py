@@ -1,0 +1,164 @@
+"""The data plane: transport-independent inference and model queries.
+
+Servicers decode, call this, encode. Every error leaves here as a WarpserveError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from warpserve.server.batching.request import Outputs, QueuedRequest
+from warpserve.server.codec import InferRequest
+from warpserve.server.errors import (
+    Cancelled,
+    InvalidInput,
+    Unavailable,
+    WarpserveError,
+)
+from warpserve.server.lifecycle.registry import ModelRegistry
+from warpserve.server.lifecycle.version import ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+class DataPlane:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def infer(
+        self, request: InferRequest, deadline_s: float | None = None
+    ) -> tuple[ModelVersion, Outputs]:
+        if self.draining:
+            raise Unavailable("the server is shutting down; send the request elsewhere")
+        mv = self.registry.resolve(request.model_name, request.model_version, request.id)
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            outputs = await self._run(mv, request, deadline_s)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+        self._maybe_shadow(mv, request, outputs)
+        return mv, outputs
+
+    async def _run(
+        self, mv: ModelVersion, request: InferRequest, deadline_s: float | None
+    ) -> Outputs:
+        start = time.perf_counter_ns()
+        try:
+            queued = self._queued(mv, request, deadline_s)
+            assert mv.batcher is not None
+            mv.batcher.submit(queued)
+            try:
+                outputs = await queued.future
+            except asyncio.CancelledError:
+                mv.batcher.cancel(queued)
+                mv.stats.record_failure("CANCELLED", time.perf_counter_ns() - start)
+                raise
+        except WarpserveError as exc:
+            mv.stats.record_failure(type(exc).__name__, time.perf_counter_ns() - start)
+            raise
+        mv.stats.record_success(queued.rows, time.perf_counter_ns() - start)
+        return _select(outputs, request.outputs, mv)
+
+    def _queued(
+        self, mv: ModelVersion, request: InferRequest, deadline_s: float | None
+    ) -> QueuedRequest:
+        if mv.validator is None or mv.batcher is None:
+            raise Unavailable(f"model '{mv.name}' version {mv.version} is not ready")
+        rows = mv.validator.rows(request.inputs)
+        mv.validator.check_outputs(request.outputs)
+        policy = mv.batcher.policy
+        priority = _priority(request.parameters, policy.priority_levels, policy.default_priority)
+        queue = policy.queue_for(priority)
+        timeout_us = queue.default_timeout_us
+        override = _int_param(request.parameters, "timeout")
+        if override and queue.allow_timeout_override:
+            timeout_us = override if not timeout_us else min(timeout_us, override)
+        deadline_ns = 0
+        now = time.monotonic_ns()
+        if timeout_us:
+            deadline_ns = now + timeout_us * 1000
+        if deadline_s is not None:
+            client = now + int(deadline_s * 1e9)
+            deadline_ns = min(deadline_ns, client) if deadline_ns else client
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        return QueuedRequest(
+            request.inputs, rows, mv.signature(request.inputs), future,
+            priority=priority, deadline_ns=deadline_ns, delay_on_timeout=queue.delay_on_timeout,
+        )
+
+    def _maybe_shadow(self, mv: ModelVersion, request: InferRequest, outputs: Outputs) -> None:
+        served = self.registry.models.get(mv.name)
+        if served is None or request.model_version:
+            return
+        target = served.router.shadow_for(request.id)
+        shadow = served.versions.get(target) if target is not None else None
+        if shadow is None or not shadow.ready or shadow is mv:
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(shadow, request, outputs))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, shadow: ModelVersion, request: InferRequest, served: Outputs) -> None:
+        """Mirror to a candidate: record its latency and output difference, drop the reply."""
+        try:
+            mirrored = await self._run(shadow, request, None)
+        except (WarpserveError, asyncio.CancelledError):
+            return
+        diff = 0.0
+        for name, array in served.items():
+            other = mirrored.get(name)
+            if other is not None and other.shape == array.shape and array.dtype.kind in "fiub":
+                delta = np.abs(other.astype(np.float64) - array.astype(np.float64))
+                diff = max(diff, float(np.max(delta, initial=0.0)))
+        shadow.stats.shadow_max_abs_diff = max(shadow.stats.shadow_max_abs_diff, diff)
+
+    def cancelled(self) -> Cancelled:
+        return Cancelled("the client cancelled the request")
+
+
+def _select(outputs: Outputs, requested: list[str], mv: ModelVersion) -> Outputs:
+    order = [t.name for t in mv.config.output]
+    names = requested or order
+    return {n: outputs[n] for n in names if n in outputs}
+
+
+def _int_param(params: dict[str, Any], key: str) -> int:
+    value = params.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"request parameter '{key}' must be an integer, got {value!r}")
+    if value < 0:
+        raise InvalidInput(f"request parameter '{key}' must be >= 0, got {value}")
+    return value
+
+
+def _priority(params: dict[str, Any], levels: int, default: int) -> int:
+    value = _int_param(params, "priority")
+    if value == 0:
+        return default
+    if value > levels:
+        raise InvalidInput(
+            f"request priority {value} is outside the model's 1..{levels} priority levels"
+        )
+    return value

@@ -1,0 +1,79 @@
+"""warpserve's error types and the one place that maps them to gRPC status codes.
+
+Every failure a client can cause or observe is one of these; servicers never pick a
+status code themselves (see ``warpserve.server.grpc.status``).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class WarpserveError(Exception):
+    """Base class: a message written as a fix-it hint, and the status it maps to."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidInput(WarpserveError):
+    """The request is malformed: tensor names, shapes, dtypes, sizes, parameters."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFound(WarpserveError):
+    """No such model, or no such version of it."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(WarpserveError):
+    """Loading, unloading, not ready, draining: retry later or elsewhere."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class QueueFull(Unavailable):
+    """The version's queue is at max_queue_size (retryable, Triton's choice)."""
+
+
+class DeadlineExceeded(WarpserveError):
+    """The client's deadline or the queue policy's timeout passed while queued."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(WarpserveError):
+    """The client went away; the request left the queue."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class BackendError(WarpserveError):
+    """The model raised while running this request."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class ModelLoadError(WarpserveError):
+    """A model version could not be loaded, warmed up or verified."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unauthenticated(WarpserveError):
+    """An admin call without credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(WarpserveError):
+    """An admin call whose credentials are wrong."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class FailedPrecondition(WarpserveError):
+    """The call is valid but the model is not in a state that allows it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION

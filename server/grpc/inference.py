@@ -1,0 +1,133 @@
+"""inference.GRPCInferenceService: decode, call the data plane, encode."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from warpserve import __version__
+from warpserve.protos import grpc_service_pb2 as pb
+from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+from warpserve.server import codec
+from warpserve.server.dataplane import DataPlane
+from warpserve.server.errors import InvalidInput
+from warpserve.server.grpc import reports
+from warpserve.server.grpc.status import maps_errors, status_of
+from warpserve.server.lifecycle.registry import ModelRegistry, parse_version
+
+EXTENSIONS = ["classification", "model_repository", "statistics", "model_configuration"]
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane, registry: ModelRegistry) -> None:
+        self.dataplane = dataplane
+        self.registry = registry
+        self.live = True
+
+    async def ServerLive(self, request, context):  # type: ignore[no-untyped-def]
+        return pb.ServerLiveResponse(live=self.live)
+
+    async def ServerReady(self, request, context):  # type: ignore[no-untyped-def]
+        ready = not self.dataplane.draining and all(
+            served.ready_versions() for served in self.registry.models.values()
+        )
+        return pb.ServerReadyResponse(ready=ready)
+
+    @maps_errors
+    async def ModelReady(self, request, context):  # type: ignore[no-untyped-def]
+        return pb.ModelReadyResponse(ready=self.registry.is_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request, context):  # type: ignore[no-untyped-def]
+        return pb.ServerMetadataResponse(
+            name="warpserve", version=__version__, extensions=EXTENSIONS
+        )
+
+    @maps_errors
+    async def ModelMetadata(self, request, context):  # type: ignore[no-untyped-def]
+        mv = self.registry.describe(request.name, request.version)
+        served = self.registry.model(request.name)
+        return reports.metadata(mv, served.ready_versions())
+
+    @maps_errors
+    async def ModelConfig(self, request, context):  # type: ignore[no-untyped-def]
+        mv = self.registry.describe(request.name, request.version)
+        return pb.ModelConfigResponse(config=mv.config)
+
+    @maps_errors
+    async def ModelStatistics(self, request, context):  # type: ignore[no-untyped-def]
+        if request.name:
+            self.registry.model(request.name)
+        if request.version:
+            parse_version(request.version)
+        return reports.statistics(self.registry, request.name, request.version)
+
+    @maps_errors
+    async def RepositoryIndex(self, request, context):  # type: ignore[no-untyped-def]
+        return reports.index(self.registry, ready_only=request.ready)
+
+    @maps_errors
+    async def RepositoryModelLoad(self, request, context):  # type: ignore[no-untyped-def]
+        await reports.load_request(self.registry, request)
+        return pb.RepositoryModelLoadResponse()
+
+    @maps_errors
+    async def RepositoryModelUnload(self, request, context):  # type: ignore[no-untyped-def]
+        if request.repository_name:
+            raise InvalidInput("only the default repository (empty repository_name) exists")
+        await self.registry.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    @maps_errors
+    async def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._infer(request, context.time_remaining())
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, deadline_s: float | None
+    ) -> pb.ModelInferResponse:
+        decoded = codec.decode_request(request)
+        mv, outputs = await self.dataplane.infer(decoded, deadline_s)
+        return codec.encode_response(
+            mv.name, str(mv.version), request.id, outputs.items()
+        )
+
+    async def ModelStreamInfer(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        # Requests run concurrently; responses come back as they finish (as in Triton),
+        # each carrying its request id. Errors travel in error_message, not as status.
+        responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            try:
+                reply = await self._infer(request, None)
+                await responses.put(pb.ModelStreamInferResponse(infer_response=reply))
+            except Exception as exc:
+                _, message = status_of(exc)
+                failed = pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version,
+                    id=request.id,
+                )
+                await responses.put(
+                    pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+                )
+
+        async def reader() -> None:
+            async for request in request_iterator:
+                task = asyncio.get_running_loop().create_task(one(request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            while pending:
+                await asyncio.gather(*list(pending))
+            await responses.put(None)
+
+        read_task = asyncio.get_running_loop().create_task(reader())
+        try:
+            while (item := await responses.get()) is not None:
+                yield item
+        finally:
+            read_task.cancel()
+            for task in list(pending):
+                task.cancel()

@@ -1,0 +1,114 @@
+"""Prometheus metrics with Triton's ``nv_inference_*`` names and labels.
+
+A collector reads the registry's counters at scrape time, so the request path
+pays nothing for metrics. ``warpserve_*`` families cover what Triton lacks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from warpserve.server.lifecycle.registry import ModelRegistry
+from warpserve.server.lifecycle.version import VersionState
+
+LABELS = ["model", "version"]
+
+
+class RegistryCollector(Collector):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._request_families()
+        yield from self._lifecycle_families()
+
+    def _request_families(self) -> Iterator[Any]:
+        fams = {
+            "success": CounterMetricFamily(
+                "nv_inference_request_success", "Number of successful inference requests",
+                labels=LABELS),
+            "failure": CounterMetricFamily(
+                "nv_inference_request_failure", "Number of failed inference requests",
+                labels=[*LABELS, "reason"]),
+            "count": CounterMetricFamily(
+                "nv_inference_count", "Number of inferences performed (rows)", labels=LABELS),
+            "exec": CounterMetricFamily(
+                "nv_inference_exec_count", "Number of model executions (batches)",
+                labels=LABELS),
+            "request_us": CounterMetricFamily(
+                "nv_inference_request_duration_us", "Cumulative request duration in us",
+                labels=LABELS),
+            "queue_us": CounterMetricFamily(
+                "nv_inference_queue_duration_us", "Cumulative time requests spent queued in us",
+                labels=LABELS),
+            "input_us": CounterMetricFamily(
+                "nv_inference_compute_input_duration_us",
+                "Cumulative compute input duration in us", labels=LABELS),
+            "infer_us": CounterMetricFamily(
+                "nv_inference_compute_infer_duration_us",
+                "Cumulative compute inference duration in us", labels=LABELS),
+            "output_us": CounterMetricFamily(
+                "nv_inference_compute_output_duration_us",
+                "Cumulative compute output duration in us", labels=LABELS),
+            "pending": GaugeMetricFamily(
+                "nv_inference_pending_request_count",
+                "Requests queued or executing", labels=LABELS),
+        }
+        for mv in self.registry.all_versions():
+            s, labels = mv.stats, [mv.name, str(mv.version)]
+            fams["success"].add_metric(labels, s.success.count)
+            for reason, count in sorted(s.failures_by_reason.items()):
+                fams["failure"].add_metric([*labels, reason], count)
+            fams["count"].add_metric(labels, s.inference_count)
+            fams["exec"].add_metric(labels, s.execution_count)
+            fams["request_us"].add_metric(labels, (s.success.ns + s.fail.ns) / 1000)
+            fams["queue_us"].add_metric(labels, s.queue.ns / 1000)
+            fams["input_us"].add_metric(labels, s.compute_input.ns / 1000)
+            fams["infer_us"].add_metric(labels, s.compute_infer.ns / 1000)
+            fams["output_us"].add_metric(labels, s.compute_output.ns / 1000)
+            fams["pending"].add_metric(labels, mv.batcher.in_flight if mv.batcher else 0)
+        yield from fams.values()
+
+    def _lifecycle_families(self) -> Iterator[Any]:
+        active = GaugeMetricFamily(
+            "warpserve_model_version_active",
+            "1 for the version that takes unpinned traffic, else 0", labels=LABELS)
+        weight = GaugeMetricFamily(
+            "warpserve_model_version_traffic_weight",
+            "Share of unpinned traffic routed to the version", labels=LABELS)
+        state = GaugeMetricFamily(
+            "warpserve_model_version_state", "1 for the version's current state",
+            labels=[*LABELS, "state"])
+        for served in self.registry.models.values():
+            weights = served.router.weights()
+            for number, mv in sorted(served.versions.items()):
+                labels = [served.name, str(number)]
+                active.add_metric(labels, 1 if served.router.active == number else 0)
+                weight.add_metric(labels, weights.get(number, 0.0))
+                for st in VersionState:
+                    state.add_metric([*labels, st.value], 1 if mv.state is st else 0)
+        rollouts = CounterMetricFamily(
+            "warpserve_rollouts", "Model version rollouts by outcome", labels=["outcome"])
+        for outcome, count in sorted(self.registry.events.rollouts.items()):
+            rollouts.add_metric([outcome], count)
+        rollbacks = CounterMetricFamily(
+            "warpserve_rollbacks", "Rollbacks to the previous version by reason",
+            labels=["reason"])
+        for reason, count in sorted(self.registry.events.rollbacks.items()):
+            rollbacks.add_metric([reason], count)
+        yield from (active, weight, state, rollouts, rollbacks)
+
+
+def serve_metrics(registry: ModelRegistry, address: str, port: int) -> tuple[Any, int]:
+    """Start the metrics HTTP endpoint; returns (server, bound port)."""
+    prom = CollectorRegistry()
+    prom.register(RegistryCollector(registry))
+    server, thread = start_http_server(port, addr=address, registry=prom)
+    assert isinstance(thread, threading.Thread)
+    return server, server.server_port

@@ -1,0 +1,25 @@
+"""Server settings, filled from the command line (Triton's flag names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ServerOptions:
+    model_repository: Path | None = None   # None: the built-in demo repository
+    grpc_address: str = "0.0.0.0"
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = 8002
+    allow_metrics: bool = True
+    model_control_mode: str = "none"        # none | poll | explicit
+    load_models: list[str] = field(default_factory=list)
+    repository_poll_secs: float = 15.0
+    exit_timeout_secs: float = 30.0
+    max_message_bytes: int = 256 * 1024 * 1024
+    rollback_grace_secs: float = 300.0
+    admin_token: str | None = None
+    log_verbose: int = 0

@@ -1,0 +1,106 @@
+"""Check a decoded request against a model version's config before it is queued."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from warpserve.protos import model_config_pb2 as mc
+from warpserve.server import dtypes
+from warpserve.server.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: dtypes.DType
+    dims: tuple[int, ...]  # without the batch dimension; -1: any size
+    optional: bool = False
+
+    def metadata_shape(self, batched: bool) -> list[int]:
+        return [-1, *self.dims] if batched else list(self.dims)
+
+
+class InputValidator:
+    def __init__(self, config: mc.ModelConfig) -> None:
+        self.model = config.name
+        self.max_batch_size = config.max_batch_size
+        self.batched = config.max_batch_size > 0
+        self.inputs = {
+            t.name: TensorSpec(t.name, dtypes.from_config(t.data_type), tuple(t.dims), t.optional)
+            for t in config.input
+        }
+        self.outputs = {
+            t.name: TensorSpec(t.name, dtypes.from_config(t.data_type), tuple(t.dims))
+            for t in config.output
+        }
+
+    def rows(self, inputs: dict[str, np.ndarray]) -> int:
+        """Validate ``inputs`` and return how many batch rows they carry."""
+        self._check_names(inputs)
+        rows = 0
+        for name, array in inputs.items():
+            spec = self.inputs[name]
+            self._check_dtype(spec, array)
+            rows = self._check_shape(spec, array.shape, rows)
+        return rows if self.batched else 1
+
+    def check_outputs(self, requested: list[str]) -> None:
+        for name in requested:
+            if name not in self.outputs:
+                raise InvalidInput(
+                    f"model '{self.model}' has no output '{name}'; outputs are "
+                    f"{sorted(self.outputs)}"
+                )
+
+    def _check_names(self, inputs: dict[str, np.ndarray]) -> None:
+        missing = [n for n, s in self.inputs.items() if n not in inputs and not s.optional]
+        if missing:
+            raise InvalidInput(
+                f"model '{self.model}' expects input(s) {missing} which the request lacks; "
+                f"it takes {sorted(self.inputs)}"
+            )
+        extra = [n for n in inputs if n not in self.inputs]
+        if extra:
+            raise InvalidInput(
+                f"model '{self.model}' has no input(s) {extra}; it takes {sorted(self.inputs)}"
+            )
+
+    def _check_dtype(self, spec: TensorSpec, array: np.ndarray) -> None:
+        got = dtypes.from_numpy(array.dtype).wire
+        if got != spec.dtype.wire:
+            raise InvalidInput(
+                f"model '{self.model}' input '{spec.name}': datatype {got} does not match "
+                f"the model's {spec.dtype.wire}; convert before sending"
+            )
+
+    def _check_shape(self, spec: TensorSpec, shape: tuple[int, ...], rows: int) -> int:
+        expected = spec.metadata_shape(self.batched)
+        matches = len(shape) == len(expected) and all(
+            e == -1 or e == s for e, s in zip(expected, shape, strict=True)
+        )
+        if not matches:
+            raise InvalidInput(
+                f"model '{self.model}' input '{spec.name}': shape {list(shape)} does not "
+                f"match the expected {expected} (-1: any size)"
+            )
+        if not self.batched:
+            return rows
+        batch = shape[0]
+        if batch == 0:
+            raise InvalidInput(
+                f"model '{self.model}' input '{spec.name}': the batch is empty (0 rows); "
+                "send at least one row"
+            )
+        if batch > self.max_batch_size:
+            raise InvalidInput(
+                f"model '{self.model}' input '{spec.name}': batch of {batch} rows exceeds "
+                f"max_batch_size {self.max_batch_size}; split the request"
+            )
+        if rows and batch != rows:
+            raise InvalidInput(
+                f"model '{self.model}': inputs disagree on the batch size ({rows} vs "
+                f"{batch} rows in '{spec.name}')"
+            )
+        return batch

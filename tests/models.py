@@ -1,0 +1,76 @@
+"""Tiny ONNX models and repositories for tests, built with onnx.helper (no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto, helper
+
+
+def affine_model(features: int = 4, outputs: int = 2, scale: float = 2.0, seed: int = 0) -> bytes:
+    """y = x @ W * scale + b with a dynamic batch dimension."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((features, outputs)).astype(np.float32) * scale
+    b = rng.standard_normal(outputs).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["INPUT0", "W"], ["XW"]),
+         helper.make_node("Add", ["XW", "B"], ["OUTPUT0"])],
+        "affine",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", outputs])],
+        [helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.flatten()),
+         helper.make_tensor("B", TensorProto.FLOAT, b.shape, b)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def affine_reference(x: np.ndarray, features: int = 4, outputs: int = 2, scale: float = 2.0,
+                     seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((features, outputs)).astype(np.float32) * scale
+    b = rng.standard_normal(outputs).astype(np.float32)
+    return x @ w + b
+
+
+AFFINE_CONFIG = """
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch}
+input [{{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }}]
+output [{{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 2 ] }}]
+dynamic_batching {{ {batching} }}
+instance_group [{{ count: {instances} kind: KIND_CPU }}]
+{extra}
+"""
+
+
+def write_affine(
+    repo: Path, name: str = "affine", versions: tuple[int, ...] = (1,), *,
+    max_batch: int = 8, batching: str = "", instances: int = 1, extra: str = "",
+    golden: bool = True, config: bool = True,
+) -> Path:
+    model_dir = repo / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if config:
+        (model_dir / "config.pbtxt").write_text(AFFINE_CONFIG.format(
+            name=name, max_batch=max_batch, batching=batching, instances=instances, extra=extra))
+    for v in versions:
+        vdir = model_dir / str(v)
+        vdir.mkdir(exist_ok=True)
+        (vdir / "model.onnx").write_bytes(affine_model(scale=float(v)))
+        if golden:
+            write_golden(vdir, v)
+    return model_dir
+
+
+def write_golden(vdir: Path, version: int, *, corrupt: bool = False) -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+    y = affine_reference(x, scale=float(version))
+    if corrupt:
+        y = y + 1.0
+    (vdir / "golden").mkdir(exist_ok=True)
+    np.savez(vdir / "golden" / "inputs.npz", INPUT0=x)
+    np.savez(vdir / "golden" / "outputs.npz", OUTPUT0=y)
