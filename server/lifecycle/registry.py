@@ -277,6 +277,67 @@ class ModelRegistry:
         log.warning("model '%s' rolled back to version %d (%s)", name, mv.version, reason)
         return mv.version
 
+    async def rollout(self, name: str, version: int, canary_percent: float = 0.0) -> None:
+        """Load ``version`` beside the serving one, verify it, then route to it.
+
+        With ``canary_percent`` it takes only that share of unpinned traffic until
+        ``promote``; otherwise it takes all of it at once.
+        """
+        if not 0.0 <= canary_percent < 100.0:
+            raise InvalidInput(f"canary percent {canary_percent} must lie in [0, 100)")
+        served = await self.load(name, [version], activate=False)
+        async with served.lock:
+            if canary_percent > 0 and served.router.active not in (None, version):
+                served.router.canary = {version: canary_percent / 100.0}
+                self.events.count(self.events.rollouts, "canary")
+                return
+            self._activate(served, version)
+            self._retire_unwanted(served, {version})
+
+    def promote(self, name: str) -> int:
+        """Give the canary every unpinned request; the old version stays for rollback."""
+        served = self.model(name)
+        canaries = sorted(served.router.canary, key=served.router.canary.__getitem__)
+        if not canaries:
+            raise FailedPrecondition(f"model '{name}' has no canary version to promote")
+        version = canaries[-1]
+        self._activate(served, version)
+        self._retire_unwanted(served, {version})
+        return version
+
+    def set_split(self, name: str, weights: dict[int, float]) -> None:
+        """Split unpinned traffic between loaded versions by weight."""
+        served = self.model(name)
+        if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise InvalidInput("traffic split needs non-negative weights that sum above 0")
+        for version in weights:
+            mv = served.versions.get(version)
+            if mv is None or not mv.ready:
+                raise FailedPrecondition(
+                    f"model '{name}' version {version} is not loaded and ready; roll it out "
+                    "first"
+                )
+        total = sum(weights.values())
+        router = served.router
+        if router.active not in weights or weights[router.active] == 0:
+            router.switch(max(weights, key=weights.__getitem__))
+        router.canary = {
+            v: w / total for v, w in weights.items() if v != router.active and w > 0
+        }
+
+    def set_shadow(self, name: str, version: int, percent: float) -> None:
+        """Mirror ``percent`` of unpinned requests to ``version``; 0 or version 0 stops."""
+        served = self.model(name)
+        if version == 0 or percent <= 0:
+            served.router.shadow_version, served.router.shadow_share = None, 0.0
+            return
+        mv = served.versions.get(version)
+        if mv is None or not mv.ready:
+            raise FailedPrecondition(f"model '{name}' version {version} is not loaded and ready")
+        if percent > 100:
+            raise InvalidInput(f"shadow percent {percent} must lie in (0, 100]")
+        served.router.shadow_version, served.router.shadow_share = version, percent / 100.0
+
     # -- shutdown ----------------------------------------------------------------------
 
     async def close(self) -> None:

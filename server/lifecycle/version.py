@@ -44,6 +44,10 @@ def _float_param(config: mc.ModelConfig, key: str, default: float) -> float:
     return default
 
 
+def _inline(config: mc.ModelConfig) -> bool:
+    return "execution" in config.parameters and config.parameters["execution"].string_value == "inline"
+
+
 class ModelVersion:
     def __init__(
         self, name: str, version: int, path: Path, config: mc.ModelConfig,
@@ -104,7 +108,8 @@ class ModelVersion:
         executors = []
         for index in range(count):
             instance = await asyncio.to_thread(loader, self.config, self.path, index, count)
-            executors.append(Executor(instance, batched, f"{self.name}-{self.version}-{index}"))
+            label = f"{self.name}-{self.version}-{index}"
+            executors.append(Executor(instance, batched, label, inline=_inline(self.config)))
         self.batcher = DynamicBatcher(
             f"{self.name}:{self.version}", from_config(self.config), executors, self.stats,
             hook=self._hook,

@@ -1,0 +1,85 @@
+"""Start ``warpserve serve`` as a subprocess on free loopback ports, for e2e tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from warpserve.protos import grpc_service_pb2 as pb
+from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _ready(url: str) -> bool:
+    with grpc.insecure_channel(url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            return bool(stub.ServerReady(pb.ServerReadyRequest(), timeout=1.0).ready)
+        except grpc.RpcError:
+            return False
+
+
+def start_server(
+    repo: Path | None, *args: str, log_dir: Path, timeout: float = 120.0,
+    env: dict[str, str] | None = None, wait_ready: bool = True,
+) -> ServerProcess:
+    grpc_port, metrics_port = free_port(), free_port()
+    cmd = [
+        sys.executable, "-m", "warpserve.server.cli", "serve",
+        "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc_port),
+        "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port), *args,
+    ]
+    if repo is not None:
+        cmd += ["--model-repository", str(repo)]
+    log_path = log_dir / f"server-{grpc_port}.log"
+    log_file = log_path.open("wb")
+    full_env = {**os.environ, **(env or {})}
+    process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
+    server = ServerProcess(process, grpc_port, metrics_port, log_path)
+    deadline = time.monotonic() + timeout
+    while wait_ready and not _ready(server.url):
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        if time.monotonic() > deadline:
+            server.stop(signal.SIGKILL)
+            raise TimeoutError(f"server not ready after {timeout} s:\n{server.log()}")
+        time.sleep(0.2)
+    return server

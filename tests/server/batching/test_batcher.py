@@ -1,0 +1,322 @@
+"""DynamicBatcher policy, in-process, with fake models that block, record and fail."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from warpserve.server.batching.batcher import DynamicBatcher
+from warpserve.server.batching.executor import Executor
+from warpserve.server.batching.policy import BatchingPolicy, QueuePolicy
+from warpserve.server.batching.request import QueuedRequest, signature_of
+from warpserve.server.errors import BackendError, DeadlineExceeded, QueueFull, Unavailable
+from warpserve.server.stats import VersionStats
+
+
+class FakeModel:
+    """y = 2x; records each batch's row count; can block until released; fails on -1."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.gate = gate
+        self.batches: list[int] = []
+        self.running = 0
+        self.max_running = 0
+        self._lock = threading.Lock()
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            if self.gate is not None:
+                assert self.gate.wait(10)
+            x = inputs["x"]
+            self.batches.append(x.shape[0])
+            if np.any(x == -1):
+                raise ValueError("poisoned row")
+            return {"y": x * 2}
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def close(self) -> None:
+        pass
+
+
+def make(policy: BatchingPolicy, model: FakeModel, instances: int = 1) -> DynamicBatcher:
+    executors = [Executor(model, batched=True, label=str(i)) for i in range(instances)]
+    return DynamicBatcher("fake", policy, executors, VersionStats())
+
+
+def request(rows: int = 1, value: float = 1.0, width: int = 2, **kw: Any) -> QueuedRequest:
+    x = np.full((rows, width), value, dtype=np.float32)
+    inputs = {"x": x}
+    future = asyncio.get_running_loop().create_future()
+    return QueuedRequest(inputs, rows, signature_of(inputs, True), future, **kw)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 20))
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.001)
+
+
+POLICY = BatchingPolicy(max_batch_size=8, dynamic=True)
+
+
+def test_idle_instance_dispatches_without_waiting_for_a_batch() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        # A long max_queue_delay must not hold a request when the instance is idle.
+        batcher = make(BatchingPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=10**9),
+                       model)
+        r = request()
+        batcher.submit(r)
+        out = await r.future
+        assert out["y"].tolist() == [[2.0, 2.0]]
+        assert model.batches == [1]
+
+    run(body)
+
+
+def test_batches_form_while_the_instance_is_busy() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate)
+        batcher = make(POLICY, model)
+        first = request(value=0)
+        batcher.submit(first)
+        await until(lambda: model.running == 1)
+        rest = [request(value=i) for i in range(1, 6)]
+        for r in rest:
+            batcher.submit(r)
+        gate.set()
+        outs = await asyncio.gather(first.future, *(r.future for r in rest))
+        assert model.batches == [1, 5]
+        for i, out in enumerate(outs):
+            assert out["y"].tolist() == [[2.0 * i, 2.0 * i]], "each request gets its own rows"
+
+    run(body)
+
+
+def test_multi_row_requests_count_every_row() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate)
+        batcher = make(POLICY, model)
+        batcher.submit(request(rows=1))
+        await until(lambda: model.running == 1)
+        three_rows = [request(rows=3, value=i) for i in range(4)]
+        for r in three_rows:
+            batcher.submit(r)
+        gate.set()
+        outs = await asyncio.gather(*(r.future for r in three_rows))
+        assert model.batches == [1, 6, 6], "3-row requests: two per batch of max 8 rows"
+        assert [o["y"].shape for o in outs] == [(3, 2)] * 4
+
+    run(body)
+
+
+def test_different_shapes_never_share_a_batch() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate)
+        batcher = make(POLICY, model)
+        batcher.submit(request())
+        await until(lambda: model.running == 1)
+        narrow = [request(width=2) for _ in range(3)]
+        wide = [request(width=5) for _ in range(3)]
+        for a, b in zip(narrow, wide, strict=True):
+            batcher.submit(a)
+            batcher.submit(b)
+        gate.set()
+        await asyncio.gather(*(r.future for r in narrow + wide))
+        assert model.batches == [1, 3, 3]
+
+    run(body)
+
+
+def test_a_failing_request_fails_only_itself() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate)
+        batcher = make(POLICY, model)
+        batcher.submit(request())
+        await until(lambda: model.running == 1)
+        good = [request(value=3) for _ in range(3)]
+        bad = request(value=-1)
+        for r in [good[0], bad, *good[1:]]:
+            batcher.submit(r)
+        gate.set()
+        results = await asyncio.gather(*(r.future for r in [*good, bad]), return_exceptions=True)
+        assert all(isinstance(r, dict) for r in results[:3])
+        assert isinstance(results[3], BackendError)
+        assert "poisoned row" in str(results[3])
+
+    run(body)
+
+
+def test_queue_full_rejects_instead_of_blocking() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate)
+        policy = BatchingPolicy(max_batch_size=8, dynamic=True,
+                                default_queue=QueuePolicy(max_queue_size=2))
+        batcher = make(policy, model)
+        running = request()
+        batcher.submit(running)
+        await until(lambda: model.running == 1)
+        queued = [request(), request()]
+        for r in queued:
+            batcher.submit(r)
+        with pytest.raises(QueueFull, match="queue full"):
+            batcher.submit(request())
+        gate.set()
+        await asyncio.gather(running.future, *(r.future for r in queued))
+
+    run(body)
+
+
+def test_queue_timeout_takes_the_request_out() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate)
+        batcher = make(POLICY, model)
+        batcher.submit(request())
+        await until(lambda: model.running == 1)
+        import time
+
+        late = request(deadline_ns=time.monotonic_ns() + 5_000_000)
+        batcher.submit(late)
+        with pytest.raises(DeadlineExceeded, match="timed out"):
+            await late.future
+        assert batcher.queued == 0
+        gate.set()
+        await until(lambda: batcher.in_flight == 0)
+        assert model.batches == [1], "the expired request never ran"
+
+    run(body)
+
+
+def test_cancelled_request_leaves_the_queue_and_never_runs() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate)
+        batcher = make(POLICY, model)
+        batcher.submit(request())
+        await until(lambda: model.running == 1)
+        gone, kept = request(value=7), request(value=8)
+        batcher.submit(gone)
+        batcher.submit(kept)
+        batcher.cancel(gone)
+        assert batcher.queued == 1
+        gate.set()
+        out = await kept.future
+        assert out["y"][0, 0] == 16.0
+        assert model.batches == [1, 1]
+
+    run(body)
+
+
+def test_higher_priority_runs_first() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate)
+        policy = BatchingPolicy(max_batch_size=1, dynamic=True, priority_levels=2,
+                                default_priority=2)
+        batcher = make(policy, model)
+        batcher.submit(request())
+        await until(lambda: model.running == 1)
+        order: list[str] = []
+        low = request(priority=2)
+        high = request(priority=1)
+        low.future.add_done_callback(lambda _: order.append("low"))
+        high.future.add_done_callback(lambda _: order.append("high"))
+        batcher.submit(low)
+        batcher.submit(high)
+        gate.set()
+        await asyncio.gather(low.future, high.future)
+        assert order == ["high", "low"]
+
+    run(body)
+
+
+def test_preferred_batch_size_trims_the_batch() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate)
+        policy = BatchingPolicy(max_batch_size=8, dynamic=True, preferred_batch_sizes=(4,))
+        batcher = make(policy, model)
+        batcher.submit(request())
+        await until(lambda: model.running == 1)
+        rest = [request() for _ in range(6)]
+        for r in rest:
+            batcher.submit(r)
+        gate.set()
+        await asyncio.gather(*(r.future for r in rest))
+        assert model.batches == [1, 4, 2]
+
+    run(body)
+
+
+def test_triton_mode_waits_for_max_queue_delay() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        policy = BatchingPolicy(max_batch_size=4, dynamic=True, max_queue_delay_us=200_000,
+                                eager=False)
+        batcher = make(policy, model)
+        first = request()
+        batcher.submit(first)
+        await asyncio.sleep(0)
+        assert model.batches == [], "held for a fuller batch"
+        more = [request() for _ in range(3)]
+        for r in more:
+            batcher.submit(r)
+        await asyncio.gather(first.future, *(r.future for r in more))
+        assert model.batches == [4], "a full batch goes at once"
+
+    run(body)
+
+
+def test_instances_run_concurrently() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate)
+        batcher = make(BatchingPolicy(max_batch_size=1, dynamic=True), model, instances=2)
+        rs = [request() for _ in range(2)]
+        for r in rs:
+            batcher.submit(r)
+        await until(lambda: model.running == 2)
+        gate.set()
+        await asyncio.gather(*(r.future for r in rs))
+        assert model.max_running == 2
+
+    run(body)
+
+
+def test_drain_finishes_queued_and_running_then_refuses() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate)
+        batcher = make(BatchingPolicy(max_batch_size=1, dynamic=True), model)
+        rs = [request(value=i) for i in range(3)]
+        for r in rs:
+            batcher.submit(r)
+        drained = asyncio.get_running_loop().create_task(batcher.drain())
+        await asyncio.sleep(0.01)
+        assert not drained.done()
+        with pytest.raises(Unavailable, match="draining"):
+            batcher.submit(request())
+        gate.set()
+        await drained
+        assert all(r.future.done() and not r.future.exception() for r in rs)
+
+    run(body)

@@ -1,0 +1,88 @@
+"""Triton repository layout, config parsing and completion, version policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.models import write_affine
+from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.errors import InvalidInput, ModelLoadError, ModelNotFound
+from warpserve.server.repository import config as cfg
+from warpserve.server.repository.repository import INCOMPLETE_MARKER, ModelRepository
+
+
+def test_missing_config_is_completed_from_the_onnx_model(tmp_path: Path) -> None:
+    write_affine(tmp_path, config=False)
+    repo = ModelRepository(tmp_path)
+    raw = repo.config("affine")
+    done = cfg.complete(raw, repo.versions_to_serve("affine", raw)[0].path)
+    assert done.platform == "onnxruntime_onnx"
+    assert done.max_batch_size == cfg.DEFAULT_MAX_BATCH_SIZE
+    assert done.HasField("dynamic_batching")
+    assert [(t.name, t.data_type, list(t.dims)) for t in done.input] == [
+        ("INPUT0", mc.TYPE_FP32, [4])
+    ]
+    assert [t.name for t in done.output] == ["OUTPUT0"]
+    assert done.instance_group[0].count == 1
+
+
+def test_unknown_triton_fields_are_skipped(tmp_path: Path) -> None:
+    write_affine(tmp_path, extra='sequence_batching { max_sequence_idle_microseconds: 5 }\n'
+                 'optimization { cuda { graphs: true } }')
+    config = ModelRepository(tmp_path).config("affine")
+    assert config.optimization.cuda.graphs and config.max_batch_size == 8
+
+
+def test_bad_config_and_name_mismatch(tmp_path: Path) -> None:
+    model = write_affine(tmp_path)
+    (model / "config.pbtxt").write_text("max_batch_size: [")
+    with pytest.raises(ModelLoadError, match="not a valid ModelConfig"):
+        ModelRepository(tmp_path).config("affine")
+    (model / "config.pbtxt").write_text('name: "other"')
+    with pytest.raises(ModelLoadError, match="differs from its folder"):
+        ModelRepository(tmp_path).config("affine")
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", "", "a\\b", "/etc"])
+def test_model_names_cannot_leave_the_repository(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InvalidInput, match="not valid"):
+        ModelRepository(tmp_path).model_dir(name)
+
+
+def test_unknown_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFound, match="not in the repository"):
+        ModelRepository(tmp_path).model_dir("nope")
+
+
+def test_version_policies(tmp_path: Path) -> None:
+    write_affine(tmp_path, versions=(1, 2, 3), golden=False)
+    repo = ModelRepository(tmp_path)
+    config = repo.config("affine")
+    assert [v.version for v in repo.versions_to_serve("affine", config)] == [3]
+    config.version_policy.latest.num_versions = 2
+    assert [v.version for v in repo.versions_to_serve("affine", config)] == [2, 3]
+    config.version_policy.all.SetInParent()
+    assert [v.version for v in repo.versions_to_serve("affine", config)] == [1, 2, 3]
+    config.version_policy.specific.versions.extend([1, 3])
+    assert [v.version for v in repo.versions_to_serve("affine", config)] == [1, 3]
+
+
+def test_incomplete_versions_are_not_served(tmp_path: Path) -> None:
+    model = write_affine(tmp_path, versions=(1, 2, 3), golden=False)
+    (model / "2" / INCOMPLETE_MARKER).touch()
+    (model / "3" / "model.onnx").unlink()
+    (model / "4.partial").mkdir()
+    repo = ModelRepository(tmp_path)
+    config = repo.config("affine")
+    assert [v.version for v in repo.version_folders("affine", config)] == [1]
+    assert [p.name for p in repo.incomplete_folders("affine", config)] == ["2", "3"]
+
+
+def test_validation_rejects_bad_preferred_sizes(tmp_path: Path) -> None:
+    write_affine(tmp_path, batching="preferred_batch_size: [ 16 ]")
+    repo = ModelRepository(tmp_path)
+    raw = repo.config("affine")
+    with pytest.raises(ModelLoadError, match="preferred_batch_size"):
+        cfg.complete(raw, repo.versions_to_serve("affine", raw)[0].path)

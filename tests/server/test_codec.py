@@ -1,0 +1,137 @@
+"""Wire <-> numpy: raw, typed contents, BYTES, and every malformed form."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from warpserve.protos import grpc_service_pb2 as pb
+from warpserve.server import codec
+from warpserve.server.errors import InvalidInput
+
+
+def raw_request(arrays: dict[str, np.ndarray], datatype: str = "FP32") -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name="m")
+    for name, a in arrays.items():
+        req.inputs.add(name=name, datatype=datatype, shape=a.shape)
+        req.raw_input_contents.append(a.tobytes())
+    return req
+
+
+def test_raw_input_is_viewed_not_copied_and_round_trips() -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    inputs = codec.decode_inputs(raw_request({"x": x}))
+    assert inputs["x"].base is not None and not inputs["x"].flags.writeable
+    np.testing.assert_array_equal(inputs["x"], x)
+
+
+def test_nan_and_inf_pass_through() -> None:
+    x = np.array([[np.nan, np.inf, -np.inf, 1.0]], dtype=np.float32)
+    out = codec.decode_inputs(raw_request({"x": x}))["x"]
+    assert np.isnan(out[0, 0]) and out[0, 1] == np.inf and out[0, 2] == -np.inf
+
+
+@pytest.mark.parametrize(
+    ("datatype", "field", "values", "dtype"),
+    [
+        ("FP32", "fp32_contents", [1.5, -2.0], np.float32),
+        ("INT64", "int64_contents", [1, -2], np.int64),
+        ("INT8", "int_contents", [1, -2], np.int8),
+        ("UINT16", "uint_contents", [1, 2], np.uint16),
+        ("BOOL", "bool_contents", [True, False], np.bool_),
+        ("FP64", "fp64_contents", [1.5, 2.5], np.float64),
+    ],
+)
+def test_typed_contents(datatype: str, field: str, values: list, dtype: type) -> None:  # type: ignore[type-arg]
+    req = pb.ModelInferRequest()
+    t = req.inputs.add(name="x", datatype=datatype, shape=[1, 2])
+    getattr(t.contents, field).extend(values)
+    out = codec.decode_inputs(req)["x"]
+    assert out.dtype == dtype and out.tolist() == [values]
+
+
+def test_fp16_has_no_typed_contents() -> None:
+    req = pb.ModelInferRequest()
+    req.inputs.add(name="x", datatype="FP16", shape=[1])
+    with pytest.raises(InvalidInput, match="raw_input_contents"):
+        codec.decode_inputs(req)
+
+
+def test_bytes_round_trip() -> None:
+    data = np.array([b"cat", b"", "dog".encode()], dtype=np.object_)
+    raw = codec.serialize_bytes(data)
+    assert raw[:4] == struct.pack("<I", 3)
+    back = codec.deserialize_bytes("s", raw, 3)
+    assert back.tolist() == [b"cat", b"", b"dog"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (struct.pack("<I", 10) + b"abc", "claims 10 bytes"),
+        (b"\x01\x00", "ends after 0 of 1"),
+        (struct.pack("<I", 1) + b"ab", "left after 1"),
+    ],
+)
+def test_malformed_bytes(raw: bytes, match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        codec.deserialize_bytes("s", raw, 1)
+
+
+def test_raw_size_must_match_shape() -> None:
+    req = pb.ModelInferRequest()
+    req.inputs.add(name="x", datatype="FP32", shape=[2, 2])
+    req.raw_input_contents.append(b"\x00" * 12)
+    with pytest.raises(InvalidInput, match="'x': raw data has 12 bytes.*needs 16"):
+        codec.decode_inputs(req)
+
+
+def test_contents_and_raw_both_set() -> None:
+    req = raw_request({"x": np.zeros((1, 2), np.float32)})
+    req.inputs[0].contents.fp32_contents.extend([0, 0])
+    with pytest.raises(InvalidInput, match="use one form"):
+        codec.decode_inputs(req)
+
+
+def test_duplicate_unknown_dtype_and_raw_count() -> None:
+    x = np.zeros((1, 2), np.float32)
+    req = raw_request({"x": x})
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+    req.raw_input_contents.append(x.tobytes())
+    with pytest.raises(InvalidInput, match="more than once"):
+        codec.decode_inputs(req)
+    with pytest.raises(InvalidInput, match="unknown datatype 'FLOAT'"):
+        codec.decode_inputs(raw_request({"x": x}, datatype="FLOAT"))
+    req = raw_request({"x": x})
+    req.raw_input_contents.append(b"")
+    with pytest.raises(InvalidInput, match="one raw entry per input"):
+        codec.decode_inputs(req)
+
+
+def test_negative_dimension() -> None:
+    req = pb.ModelInferRequest()
+    req.inputs.add(name="x", datatype="FP32", shape=[-1, 2])
+    req.raw_input_contents.append(b"")
+    with pytest.raises(InvalidInput, match=">= 0"):
+        codec.decode_inputs(req)
+
+
+def test_encode_response_raw_and_bytes() -> None:
+    y = np.arange(4, dtype=np.int64).reshape(2, 2)
+    s = np.array([[b"a"], [b"bc"]], dtype=np.object_)
+    resp = codec.encode_response("m", "3", "id-1", [("y", y), ("s", s)])
+    assert [o.datatype for o in resp.outputs] == ["INT64", "BYTES"]
+    assert list(resp.outputs[0].shape) == [2, 2]
+    assert np.frombuffer(resp.raw_output_contents[0], np.int64).tolist() == [0, 1, 2, 3]
+    assert codec.deserialize_bytes("s", resp.raw_output_contents[1], 2).tolist() == [b"a", b"bc"]
+    assert resp.id == "id-1" and resp.model_version == "3"
+
+
+def test_parameters_are_decoded() -> None:
+    req = raw_request({"x": np.zeros((1, 2), np.float32)})
+    req.parameters["priority"].int64_param = 2
+    req.parameters["tag"].string_param = "a"
+    decoded = codec.decode_request(req)
+    assert decoded.parameters == {"priority": 2, "tag": "a"}
