@@ -44,8 +44,13 @@ def generate(out_dir: Path) -> list[Path]:
         gen = Path(tmp, "gen")
         gen.mkdir()
         cmd = [
-            sys.executable, "-m", "grpc_tools.protoc", f"-I{Path(tmp, 'src')}",
-            f"--python_out={gen}", f"--pyi_out={gen}", f"--grpc_python_out={gen}",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{Path(tmp, 'src')}",
+            f"--python_out={gen}",
+            f"--pyi_out={gen}",
+            f"--grpc_python_out={gen}",
             *[str(Path(*PACKAGE, name)) for name in PROTOS],
         ]
         subprocess.run(cmd, check=True)
@@ -62,7 +67,8 @@ def stale_files() -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
         return [
-            f.name for f in fresh
+            f.name
+            for f in fresh
             if not (HERE / f.name).exists() or (HERE / f.name).read_text() != f.read_text()
         ]
 

@@ -24,47 +24,101 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "serve", help="run the inference server",
+        "serve",
+        help="run the inference server",
         description="Serve a Triton-layout model repository over the KServe v2 / Triton "
         "gRPC protocol. Without --model-repository, serves the built-in demo models "
         "(trained and exported on first use, then cached).",
     )
-    p.add_argument("--model-repository", "--model-store", type=Path, default=None,
-                   help="Triton-layout model repository (<model>/config.pbtxt, "
-                   "<model>/<version>/model.onnx); default: the built-in demo repository")
+    p.add_argument(
+        "--model-repository",
+        "--model-store",
+        type=Path,
+        default=None,
+        help="Triton-layout model repository (<model>/config.pbtxt, "
+        "<model>/<version>/model.onnx); default: the built-in demo repository",
+    )
     p.add_argument("--grpc-address", default="0.0.0.0", help="address the gRPC server binds")
-    p.add_argument("--grpc-port", type=int, default=8001,
-                   help="gRPC port (KServe v2 inference, health, admin); 0 picks a free port")
-    p.add_argument("--http-port", type=int, default=8000,
-                   help="port reserved for the v2 REST endpoint, which this release does not "
-                   "serve; accepted so Triton command lines carry over")
-    p.add_argument("--metrics-port", type=int, default=8002,
-                   help="Prometheus metrics port (nv_inference_* and warpserve_*); 0 picks a "
-                   "free port")
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=8001,
+        help="gRPC port (KServe v2 inference, health, admin); 0 picks a free port",
+    )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=8000,
+        help="port reserved for the v2 REST endpoint, which this release does not "
+        "serve; accepted so Triton command lines carry over",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8002,
+        help="Prometheus metrics port (nv_inference_* and warpserve_*); 0 picks a free port",
+    )
     p.add_argument("--metrics-address", default="0.0.0.0", help="address metrics bind")
-    p.add_argument("--allow-metrics", type=_bool, default=True,
-                   help="serve Prometheus metrics (true/false)")
-    p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
-                   help="none: load every model at start; poll: also reload on repository "
-                   "changes; explicit: load only --load-model and RepositoryModelLoad calls")
-    p.add_argument("--load-model", action="append", default=[], metavar="NAME",
-                   help="with --model-control-mode=explicit, a model to load at start "
-                   "(repeatable; '*' loads all)")
-    p.add_argument("--repository-poll-secs", type=float, default=15.0,
-                   help="seconds between repository scans in poll mode")
-    p.add_argument("--exit-timeout-secs", type=float, default=30.0,
-                   help="on SIGTERM/SIGINT, how long in-flight requests may take to finish")
-    p.add_argument("--grpc-max-message-bytes", type=int, default=256 * 1024 * 1024,
-                   help="largest gRPC message accepted or sent, in bytes")
-    p.add_argument("--rollback-grace-secs", type=float, default=300.0,
-                   help="how long a replaced version stays loaded so rollback needs no load")
-    p.add_argument("--admin-token-file", type=Path, default=None,
-                   help="file holding the admin API token (or set WARPSERVE_ADMIN_TOKEN); "
-                   "required when --grpc-address is not loopback")
-    p.add_argument("--log-verbose", type=int, default=0,
-                   help="0: info; 1 or more: debug logging")
+    p.add_argument(
+        "--allow-metrics", type=_bool, default=True, help="serve Prometheus metrics (true/false)"
+    )
+    p.add_argument(
+        "--model-control-mode",
+        choices=["none", "poll", "explicit"],
+        default="none",
+        help="none: load every model at start; poll: also reload on repository "
+        "changes; explicit: load only --load-model and RepositoryModelLoad calls",
+    )
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --model-control-mode=explicit, a model to load at start "
+        "(repeatable; '*' loads all)",
+    )
+    p.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        default=15.0,
+        help="seconds between repository scans in poll mode",
+    )
+    p.add_argument(
+        "--exit-timeout-secs",
+        type=float,
+        default=30.0,
+        help="on SIGTERM/SIGINT, how long in-flight requests may take to finish",
+    )
+    p.add_argument(
+        "--grpc-max-message-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="largest gRPC message accepted or sent, in bytes",
+    )
+    p.add_argument(
+        "--rollback-grace-secs",
+        type=float,
+        default=300.0,
+        help="how long a replaced version stays loaded so rollback needs no load",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=None,
+        help="file holding the admin API token (or set WARPSERVE_ADMIN_TOKEN); admin calls "
+        "must then send 'authorization: Bearer <token>'. The admin API (warpserve models) is "
+        "served on a loopback --grpc-address, or on any address with a token; on a "
+        "non-loopback address without one it is left off with a warning",
+    )
+    p.add_argument(
+        "--admin",
+        action="store_true",
+        help="require the admin API: refuse to start (exit 2) instead of leaving it off "
+        "when --grpc-address is not loopback and no admin token is set",
+    )
+    p.add_argument("--log-verbose", type=int, default=0, help="0: info; 1 or more: debug logging")
     p.set_defaults(func=_serve)
 
 
@@ -91,7 +145,14 @@ def _options(args: argparse.Namespace) -> ServerOptions:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    options = _options(args)
+    from warpserve.server.grpc.admin import admin_exposure
+
+    try:
+        options = _options(args)
+        admin_exposure(options.grpc_address, options.admin_token, required=args.admin)
+    except (OSError, ValueError) as exc:  # a bad token file, or admin required but unsafe
+        print(f"warpserve serve: error: {exc}", file=sys.stderr)
+        return 2
     if options.model_repository is None:
         from warpserve.server.demo.build import ensure_demo_repository
 
@@ -101,11 +162,12 @@ def _serve(args: argparse.Namespace) -> int:
     return asyncio.run(run(options))
 
 
-def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     from warpserve.server.tools import loadgen
 
     p = sub.add_parser(
-        "bench", help="closed-loop load generator (throughput and latency percentiles)",
+        "bench",
+        help="closed-loop load generator (throughput and latency percentiles)",
         description="Send pre-serialized random ModelInfer requests shaped from the "
         "model's metadata and report throughput and p50/p90/p99 latency per concurrency.",
     )
@@ -113,13 +175,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=loadgen.run)
 
 
-def _add_models(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_models(sub: argparse._SubParsersAction) -> None:
     try:
         from warpserve.server.tools import models_cli
     except ImportError:
         return
     p = sub.add_parser(
-        "models", help="model lifecycle: status, load, unload, rollout, promote, rollback, split",
+        "models",
+        help="model lifecycle: status, load, unload, rollout, promote, rollback, split",
         description="Drive the admin API of a running warpserve.",
     )
     models_cli.add_arguments(p)

@@ -46,9 +46,7 @@ def _element_count(name: str, shape: Sequence[int]) -> int:
     count = 1
     for dim in shape:
         if dim < 0:
-            raise InvalidInput(
-                f"input '{name}' has shape {list(shape)}: dimensions must be >= 0"
-            )
+            raise InvalidInput(f"input '{name}' has shape {list(shape)}: dimensions must be >= 0")
         count *= dim
     return count
 
@@ -71,7 +69,7 @@ def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
                 f"input '{name}': BYTES element {i} claims {length} bytes but only "
                 f"{len(view) - offset} remain; check the length prefixes"
             )
-        out[i] = bytes(view[offset:offset + length])
+        out[i] = bytes(view[offset : offset + length])
         offset += length
     if offset != len(view):
         raise InvalidInput(
@@ -108,15 +106,13 @@ def _from_contents(
 ) -> np.ndarray:
     if not dt.contents_field:
         raise InvalidInput(
-            f"input '{name}': {dt.wire} has no typed contents field; send it in "
-            "raw_input_contents"
+            f"input '{name}': {dt.wire} has no typed contents field; send it in raw_input_contents"
         )
     values = getattr(contents, dt.contents_field)
     count = _element_count(name, shape)
     if len(values) != count:
         raise InvalidInput(
-            f"input '{name}': contents hold {len(values)} elements but shape {shape} "
-            f"needs {count}"
+            f"input '{name}': contents hold {len(values)} elements but shape {shape} needs {count}"
         )
     if dt.wire == "BYTES":
         return np.array(list(values), dtype=np.object_).reshape(shape)

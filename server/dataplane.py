@@ -102,8 +102,13 @@ class DataPlane:
             deadline_ns = min(deadline_ns, client) if deadline_ns else client
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         return QueuedRequest(
-            request.inputs, rows, mv.signature(request.inputs), future,
-            priority=priority, deadline_ns=deadline_ns, delay_on_timeout=queue.delay_on_timeout,
+            request.inputs,
+            rows,
+            mv.signature(request.inputs),
+            future,
+            priority=priority,
+            deadline_ns=deadline_ns,
+            delay_on_timeout=queue.delay_on_timeout,
         )
 
     def _maybe_shadow(self, mv: ModelVersion, request: InferRequest, outputs: Outputs) -> None:

@@ -11,9 +11,9 @@ from warpserve.protos import model_config_pb2 as mc
 
 @dataclass(frozen=True)
 class DType:
-    wire: str            # the KServe v2 datatype string, e.g. "FP32"
-    config: int          # model_config DataType enum value
-    numpy: np.dtype      # numpy dtype; object for BYTES
+    wire: str  # the KServe v2 datatype string, e.g. "FP32"
+    config: int  # model_config DataType enum value
+    numpy: np.dtype  # numpy dtype; object for BYTES
     contents_field: str  # InferTensorContents field; "" when only raw data is allowed
 
     @property
@@ -52,11 +52,20 @@ BY_CONFIG = {d.config: d for d in _ALL}
 
 # ONNX Runtime's type strings ("tensor(float)") for config auto-completion.
 ONNX_TO_WIRE = {
-    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
-    "tensor(string)": "BYTES", "tensor(bfloat16)": "BF16",
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+    "tensor(bfloat16)": "BF16",
 }
 
 

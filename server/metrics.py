@@ -11,13 +11,30 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.lifecycle.version import VersionState
 
 LABELS = ["model", "version"]
+
+
+class TritonCounter(Metric):
+    """A counter exposed under its bare name, as Triton exposes it.
+
+    prometheus_client's CounterMetricFamily names the samples ``<name>_total``, which
+    breaks dashboards written against Triton's ``nv_inference_request_success``; an
+    untyped family keeps the bare name in both exposition formats (PromQL's rate()
+    does not need the type).
+    """
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        super().__init__(name, documentation, "unknown")
+        self._labelnames = tuple(labels)
+
+    def add_metric(self, labels: list[str], value: float) -> None:
+        self.add_sample(self.name, dict(zip(self._labelnames, labels, strict=True)), value)
 
 
 class RegistryCollector(Collector):
@@ -29,36 +46,51 @@ class RegistryCollector(Collector):
         yield from self._lifecycle_families()
 
     def _request_families(self) -> Iterator[Any]:
-        fams = {
-            "success": CounterMetricFamily(
-                "nv_inference_request_success", "Number of successful inference requests",
-                labels=LABELS),
-            "failure": CounterMetricFamily(
-                "nv_inference_request_failure", "Number of failed inference requests",
-                labels=[*LABELS, "reason"]),
-            "count": CounterMetricFamily(
-                "nv_inference_count", "Number of inferences performed (rows)", labels=LABELS),
-            "exec": CounterMetricFamily(
-                "nv_inference_exec_count", "Number of model executions (batches)",
-                labels=LABELS),
-            "request_us": CounterMetricFamily(
-                "nv_inference_request_duration_us", "Cumulative request duration in us",
-                labels=LABELS),
-            "queue_us": CounterMetricFamily(
-                "nv_inference_queue_duration_us", "Cumulative time requests spent queued in us",
-                labels=LABELS),
-            "input_us": CounterMetricFamily(
+        fams: dict[str, Any] = {
+            "success": TritonCounter(
+                "nv_inference_request_success",
+                "Number of successful inference requests",
+                labels=LABELS,
+            ),
+            "failure": TritonCounter(
+                "nv_inference_request_failure",
+                "Number of failed inference requests",
+                labels=[*LABELS, "reason"],
+            ),
+            "count": TritonCounter(
+                "nv_inference_count", "Number of inferences performed (rows)", labels=LABELS
+            ),
+            "exec": TritonCounter(
+                "nv_inference_exec_count", "Number of model executions (batches)", labels=LABELS
+            ),
+            "request_us": TritonCounter(
+                "nv_inference_request_duration_us",
+                "Cumulative request duration in us",
+                labels=LABELS,
+            ),
+            "queue_us": TritonCounter(
+                "nv_inference_queue_duration_us",
+                "Cumulative time requests spent queued in us",
+                labels=LABELS,
+            ),
+            "input_us": TritonCounter(
                 "nv_inference_compute_input_duration_us",
-                "Cumulative compute input duration in us", labels=LABELS),
-            "infer_us": CounterMetricFamily(
+                "Cumulative compute input duration in us",
+                labels=LABELS,
+            ),
+            "infer_us": TritonCounter(
                 "nv_inference_compute_infer_duration_us",
-                "Cumulative compute inference duration in us", labels=LABELS),
-            "output_us": CounterMetricFamily(
+                "Cumulative compute inference duration in us",
+                labels=LABELS,
+            ),
+            "output_us": TritonCounter(
                 "nv_inference_compute_output_duration_us",
-                "Cumulative compute output duration in us", labels=LABELS),
+                "Cumulative compute output duration in us",
+                labels=LABELS,
+            ),
             "pending": GaugeMetricFamily(
-                "nv_inference_pending_request_count",
-                "Requests queued or executing", labels=LABELS),
+                "nv_inference_pending_request_count", "Requests queued or executing", labels=LABELS
+            ),
         }
         for mv in self.registry.all_versions():
             s, labels = mv.stats, [mv.name, str(mv.version)]
@@ -78,30 +110,42 @@ class RegistryCollector(Collector):
     def _lifecycle_families(self) -> Iterator[Any]:
         active = GaugeMetricFamily(
             "warpserve_model_version_active",
-            "1 for the version that takes unpinned traffic, else 0", labels=LABELS)
+            "1 for the version that takes unpinned traffic, else 0",
+            labels=LABELS,
+        )
         weight = GaugeMetricFamily(
             "warpserve_model_version_traffic_weight",
-            "Share of unpinned traffic routed to the version", labels=LABELS)
+            "Share of unpinned traffic routed to the version",
+            labels=LABELS,
+        )
         state = GaugeMetricFamily(
-            "warpserve_model_version_state", "1 for the version's current state",
-            labels=[*LABELS, "state"])
-        for served in self.registry.models.values():
+            "warpserve_model_version_state",
+            "1 for the version's current state",
+            labels=[*LABELS, "state"],
+        )
+        # Snapshots: this runs on the HTTP thread while the event loop changes the registry.
+        for served in list(self.registry.models.values()):
             weights = served.router.weights()
-            for number, mv in sorted(served.versions.items()):
+            for number, mv in sorted(list(served.versions.items())):
                 labels = [served.name, str(number)]
                 active.add_metric(labels, 1 if served.router.active == number else 0)
                 weight.add_metric(labels, weights.get(number, 0.0))
                 for st in VersionState:
                     state.add_metric([*labels, st.value], 1 if mv.state is st else 0)
         rollouts = CounterMetricFamily(
-            "warpserve_rollouts", "Model version rollouts by outcome", labels=["outcome"])
-        for outcome, count in sorted(self.registry.events.rollouts.items()):
-            rollouts.add_metric([outcome], count)
+            "warpserve_rollouts",
+            "Model version rollouts by outcome (succeeded, canary, promoted, failed)",
+            labels=[*LABELS, "outcome"],
+        )
+        for (model, version, outcome), count in sorted(list(self.registry.events.rollouts.items())):
+            rollouts.add_metric([model, str(version), outcome], count)
         rollbacks = CounterMetricFamily(
-            "warpserve_rollbacks", "Rollbacks to the previous version by reason",
-            labels=["reason"])
-        for reason, count in sorted(self.registry.events.rollbacks.items()):
-            rollbacks.add_metric([reason], count)
+            "warpserve_rollbacks",
+            "Rollbacks by reason; version is the version taken out of service",
+            labels=[*LABELS, "reason"],
+        )
+        for (model, version, reason), count in sorted(list(self.registry.events.rollbacks.items())):
+            rollbacks.add_metric([model, str(version), reason], count)
         yield from (active, weight, state, rollouts, rollbacks)
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 @dataclass
 class ServerOptions:
-    model_repository: Path | None = None   # None: the built-in demo repository
+    model_repository: Path | None = None  # None: the built-in demo repository
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
     http_port: int = 8000
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 8002
     allow_metrics: bool = True
-    model_control_mode: str = "none"        # none | poll | explicit
+    model_control_mode: str = "none"  # none | poll | explicit
     load_models: list[str] = field(default_factory=list)
     repository_poll_secs: float = 15.0
     exit_timeout_secs: float = 30.0

@@ -59,8 +59,8 @@ class VersionStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
-    inference_count: int = 0   # rows
-    execution_count: int = 0   # backend executions
+    inference_count: int = 0  # rows
+    execution_count: int = 0  # backend executions
     last_inference_ms: int = 0
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     batches: dict[int, BatchStats] = field(default_factory=dict)

@@ -14,21 +14,26 @@ def affine_model(features: int = 4, outputs: int = 2, scale: float = 2.0, seed: 
     w = rng.standard_normal((features, outputs)).astype(np.float32) * scale
     b = rng.standard_normal(outputs).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["INPUT0", "W"], ["XW"]),
-         helper.make_node("Add", ["XW", "B"], ["OUTPUT0"])],
+        [
+            helper.make_node("MatMul", ["INPUT0", "W"], ["XW"]),
+            helper.make_node("Add", ["XW", "B"], ["OUTPUT0"]),
+        ],
         "affine",
         [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", features])],
         [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", outputs])],
-        [helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.flatten()),
-         helper.make_tensor("B", TensorProto.FLOAT, b.shape, b)],
+        [
+            helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.flatten()),
+            helper.make_tensor("B", TensorProto.FLOAT, b.shape, b),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
 
 
-def affine_reference(x: np.ndarray, features: int = 4, outputs: int = 2, scale: float = 2.0,
-                     seed: int = 0) -> np.ndarray:
+def affine_reference(
+    x: np.ndarray, features: int = 4, outputs: int = 2, scale: float = 2.0, seed: int = 0
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((features, outputs)).astype(np.float32) * scale
     b = rng.standard_normal(outputs).astype(np.float32)
@@ -48,15 +53,25 @@ instance_group [{{ count: {instances} kind: KIND_CPU }}]
 
 
 def write_affine(
-    repo: Path, name: str = "affine", versions: tuple[int, ...] = (1,), *,
-    max_batch: int = 8, batching: str = "", instances: int = 1, extra: str = "",
-    golden: bool = True, config: bool = True,
+    repo: Path,
+    name: str = "affine",
+    versions: tuple[int, ...] = (1,),
+    *,
+    max_batch: int = 8,
+    batching: str = "",
+    instances: int = 1,
+    extra: str = "",
+    golden: bool = True,
+    config: bool = True,
 ) -> Path:
     model_dir = repo / name
     model_dir.mkdir(parents=True, exist_ok=True)
     if config:
-        (model_dir / "config.pbtxt").write_text(AFFINE_CONFIG.format(
-            name=name, max_batch=max_batch, batching=batching, instances=instances, extra=extra))
+        (model_dir / "config.pbtxt").write_text(
+            AFFINE_CONFIG.format(
+                name=name, max_batch=max_batch, batching=batching, instances=instances, extra=extra
+            )
+        )
     for v in versions:
         vdir = model_dir / str(v)
         vdir.mkdir(exist_ok=True)

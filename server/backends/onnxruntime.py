@@ -51,7 +51,7 @@ class OnnxRuntimeInstance:
         self._inputs = {i.name for i in session.get_inputs()}
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: v for k, v in inputs.items() if k in self._inputs}
+        feed = {k: _as_text(k, v) for k, v in inputs.items() if k in self._inputs}
         try:
             results = self.session.run(self._outputs, feed)
         except ort.capi.onnxruntime_pybind11_state.InvalidArgument as exc:
@@ -60,6 +60,26 @@ class OnnxRuntimeInstance:
 
     def close(self) -> None:
         del self.session
+
+
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """BYTES elements as str: ONNX Runtime's binding feeds a bytes object as its repr
+    ("b'ab'") and cuts fixed-width 'S' arrays at NUL; it round-trips only UTF-8 text."""
+    if array.dtype != np.object_:
+        return array
+    out = np.empty(array.shape, dtype=np.object_)
+    flat = out.reshape(-1)
+    for i, item in enumerate(array.reshape(-1)):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"input '{name}': BYTES element {i} is not UTF-8; ONNX Runtime string "
+                    "tensors carry UTF-8 text only, so encode the value (e.g. base64) first"
+                ) from exc
+        flat[i] = item
+    return out
 
 
 def load_instance(

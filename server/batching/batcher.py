@@ -42,9 +42,7 @@ class DynamicBatcher:
         self.stats = stats
         self.executors = list(executors)
         self._idle: list[Executor] = list(executors)
-        self._queues: list[deque[QueuedRequest]] = [
-            deque() for _ in range(policy.priority_levels)
-        ]
+        self._queues: list[deque[QueuedRequest]] = [deque() for _ in range(policy.priority_levels)]
         self._queued = [0] * policy.priority_levels
         self._running = 0
         self._closed = False
@@ -118,10 +116,12 @@ class DynamicBatcher:
         self._leave_queue(request)
         if not request.future.done():
             waited = (time.monotonic_ns() - request.enqueued_ns) / 1e6
-            request.future.set_exception(DeadlineExceeded(
-                f"model '{self.name}': request timed out after {waited:.1f} ms in the "
-                "queue; raise the timeout or reduce load"
-            ))
+            request.future.set_exception(
+                DeadlineExceeded(
+                    f"model '{self.name}': request timed out after {waited:.1f} ms in the "
+                    "queue; raise the timeout or reduce load"
+                )
+            )
 
     def _check_drained(self) -> None:
         if self._running == 0 and self.queued == 0:

@@ -42,7 +42,7 @@ class BatchResult:
 @dataclass
 class Executor:
     instance: ModelInstance
-    batched: bool                   # inputs carry a leading batch dimension
+    batched: bool  # inputs carry a leading batch dimension
     label: str = ""
     # Run on the event loop thread instead of a worker: for models so small that
     # the thread hop costs more than the compute (see the serving benchmark).

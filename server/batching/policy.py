@@ -9,16 +9,16 @@ from warpserve.protos import model_config_pb2 as mc
 
 @dataclass(frozen=True)
 class QueuePolicy:
-    max_queue_size: int = 0            # 0: unbounded
-    default_timeout_us: int = 0        # 0: no timeout
+    max_queue_size: int = 0  # 0: unbounded
+    default_timeout_us: int = 0  # 0: no timeout
     allow_timeout_override: bool = False
-    delay_on_timeout: bool = False     # Triton's TimeoutAction DELAY: keep, don't reject
+    delay_on_timeout: bool = False  # Triton's TimeoutAction DELAY: keep, don't reject
 
 
 @dataclass(frozen=True)
 class BatchingPolicy:
-    max_batch_size: int = 0                     # 0: the model takes no batch dimension
-    dynamic: bool = False                       # dynamic_batching present in the config
+    max_batch_size: int = 0  # 0: the model takes no batch dimension
+    dynamic: bool = False  # dynamic_batching present in the config
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 0
     priority_levels: int = 1

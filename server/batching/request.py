@@ -17,11 +17,11 @@ QUEUED, RUNNING, DONE = 0, 1, 2
 @dataclass(eq=False)
 class QueuedRequest:
     inputs: dict[str, np.ndarray]
-    rows: int                       # rows this request adds to a batch (1 if unbatched)
-    signature: tuple[Any, ...]      # requests batch together only when these match
+    rows: int  # rows this request adds to a batch (1 if unbatched)
+    signature: tuple[Any, ...]  # requests batch together only when these match
     future: asyncio.Future[Outputs]
     priority: int = 1
-    deadline_ns: int = 0            # monotonic; 0: none
+    deadline_ns: int = 0  # monotonic; 0: none
     delay_on_timeout: bool = False
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
     state: int = QUEUED

@@ -23,7 +23,9 @@ def is_loopback(address: str) -> bool:
     return address in ("localhost", "::1", "[::1]") or address.startswith("127.")
 
 
-def token_matches(expected: str, metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool | None:
+def token_matches(
+    expected: str, metadata: tuple[tuple[str, str | bytes], ...] | None
+) -> bool | None:
     """None: no credentials sent; otherwise whether they match."""
     for key, value in metadata or ():
         if key == METADATA_KEY:

@@ -26,37 +26,37 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.registry = registry
         self.live = True
 
-    async def ServerLive(self, request, context):  # type: ignore[no-untyped-def]
+    async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=self.live)
 
-    async def ServerReady(self, request, context):  # type: ignore[no-untyped-def]
+    async def ServerReady(self, request, context):
         ready = not self.dataplane.draining and all(
             served.ready_versions() for served in self.registry.models.values()
         )
         return pb.ServerReadyResponse(ready=ready)
 
     @maps_errors
-    async def ModelReady(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelReady(self, request, context):
         return pb.ModelReadyResponse(ready=self.registry.is_ready(request.name, request.version))
 
-    async def ServerMetadata(self, request, context):  # type: ignore[no-untyped-def]
+    async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(
             name="warpserve", version=__version__, extensions=EXTENSIONS
         )
 
     @maps_errors
-    async def ModelMetadata(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelMetadata(self, request, context):
         mv = self.registry.describe(request.name, request.version)
         served = self.registry.model(request.name)
         return reports.metadata(mv, served.ready_versions())
 
     @maps_errors
-    async def ModelConfig(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelConfig(self, request, context):
         mv = self.registry.describe(request.name, request.version)
         return pb.ModelConfigResponse(config=mv.config)
 
     @maps_errors
-    async def ModelStatistics(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelStatistics(self, request, context):
         if request.name:
             self.registry.model(request.name)
         if request.version:
@@ -64,23 +64,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return reports.statistics(self.registry, request.name, request.version)
 
     @maps_errors
-    async def RepositoryIndex(self, request, context):  # type: ignore[no-untyped-def]
+    async def RepositoryIndex(self, request, context):
         return reports.index(self.registry, ready_only=request.ready)
 
     @maps_errors
-    async def RepositoryModelLoad(self, request, context):  # type: ignore[no-untyped-def]
+    async def RepositoryModelLoad(self, request, context):
         await reports.load_request(self.registry, request)
         return pb.RepositoryModelLoadResponse()
 
     @maps_errors
-    async def RepositoryModelUnload(self, request, context):  # type: ignore[no-untyped-def]
+    async def RepositoryModelUnload(self, request, context):
         if request.repository_name:
             raise InvalidInput("only the default repository (empty repository_name) exists")
         await self.registry.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     @maps_errors
-    async def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelInfer(self, request, context):
         return await self._infer(request, context.time_remaining())
 
     async def _infer(
@@ -88,12 +88,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         decoded = codec.decode_request(request)
         mv, outputs = await self.dataplane.infer(decoded, deadline_s)
-        return codec.encode_response(
-            mv.name, str(mv.version), request.id, outputs.items()
-        )
+        return codec.encode_response(mv.name, str(mv.version), request.id, outputs.items())
 
-    async def ModelStreamInfer(  # type: ignore[override]
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # Requests run concurrently; responses come back as they finish (as in Triton),
         # each carrying its request id. Errors travel in error_message, not as status.
@@ -107,7 +107,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             except Exception as exc:
                 _, message = status_of(exc)
                 failed = pb.ModelInferResponse(
-                    model_name=request.model_name, model_version=request.model_version,
+                    model_name=request.model_name,
+                    model_version=request.model_version,
                     id=request.id,
                 )
                 await responses.put(

@@ -16,7 +16,10 @@ def metadata(mv: ModelVersion, versions: list[int]) -> pb.ModelMetadataResponse:
         name=mv.name, versions=[str(v) for v in versions], platform=mv.config.platform
     )
     batched = mv.config.max_batch_size > 0
-    for tensor, target in ((mv.config.input, response.inputs), (mv.config.output, response.outputs)):
+    for tensor, target in (
+        (mv.config.input, response.inputs),
+        (mv.config.output, response.outputs),
+    ):
         for t in tensor:
             spec_dims = list(t.dims)
             shape = [-1, *spec_dims] if batched else spec_dims
@@ -31,17 +34,24 @@ def _duration(d: Duration) -> pb.StatisticDuration:
 def version_statistics(mv: ModelVersion) -> pb.ModelStatistics:
     s = mv.stats
     stats = pb.ModelStatistics(
-        name=mv.name, version=str(mv.version), last_inference=s.last_inference_ms,
-        inference_count=s.inference_count, execution_count=s.execution_count,
+        name=mv.name,
+        version=str(mv.version),
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
         inference_stats=pb.InferStatistics(
-            success=_duration(s.success), fail=_duration(s.fail), queue=_duration(s.queue),
-            compute_input=_duration(s.compute_input), compute_infer=_duration(s.compute_infer),
+            success=_duration(s.success),
+            fail=_duration(s.fail),
+            queue=_duration(s.queue),
+            compute_input=_duration(s.compute_input),
+            compute_infer=_duration(s.compute_infer),
             compute_output=_duration(s.compute_output),
         ),
     )
     for size, batch in sorted(s.batches.items()):
         stats.batch_stats.add(
-            batch_size=size, compute_input=_duration(batch.compute_input),
+            batch_size=size,
+            compute_input=_duration(batch.compute_input),
             compute_infer=_duration(batch.compute_infer),
             compute_output=_duration(batch.compute_output),
         )

@@ -42,8 +42,10 @@ class RunningServer:
         """Health NOT_SERVING, refuse new calls, let in-flight ones finish, unload."""
         if self.dataplane.draining:
             return
-        log.info("shutting down: finishing in-flight requests (up to %.0f s)",
-                 self.options.exit_timeout_secs)
+        log.info(
+            "shutting down: finishing in-flight requests (up to %.0f s)",
+            self.options.exit_timeout_secs,
+        )
         self.dataplane.draining = True
         await self.health.not_serving()
         if self.poller is not None:

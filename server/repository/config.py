@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import text_format
 
@@ -90,10 +91,20 @@ def _onnx_tensors(values: list) -> list[tuple[str, str, list[int]]]:
 
 
 _ONNX_ELEM_TO_WIRE = {
-    "BOOL": "BOOL", "UINT8": "UINT8", "UINT16": "UINT16", "UINT32": "UINT32",
-    "UINT64": "UINT64", "INT8": "INT8", "INT16": "INT16", "INT32": "INT32",
-    "INT64": "INT64", "FLOAT16": "FP16", "FLOAT": "FP32", "DOUBLE": "FP64",
-    "STRING": "BYTES", "BFLOAT16": "BF16",
+    "BOOL": "BOOL",
+    "UINT8": "UINT8",
+    "UINT16": "UINT16",
+    "UINT32": "UINT32",
+    "UINT64": "UINT64",
+    "INT8": "INT8",
+    "INT16": "INT16",
+    "INT32": "INT32",
+    "INT64": "INT64",
+    "FLOAT16": "FP16",
+    "FLOAT": "FP32",
+    "DOUBLE": "FP64",
+    "STRING": "BYTES",
+    "BFLOAT16": "BF16",
 }
 
 
@@ -115,7 +126,9 @@ def complete_from_onnx(config: mc.ModelConfig, model_path: Path) -> None:
     _complete_tensors(config.output, outputs, skip, str(model_path))
 
 
-def _complete_tensors(configured, found, skip: int, source: str) -> None:  # type: ignore[no-untyped-def]
+def _complete_tensors(
+    configured: Any, found: list[tuple[str, str, list[int]]], skip: int, source: str
+) -> None:
     by_name = {t.name: t for t in configured}
     for name, wire, dims in found:
         if not wire:

@@ -30,22 +30,40 @@ def apply(repository: ModelRepository, name: str, params: dict[str, Any]) -> Non
         raise InvalidInput(
             f"unknown load parameter(s) {unknown}; use 'config' and 'file:<version>/<name>'"
         )
-    targets = {key: _target(model_dir, key[len(FILE_PREFIX):]) for key in files}
+    _check_inside(repository, model_dir)
+    # Everything is checked before the first write, so a refused call writes nothing.
+    payloads = {
+        _target(model_dir, key[len(FILE_PREFIX) :]): _bytes(v, key) for key, v in files.items()
+    }
     config = _config(name, params["config"]) if "config" in params else None
     model_dir.mkdir(exist_ok=True)
-    for key, target in targets.items():
-        _write_atomic(target, _bytes(files[key], key))
+    for target, data in payloads.items():
+        _write_atomic(target, data)
     if config is not None:
         _write_atomic(model_dir / CONFIG_FILE, text_format.MessageToString(config).encode())
 
 
+def _check_inside(repository: ModelRepository, model_dir: Path) -> None:
+    if model_dir.exists() and model_dir.resolve().parent != repository.root:
+        raise InvalidInput(
+            f"model folder {model_dir.name!r} links outside the repository; overrides are "
+            "written only inside it"
+        )
+
+
 def _target(model_dir: Path, relative: str) -> Path:
-    root = model_dir.resolve() if model_dir.exists() else model_dir.parent.resolve() / model_dir.name
+    root = (
+        model_dir.resolve() if model_dir.exists() else model_dir.parent.resolve() / model_dir.name
+    )
     target = (root / relative).resolve()
     if not relative or os.path.isabs(relative) or root not in target.parents:
         raise InvalidInput(
             f"override file path {relative!r} leaves the model folder; use a relative "
             "path such as '1/model.onnx'"
+        )
+    if target.is_dir():
+        raise InvalidInput(
+            f"override file path {relative!r} names a folder; name a file such as '1/model.onnx'"
         )
     return target
 
@@ -73,6 +91,10 @@ def _bytes(value: Any, key: str) -> bytes:
 def _write_atomic(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".override-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, target)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -46,7 +46,8 @@ class ModelRepository:
 
     def model_names(self) -> list[str]:
         return sorted(
-            p.name for p in self.root.iterdir()
+            p.name
+            for p in self.root.iterdir()
             if p.is_dir() and _NAME.match(p.name) and not p.name.startswith(".")
         )
 
@@ -69,9 +70,9 @@ class ModelRepository:
         model_dir = self.model_dir(name)
         found = []
         for path in model_dir.iterdir():
-            if path.is_dir() and path.name.isdigit() and int(path.name) > 0:
-                if self.is_complete(path, config):
-                    found.append(VersionFolder(int(path.name), path))
+            numbered = path.is_dir() and path.name.isdigit() and int(path.name) > 0
+            if numbered and self.is_complete(path, config):
+                found.append(VersionFolder(int(path.name), path))
         return sorted(found, key=lambda v: v.version)
 
     def is_complete(self, version_dir: Path, config: mc.ModelConfig) -> bool:
@@ -86,7 +87,8 @@ class ModelRepository:
         """Numeric version folders that are not complete (reported, never loaded)."""
         model_dir = self.model_dir(name)
         return sorted(
-            p for p in model_dir.iterdir()
+            p
+            for p in model_dir.iterdir()
             if p.is_dir() and p.name.isdigit() and not self.is_complete(p, config)
         )
 
@@ -98,9 +100,7 @@ class ModelRepository:
         for folder in self.version_folders(name, config):
             if folder.version == version:
                 return folder
-        raise ModelNotFound(
-            f"model '{name}' has no complete version {version} in the repository"
-        )
+        raise ModelNotFound(f"model '{name}' has no complete version {version} in the repository")
 
 
 def select_versions(
@@ -113,4 +113,4 @@ def select_versions(
         wanted = set(policy.specific.versions)
         return [f for f in folders if f.version in wanted]
     count = policy.latest.num_versions if kind == "latest" else 1
-    return folders[-max(count, 1):] if folders else []
+    return folders[-max(count, 1) :] if folders else []

@@ -76,8 +76,9 @@ def test_idle_instance_dispatches_without_waiting_for_a_batch() -> None:
     async def body() -> None:
         model = FakeModel()
         # A long max_queue_delay must not hold a request when the instance is idle.
-        batcher = make(BatchingPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=10**9),
-                       model)
+        batcher = make(
+            BatchingPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=10**9), model
+        )
         r = request()
         batcher.submit(r)
         out = await r.future
@@ -168,8 +169,9 @@ def test_queue_full_rejects_instead_of_blocking() -> None:
     async def body() -> None:
         gate = threading.Event()
         model = FakeModel(gate)
-        policy = BatchingPolicy(max_batch_size=8, dynamic=True,
-                                default_queue=QueuePolicy(max_queue_size=2))
+        policy = BatchingPolicy(
+            max_batch_size=8, dynamic=True, default_queue=QueuePolicy(max_queue_size=2)
+        )
         batcher = make(policy, model)
         running = request()
         batcher.submit(running)
@@ -230,8 +232,9 @@ def test_higher_priority_runs_first() -> None:
     async def body() -> None:
         gate = threading.Event()
         model = FakeModel(gate)
-        policy = BatchingPolicy(max_batch_size=1, dynamic=True, priority_levels=2,
-                                default_priority=2)
+        policy = BatchingPolicy(
+            max_batch_size=1, dynamic=True, priority_levels=2, default_priority=2
+        )
         batcher = make(policy, model)
         batcher.submit(request())
         await until(lambda: model.running == 1)
@@ -270,8 +273,9 @@ def test_preferred_batch_size_trims_the_batch() -> None:
 def test_triton_mode_waits_for_max_queue_delay() -> None:
     async def body() -> None:
         model = FakeModel()
-        policy = BatchingPolicy(max_batch_size=4, dynamic=True, max_queue_delay_us=200_000,
-                                eager=False)
+        policy = BatchingPolicy(
+            max_batch_size=4, dynamic=True, max_queue_delay_us=200_000, eager=False
+        )
         batcher = make(policy, model)
         first = request()
         batcher.submit(first)

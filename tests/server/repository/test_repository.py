@@ -29,8 +29,11 @@ def test_missing_config_is_completed_from_the_onnx_model(tmp_path: Path) -> None
 
 
 def test_unknown_triton_fields_are_skipped(tmp_path: Path) -> None:
-    write_affine(tmp_path, extra='sequence_batching { max_sequence_idle_microseconds: 5 }\n'
-                 'optimization { cuda { graphs: true } }')
+    write_affine(
+        tmp_path,
+        extra="sequence_batching { max_sequence_idle_microseconds: 5 }\n"
+        "optimization { cuda { graphs: true } }",
+    )
     config = ModelRepository(tmp_path).config("affine")
     assert config.optimization.cuda.graphs and config.max_batch_size == 8
 
