@@ -84,8 +84,9 @@ class DataPlane:
     ) -> QueuedRequest:
         if mv.validator is None or mv.batcher is None:
             raise Unavailable(f"model '{mv.name}' version {mv.version} is not ready")
-        rows = mv.validator.rows(request.inputs)
-        mv.validator.check_outputs(request.outputs)
+        rows, signature = mv.validator.check(request.inputs)
+        if request.outputs:
+            mv.validator.check_outputs(request.outputs)
         policy = mv.batcher.policy
         priority = _priority(request.parameters, policy.priority_levels, policy.default_priority)
         queue = policy.queue_for(priority)
@@ -104,7 +105,7 @@ class DataPlane:
         return QueuedRequest(
             request.inputs,
             rows,
-            mv.signature(request.inputs),
+            signature,
             future,
             priority=priority,
             deadline_ns=deadline_ns,

@@ -77,7 +77,13 @@ def from_config(value: int) -> DType:
     return BY_CONFIG[value]
 
 
+_BY_NUMPY = {d.numpy: d for d in _ALL if d.wire not in ("BYTES", "BF16")}
+
+
 def from_numpy(dtype: np.dtype) -> DType:
+    found = _BY_NUMPY.get(dtype)
+    if found is not None:
+        return found
     if dtype.kind in ("O", "S", "U"):
         return BY_WIRE["BYTES"]
     for d in _ALL:

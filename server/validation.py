@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,7 @@ class InputValidator:
             t.name: TensorSpec(t.name, dtypes.from_config(t.data_type), tuple(t.dims), t.optional)
             for t in config.input
         }
+        self._required = {n for n, spec in self.inputs.items() if not spec.optional}
         self.outputs = {
             t.name: TensorSpec(t.name, dtypes.from_config(t.data_type), tuple(t.dims))
             for t in config.output
@@ -38,13 +40,30 @@ class InputValidator:
 
     def rows(self, inputs: dict[str, np.ndarray]) -> int:
         """Validate ``inputs`` and return how many batch rows they carry."""
-        self._check_names(inputs)
+        return self.check(inputs)[0]
+
+    def check(self, inputs: dict[str, np.ndarray]) -> tuple[int, tuple[Any, ...]]:
+        """Validate ``inputs``; return their batch rows and their batching signature.
+
+        Requests share a batch only when their signatures (name, dtype and non-batch
+        shape of every input) are equal.
+        """
+        if len(inputs) != len(self.inputs) or not self._required <= inputs.keys():
+            self._check_names(inputs)
         rows = 0
+        skip = 1 if self.batched else 0
+        signature = []
         for name, array in inputs.items():
-            spec = self.inputs[name]
-            self._check_dtype(spec, array)
+            spec = self.inputs.get(name)
+            if spec is None:
+                self._check_names(inputs)
+                raise AssertionError("unreachable: _check_names raises")
+            if array.dtype != spec.dtype.numpy:
+                self._check_dtype(spec, array)
             rows = self._check_shape(spec, array.shape, rows)
-        return rows if self.batched else 1
+            signature.append((name, array.dtype.str, array.shape[skip:]))
+        signature.sort()
+        return (rows if self.batched else 1), tuple(signature)
 
     def check_outputs(self, requested: list[str]) -> None:
         for name in requested:

@@ -50,6 +50,7 @@ class DynamicBatcher:
         self._drained = asyncio.Event()
         self._drained.set()
         self._hook = hook
+        self._tick_pending = False
 
     # -- public ------------------------------------------------------------------
 
@@ -80,6 +81,18 @@ class DynamicBatcher:
             delay = max(0.0, (request.deadline_ns - time.monotonic_ns()) / 1e9)
             loop = asyncio.get_running_loop()
             request.timer = loop.call_later(delay, self._expire, request)
+        if self._idle and self._idle[-1].inline and (self._tick_pending or self.queued > 1):
+            # Inline executors run on this thread: a request that finds others queued
+            # waits one loop pass, so requests arriving together form one batch; a lone
+            # request runs at once.
+            if not self._tick_pending:
+                self._tick_pending = True
+                asyncio.get_running_loop().call_soon(self._tick)
+            return
+        self._schedule()
+
+    def _tick(self) -> None:
+        self._tick_pending = False
         self._schedule()
 
     def cancel(self, request: QueuedRequest) -> None:
@@ -124,7 +137,7 @@ class DynamicBatcher:
             )
 
     def _check_drained(self) -> None:
-        if self._running == 0 and self.queued == 0:
+        if self._running == 0 and not any(self._queued):
             self._drained.set()
 
     # -- batch formation -----------------------------------------------------------
