@@ -58,13 +58,15 @@ def _warpserve_command() -> list[str]:
     exe = shutil.which("warpserve")
     if exe:
         return [exe]
-    return [sys.executable, "-c", "import sys; from warpserve.server.cli import main; "
-            "sys.exit(main())"]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from warpserve.server.cli import main; sys.exit(main())",
+    ]
 
 
 @contextlib.contextmanager
-def running(command: list[str], port: int, name: str, log_dir: Path,
-            model: str) -> Iterator[str]:
+def running(command: list[str], port: int, name: str, log_dir: Path, model: str) -> Iterator[str]:
     """Start ``command``, wait until ``model`` is ready on ``port``, SIGTERM it at the end."""
     log_path = log_dir / f"{name}-{model}.log"
     with open(log_path, "wb") as log:
@@ -82,26 +84,32 @@ def running(command: list[str], port: int, name: str, log_dir: Path,
                 process.wait()
 
 
-def _wait_ready(process: subprocess.Popen[bytes], url: str, model: str, name: str,
-                log_path: Path) -> None:
+def _wait_ready(
+    process: subprocess.Popen[bytes], url: str, model: str, name: str, log_path: Path
+) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     with grpc.insecure_channel(url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode} before it was "
-                                   f"ready; its log:\n{_tail(log_path)}")
+                raise RuntimeError(
+                    f"{name} exited with {process.returncode} before it was "
+                    f"ready; its log:\n{_tail(log_path)}"
+                )
             if _ready(stub, model):
                 return
             time.sleep(0.2)
-    raise RuntimeError(f"{name} not ready after {READY_TIMEOUT_S:.0f}s; its log:\n"
-                       f"{_tail(log_path)}")
+    raise RuntimeError(
+        f"{name} not ready after {READY_TIMEOUT_S:.0f}s; its log:\n{_tail(log_path)}"
+    )
 
 
 def _ready(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> bool:
     try:
-        return bool(stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready
-                    and stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready)
+        return bool(
+            stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready
+            and stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready
+        )
     except grpc.RpcError:
         return False
 
@@ -110,19 +118,39 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def serve_warpserve(repo: Path, log_dir: Path, model: str
-                    ) -> contextlib.AbstractContextManager[str]:
+def serve_warpserve(
+    repo: Path, log_dir: Path, model: str
+) -> contextlib.AbstractContextManager[str]:
     port = free_port()
-    command = [*_warpserve_command(), "serve", "--model-repository", str(repo),
-               "--grpc-port", str(port), "--http-port", "0", "--metrics-port", "0"]
+    command = [
+        *_warpserve_command(),
+        "serve",
+        "--model-repository",
+        str(repo),
+        "--grpc-port",
+        str(port),
+        "--http-port",
+        "0",
+        "--metrics-port",
+        "0",
+    ]
     return running(command, port, "warpserve", log_dir, model)
 
 
-def serve_ceiling(metadata_from: str, log_dir: Path, model: str
-                  ) -> contextlib.AbstractContextManager[str]:
+def serve_ceiling(
+    metadata_from: str, log_dir: Path, model: str
+) -> contextlib.AbstractContextManager[str]:
     port = free_port()
-    command = [sys.executable, str(BENCH_DIR / "ceiling_server.py"), "--port", str(port),
-               "--metadata-from", metadata_from, "--model", model]
+    command = [
+        sys.executable,
+        str(BENCH_DIR / "ceiling_server.py"),
+        "--port",
+        str(port),
+        "--metadata-from",
+        metadata_from,
+        "--model",
+        model,
+    ]
     return running(command, port, "ceiling", log_dir, model)
 
 
@@ -136,8 +164,10 @@ def fraud_repository(repo: Path | None, work: Path) -> Path:
     try:
         from warpserve.server.demo.build import ensure_demo_repository
     except ImportError:
-        print("demo repository builder not available; using a stand-in fraud_scorer MLP",
-              file=sys.stderr)
+        print(
+            "demo repository builder not available; using a stand-in fraud_scorer MLP",
+            file=sys.stderr,
+        )
         return _write_standin_mlp(work / "mlp-repo")
     return Path(ensure_demo_repository())
 
@@ -148,49 +178,68 @@ def _write_standin_mlp(repo: Path) -> Path:
 
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(
-        torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
-        torch.nn.Linear(32, 1), torch.nn.Sigmoid()).eval()
-    config = (f'name: "{FRAUD_MODEL}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\n'
-              'input [ { name: "TRANSACTION" data_type: TYPE_FP32 dims: [ 16 ] } ]\n'
-              'output [ { name: "FRAUD_PROBABILITY" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
-              "dynamic_batching { }\n")
-    write_triton_model(repo, FRAUD_MODEL, mlp, torch.zeros(1, 16),
-                       ("TRANSACTION", "FRAUD_PROBABILITY"), config)
+        torch.nn.Linear(16, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 1),
+        torch.nn.Sigmoid(),
+    ).eval()
+    config = (
+        f'name: "{FRAUD_MODEL}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\n'
+        'input [ { name: "TRANSACTION" data_type: TYPE_FP32 dims: [ 16 ] } ]\n'
+        'output [ { name: "FRAUD_PROBABILITY" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        "dynamic_batching { }\n"
+    )
+    write_triton_model(
+        repo, FRAUD_MODEL, mlp, torch.zeros(1, 16), ("TRANSACTION", "FRAUD_PROBABILITY"), config
+    )
     return repo
 
 
 # ------------------------------------------------------------------ benchmarks
 
 
-def bench_fraud(repo: Path, log_dir: Path, levels: list[int], durations: tuple[float, float]
-                ) -> dict[str, Any]:
+def bench_fraud(
+    repo: Path, log_dir: Path, levels: list[int], durations: tuple[float, float]
+) -> dict[str, Any]:
     duration, warmup = durations
     ours: dict[int, BenchResult] = {}
     ceiling: dict[int, BenchResult] = {}
-    with serve_warpserve(repo, log_dir, FRAUD_MODEL) as url, \
-            serve_ceiling(url, log_dir, FRAUD_MODEL) as ceiling_url:
+    with (
+        serve_warpserve(repo, log_dir, FRAUD_MODEL) as url,
+        serve_ceiling(url, log_dir, FRAUD_MODEL) as ceiling_url,
+    ):
         # Interleaved per level so that drift on a shared machine hits both sides alike.
         for level in levels:
-            ceiling[level] = _measure(ceiling_url, FRAUD_MODEL, level, duration, warmup, 1,
-                                      "ceiling")
+            ceiling[level] = _measure(
+                ceiling_url, FRAUD_MODEL, level, duration, warmup, 1, "ceiling"
+            )
             ours[level] = _measure(url, FRAUD_MODEL, level, duration, warmup, 1, "warpserve")
     low, high = min(levels), max(levels)
     return {
         "model": FRAUD_MODEL,
         "ours": [r.to_json() for r in ours.values()],
         "ceiling": [r.to_json() for r in ceiling.values()],
-        f"throughput_ratio_at_{high}": _ratio(ours[high].throughput_rps,
-                                              ceiling[high].throughput_rps),
+        f"throughput_ratio_at_{high}": _ratio(
+            ours[high].throughput_rps, ceiling[high].throughput_rps
+        ),
         f"p50_ratio_at_{low}": _ratio(ours[low].p50_ms, ceiling[low].p50_ms),
         "p99_ms_at_highest_load": ours[high].to_json()["p99_ms"],
         "highest_load_concurrency": high,
     }
 
 
-def _measure(url: str, model: str, concurrency: int, duration: float, warmup: float,
-             batch_size: int, label: str) -> BenchResult:
-    result = asyncio.run(measure(url, model, concurrency, duration, batch_size,
-                                 warmup_s=warmup))
+def _measure(
+    url: str,
+    model: str,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    batch_size: int,
+    label: str,
+) -> BenchResult:
+    result = asyncio.run(measure(url, model, concurrency, duration, batch_size, warmup_s=warmup))
     print(f"{label:>10} {format_row(result)}", flush=True)
     return result
 
@@ -223,8 +272,9 @@ def in_process_sweep(model_path: Path, duration: float, warmup: float) -> dict[i
     """Images/s of ONNX Runtime in this process at batch 1, 2, 4, 8."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(model_path), _server_session_options(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(model_path), _server_session_options(), providers=["CPUExecutionProvider"]
+    )
     rng = np.random.default_rng(0)
     sweep = {}
     for batch in (1, 2, 4, 8):
@@ -279,14 +329,18 @@ def print_summary(report: dict[str, Any]) -> None:
     if fraud:
         for key in (k for k in fraud if "_ratio_at_" in k):
             print(f"  fraud {key:<28} {_fmt(fraud[key])}")
-        print(f"  fraud p99 ms at concurrency {fraud['highest_load_concurrency']:<6}"
-              f"  {_fmt(fraud['p99_ms_at_highest_load'])}")
+        print(
+            f"  fraud p99 ms at concurrency {fraud['highest_load_concurrency']:<6}"
+            f"  {_fmt(fraud['p99_ms_at_highest_load'])}"
+        )
     resnet = report.get("resnet")
     if resnet:
         print(f"  resnet18 images/s ours            {resnet['ours']['rows_per_s']:.1f}")
         best = resnet["in_process_best_batch"]
-        print(f"  resnet18 images/s in-process b{best}    "
-              f"{resnet['in_process_images_per_s'][str(best)]:.1f}")
+        print(
+            f"  resnet18 images/s in-process b{best}    "
+            f"{resnet['in_process_images_per_s'][str(best)]:.1f}"
+        )
         print(f"  resnet18 throughput ratio         {_fmt(resnet['throughput_ratio'])}")
 
 
@@ -294,13 +348,15 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _run_benchmarks(args: argparse.Namespace, durations: tuple[float, float],
-                    report: dict[str, Any]) -> None:
+def _run_benchmarks(
+    args: argparse.Namespace, durations: tuple[float, float], report: dict[str, Any]
+) -> None:
     with tempfile.TemporaryDirectory(prefix="warpserve-bench-") as tmp:
         work = Path(tmp)
         if args.only in (None, "fraud"):
-            report["fraud"] = bench_fraud(fraud_repository(args.repo, work), work, [1, 32],
-                                          durations)
+            report["fraud"] = bench_fraud(
+                fraud_repository(args.repo, work), work, [1, 32], durations
+            )
         if args.only in (None, "resnet"):
             report["resnet"] = bench_resnet(work, work, durations)
 
@@ -315,9 +371,14 @@ def main() -> int:
     durations = (3.0, 1.0) if args.quick else (10.0, 2.0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
-        "quick": args.quick, "duration_s": durations[0], "warmup_s": durations[1],
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "quick": args.quick,
+        "duration_s": durations[0],
+        "warmup_s": durations[1],
     }
     print(f"{'':>10} {TABLE_COLUMNS}")
     try:

@@ -27,9 +27,21 @@ _OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),  # a port clash must fail loudly, not share the port
 ]
-_ITEM_BYTES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2,
-               "BF16": 2, "UINT32": 4, "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8,
-               "FP64": 8}
+_ITEM_BYTES = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "INT8": 1,
+    "UINT16": 2,
+    "INT16": 2,
+    "FP16": 2,
+    "BF16": 2,
+    "UINT32": 4,
+    "INT32": 4,
+    "FP32": 4,
+    "UINT64": 8,
+    "INT64": 8,
+    "FP64": 8,
+}
 
 
 @dataclass
@@ -49,11 +61,13 @@ class ModelAnswers:
 def fetch_answers(url: str, model: str, version: str = "") -> ModelAnswers:
     with grpc.insecure_channel(url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=model, version=version),
-                                      timeout=10)
+        metadata = stub.ModelMetadata(
+            pb.ModelMetadataRequest(name=model, version=version), timeout=10
+        )
         try:
-            config = stub.ModelConfig(pb.ModelConfigRequest(name=model, version=version),
-                                      timeout=10)
+            config = stub.ModelConfig(
+                pb.ModelConfigRequest(name=model, version=version), timeout=10
+            )
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
@@ -64,8 +78,9 @@ def fetch_answers(url: str, model: str, version: str = "") -> ModelAnswers:
 def build_response(answers: ModelAnswers, batch_size: int = 1) -> pb.ModelInferResponse:
     """Zero-filled outputs shaped from metadata: batch dim → ``batch_size``, other -1 → 1."""
     meta = answers.metadata
-    response = pb.ModelInferResponse(model_name=meta.name,
-                                     model_version=meta.versions[-1] if meta.versions else "")
+    response = pb.ModelInferResponse(
+        model_name=meta.name, model_version=meta.versions[-1] if meta.versions else ""
+    )
     for tensor in meta.outputs:
         shape = [1 if d < 0 else d for d in tensor.shape]
         if answers.batched and shape:
@@ -118,8 +133,7 @@ async def start_ceiling(
 ) -> tuple[grpc.aio.Server, int]:
     """Start the ceiling server in the running loop; returns it and its bound port."""
     server = grpc.aio.server(options=_OPTIONS)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        CeilingServicer(answers, batch_size), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(CeilingServicer(answers, batch_size), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}; pick a free port")

@@ -48,7 +48,8 @@ class BasicBlock(nn.Module):
         self.downsample: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.downsample = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -67,8 +68,9 @@ class ResNet(nn.Module):
         )
         stages = []
         c_in = 64
-        for i, (n_blocks, width) in enumerate(zip(config.blocks_per_stage, config.widths,
-                                                  strict=True)):
+        for i, (n_blocks, width) in enumerate(
+            zip(config.blocks_per_stage, config.widths, strict=True)
+        ):
             stride = 1 if i == 0 else 2
             blocks = [BasicBlock(c_in, width, stride)]
             blocks += [BasicBlock(width, width, 1) for _ in range(n_blocks - 1)]
@@ -88,22 +90,34 @@ def resnet18(seed: int = 0) -> ResNet:
     return ResNet(ResNetConfig()).eval()
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, input_name: str,
-                output_name: str, path: Path) -> None:
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, input_name: str, output_name: str, path: Path
+) -> None:
     """ONNX with a dynamic leading batch dim (the TorchScript exporter: it gives one
     self-contained file with a plain graph that every ONNX Runtime build runs)."""
     # The legacy exporter warns that it is deprecated; it still writes this graph fine.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=17,
-            input_names=[input_name], output_names=[output_name],
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=[input_name],
+            output_names=[output_name],
             dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
         )
 
 
-def write_triton_model(repo: Path, name: str, model: nn.Module, example: torch.Tensor,
-                       io_names: tuple[str, str], config_pbtxt: str) -> Path:
+def write_triton_model(
+    repo: Path,
+    name: str,
+    model: nn.Module,
+    example: torch.Tensor,
+    io_names: tuple[str, str],
+    config_pbtxt: str,
+) -> Path:
     """``<repo>/<name>/config.pbtxt`` + ``<repo>/<name>/1/model.onnx``; returns the model dir."""
     version_dir = repo / name / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +131,14 @@ def write_resnet18(repo: Path, seed: int = 0) -> Path:
     model_dir = repo / MODEL_NAME
     if (model_dir / "1" / "model.onnx").exists():
         return model_dir
-    return write_triton_model(repo, MODEL_NAME, resnet18(seed), torch.zeros(1, 3, 224, 224),
-                              ("INPUT", "LOGITS"), CONFIG_PBTXT)
+    return write_triton_model(
+        repo,
+        MODEL_NAME,
+        resnet18(seed),
+        torch.zeros(1, 3, 224, 224),
+        ("INPUT", "LOGITS"),
+        CONFIG_PBTXT,
+    )
 
 
 def main() -> None:

@@ -4,16 +4,20 @@ A (re)load loads new versions beside the serving ones, warms and verifies them,
 flips routing in one step, then drains and unloads what the version policy no
 longer wants. The replaced version stays loaded for a grace period so that a
 rollback needs no load. A failed load or check leaves the old version serving.
+
+Routing changes (rollback, promote, split, shadow) are synchronous: one step on
+the event loop, so no request ever sees half of one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from warpserve.protos import model_config_pb2 as mc
-from warpserve.server.batching.batcher import Hook
 from warpserve.server.errors import (
     FailedPrecondition,
     InvalidInput,
@@ -21,47 +25,49 @@ from warpserve.server.errors import (
     ModelNotFound,
     Unavailable,
 )
-from warpserve.server.lifecycle.router import VersionRouter
-from warpserve.server.lifecycle.version import ModelVersion, VersionState
-from warpserve.server.repository.repository import ModelRepository, check_model_name
+from warpserve.server.lifecycle.served import ServedModel, is_serving
+from warpserve.server.lifecycle.version import (
+    LifecycleHook,
+    ModelVersion,
+    at_point,
+)
+from warpserve.server.repository.repository import (
+    ModelRepository,
+    VersionFolder,
+    check_model_name,
+)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ServedModel:
-    name: str
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
-    router: VersionRouter = field(default_factory=VersionRouter)
-    reason: str = ""            # why the last load of the model failed, if it did
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    retire_tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-
-    def ready_versions(self) -> list[int]:
-        return sorted(v for v, mv in self.versions.items() if mv.ready)
+EventKey = tuple[str, int, str]  # (model, version, outcome or reason)
 
 
 @dataclass
 class RegistryEvents:
-    """Counters the metrics exporter reads."""
+    """Counters the metrics exporter reads (from its thread, on a copy of each table)."""
 
-    rollouts: dict[str, int] = field(default_factory=dict)    # outcome -> count
-    rollbacks: dict[str, int] = field(default_factory=dict)   # reason -> count
+    rollouts: dict[EventKey, int] = field(default_factory=dict)  # outcome per version
+    rollbacks: dict[EventKey, int] = field(default_factory=dict)  # reason per version left
 
-    def count(self, table: dict[str, int], key: str) -> None:
+    def count(self, table: dict[EventKey, int], model: str, version: int, label: str) -> None:
+        key = (model, version, label)
         table[key] = table.get(key, 0) + 1
 
 
 class ModelRegistry:
     def __init__(
-        self, repository: ModelRepository, *, grace_period_s: float = 300.0,
-        hook: Hook | None = None,
+        self,
+        repository: ModelRepository,
+        *,
+        grace_period_s: float = 300.0,
+        hook: LifecycleHook | None = None,
     ) -> None:
         self.repository = repository
         self.grace_period_s = grace_period_s
         self.models: dict[str, ServedModel] = {}
         self.events = RegistryEvents()
-        self._hook = hook
+        self.hook = hook  # named points for tests; versions loaded later pick it up
         self._closing = False
 
     # -- lookups -----------------------------------------------------------------------
@@ -99,9 +105,7 @@ class ModelRegistry:
             )
         if not mv.ready:
             detail = f": {mv.reason}" if mv.reason else ""
-            raise Unavailable(
-                f"model '{served.name}' version {number} is {mv.state.value}{detail}"
-            )
+            raise Unavailable(f"model '{served.name}' version {number} is {mv.state.value}{detail}")
         return mv
 
     def _not_ready_reason(self, served: ServedModel) -> str:
@@ -133,19 +137,35 @@ class ModelRegistry:
 
     def all_versions(self) -> list[ModelVersion]:
         # A snapshot: the metrics thread reads it while the loop mutates the registry.
-        return [mv for served in list(self.models.values()) for mv in list(served.versions.values())]
+        served = list(self.models.values())
+        return [mv for model in served for mv in list(model.versions.values())]
 
     # -- load / unload -----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, name: str, *, create: bool = False) -> AsyncIterator[ServedModel]:
+        """The model's entry with its lock held; retries if a full unload dropped it."""
+        while True:
+            if create:
+                if self._closing:
+                    raise Unavailable("the server is shutting down; no loads accepted")
+                served = self.models.setdefault(check_model_name(name), ServedModel(name))
+            else:
+                served = self.model(name)
+            async with served.lock:
+                if self.models.get(name) is served:
+                    yield served
+                    return
 
     async def load(
         self, name: str, versions: list[int] | None = None, *, activate: bool = True
     ) -> ServedModel:
-        """(Re)load a model per its version policy (or exactly ``versions``); hot swap."""
-        if self._closing:
-            raise Unavailable("the server is shutting down; no loads accepted")
-        check_model_name(name)
-        served = self.models.setdefault(name, ServedModel(name))
-        async with served.lock:
+        """(Re)load a model per its version policy (or exactly ``versions``); hot swap.
+
+        With ``activate=False`` the versions load beside the serving one without
+        taking traffic (unless nothing serves yet).
+        """
+        async with self._locked(name, create=True) as served:
             await self._load_locked(served, versions, activate)
         return served
 
@@ -160,27 +180,23 @@ class ModelRegistry:
             self._drop_if_empty(served)
             raise
         fresh = [
-            ModelVersion(served.name, f.version, f.path, _copy(config), hook=self._hook)
-            for f in folders if not _serving(served.versions.get(f.version))
+            ModelVersion(served.name, f.version, f.path, _copy(config), hook=self.hook)
+            for f in folders
+            if not is_serving(served.versions.get(f.version))
         ]
         for mv in fresh:
-            self._replace_entry(served, mv)
+            served.replace_entry(mv)
         await asyncio.gather(*(mv.load() for mv in fresh))
-        failed = [mv for mv in fresh if mv.state is VersionState.FAILED]
+        self._check_loaded(served, fresh)
         wanted = {f.version for f in folders}
-        if failed:
-            served.reason = "; ".join(f"version {mv.version}: {mv.reason}" for mv in failed)
-            self.events.count(self.events.rollouts, "failed")
-            raise ModelLoadError(
-                f"model '{served.name}' load failed, the serving version is unchanged: "
-                f"{served.reason}"
-            )
-        served.reason = ""
-        if activate and wanted:
+        if activate or served.router.active is None:
+            await at_point(self.hook, "swapping")
             self._activate(served, max(wanted))
-            self._retire_unwanted(served, wanted)
+            served.retire_unwanted(wanted, self.grace_period_s)
 
-    def _wanted_folders(self, name: str, config: mc.ModelConfig, versions: list[int] | None):  # type: ignore[no-untyped-def]
+    def _wanted_folders(
+        self, name: str, config: mc.ModelConfig, versions: list[int] | None
+    ) -> list[VersionFolder]:
         if versions:
             return [self.repository.version_folder(name, v, config) for v in versions]
         folders = self.repository.versions_to_serve(name, config)
@@ -191,67 +207,60 @@ class ModelRegistry:
             )
         return folders
 
-    def _replace_entry(self, served: ServedModel, mv: ModelVersion) -> None:
-        old = served.versions.get(mv.version)
-        if old is not None and old.state not in (VersionState.UNLOADED, VersionState.FAILED):
-            # Same version number reloaded: the old incarnation retires in the background.
-            self._spawn_retire(served, old, delay=0.0)
-        served.versions[mv.version] = mv
+    def _check_loaded(self, served: ServedModel, fresh: list[ModelVersion]) -> None:
+        failed = [mv for mv in fresh if not mv.ready]
+        if not failed:
+            served.reason = ""
+            return
+        for mv in failed:
+            self.events.count(self.events.rollouts, served.name, mv.version, "failed")
+        served.reason = "; ".join(
+            f"version {mv.version}: {mv.reason or mv.state.value}" for mv in failed
+        )
+        raise ModelLoadError(
+            f"model '{served.name}' load failed, the serving version is unchanged: {served.reason}"
+        )
 
-    def _activate(self, served: ServedModel, version: int) -> None:
+    def _activate(
+        self, served: ServedModel, version: int, outcome: str | None = "succeeded"
+    ) -> None:
         before = served.router.active
         served.router.switch(version)
-        task = served.retire_tasks.pop(version, None)
-        if task is not None:
-            task.cancel()
+        served.cancel_retire(version)
         if before != version:
-            self.events.count(self.events.rollouts, "succeeded")
+            if outcome:
+                self.events.count(self.events.rollouts, served.name, version, outcome)
             log.info("model '%s' now serves version %d (was %s)", served.name, version, before)
 
-    def _retire_unwanted(self, served: ServedModel, wanted: set[int]) -> None:
-        for version, mv in list(served.versions.items()):
-            if version in wanted or not _serving(mv):
-                continue
-            delay = self.grace_period_s if version == served.router.previous else 0.0
-            self._spawn_retire(served, mv, delay)
-
-    def _spawn_retire(self, served: ServedModel, mv: ModelVersion, delay: float) -> None:
-        async def retire() -> None:
-            if delay:
-                await asyncio.sleep(delay)
-            if served.versions.get(mv.version) is mv and mv.version == served.router.active:
-                return  # rolled back to it meanwhile
-            if served.versions.get(mv.version) is mv:
-                served.router.forget(mv.version)
-            await mv.drain_and_unload()
-
-        previous = served.retire_tasks.pop(mv.version, None)
-        if previous is not None and delay:
-            previous.cancel()
-        task = asyncio.get_running_loop().create_task(retire())
-        served.retire_tasks[mv.version] = task
-        task.add_done_callback(lambda t: _log_task_error(t, served.name, mv.version))
-
     async def unload(self, name: str, version: int | None = None) -> None:
-        """Drain and unload one version, or every version of the model."""
-        served = self.model(name)
-        async with served.lock:
+        """Drain and unload one version, or every version of the model.
+
+        Requests already queued or running finish; new ones are refused at once.
+        A model with nothing left loaded leaves the registry (ServerReady ignores it).
+        """
+        async with self._locked(name) as served:
             targets = [
-                mv for v, mv in served.versions.items()
-                if (version is None or v == version) and _serving(mv)
+                mv
+                for v, mv in served.versions.items()
+                if (version is None or v == version) and is_serving(mv)
             ]
             if version is not None and not targets:
-                raise ModelNotFound(f"model '{name}' has no loaded version {version}")
+                raise ModelNotFound(
+                    f"model '{name}' has no loaded version {version}; loaded: "
+                    f"{served.ready_versions() or 'none'}"
+                )
             for mv in targets:
                 served.router.forget(mv.version)
-                task = served.retire_tasks.pop(mv.version, None)
-                if task is not None:
-                    task.cancel()
-            if served.router.active is None and served.ready_versions():
-                remaining = [v for v in served.ready_versions() if v not in {t.version for t in targets}]
-                if remaining:
-                    served.router.switch(remaining[-1])
+                served.cancel_retire(mv.version)
+            self._route_to_remaining(served, {mv.version for mv in targets})
             await asyncio.gather(*(mv.drain_and_unload() for mv in targets))
+            if not any(is_serving(mv) for mv in served.versions.values()):
+                self.models.pop(name, None)
+
+    def _route_to_remaining(self, served: ServedModel, leaving: set[int]) -> None:
+        remaining = [v for v in served.ready_versions() if v not in leaving]
+        if served.router.active is None and remaining:
+            self._activate(served, remaining[-1], outcome=None)
 
     def _drop_if_empty(self, served: ServedModel) -> None:
         if not served.versions:
@@ -260,8 +269,14 @@ class ModelRegistry:
     # -- rollback and traffic ----------------------------------------------------------
 
     def rollback(self, name: str, reason: str = "manual") -> int:
-        """Route every unpinned request to the previous version, without a load."""
+        """Route every unpinned request to the previous version, without a load.
+
+        During a canary, rolling back ends the canary: the active version takes all
+        traffic again. Returns the version now serving.
+        """
         served = self.model(name)
+        if served.router.canary:
+            return self._abort_canary(served, reason)
         previous = served.router.previous
         mv = served.versions.get(previous) if previous is not None else None
         if mv is None or not mv.ready:
@@ -270,12 +285,30 @@ class ModelRegistry:
                 f"(previous: {previous}); load one with a rollout instead"
             )
         current = served.router.active
-        self._activate(served, mv.version)
-        self.events.count(self.events.rollbacks, reason)
-        if current is not None and current in served.versions:
-            self._spawn_retire(served, served.versions[current], self.grace_period_s)
+        self._activate(served, mv.version, outcome=None)
+        if current is not None:
+            self.events.count(self.events.rollbacks, name, current, reason)
+            if current in served.versions:
+                served.spawn_retire(served.versions[current], self.grace_period_s)
         log.warning("model '%s' rolled back to version %d (%s)", name, mv.version, reason)
         return mv.version
+
+    def _abort_canary(self, served: ServedModel, reason: str) -> int:
+        canaries, served.router.canary = list(served.router.canary), {}
+        for version in canaries:
+            self.events.count(self.events.rollbacks, served.name, version, reason)
+            if version in served.versions:
+                served.spawn_retire(served.versions[version], self.grace_period_s)
+        active = served.router.active
+        assert active is not None  # a canary exists only beside an active version
+        log.warning(
+            "model '%s' canary %s ended, version %d serves all (%s)",
+            served.name,
+            canaries,
+            active,
+            reason,
+        )
+        return active
 
     async def rollout(self, name: str, version: int, canary_percent: float = 0.0) -> None:
         """Load ``version`` beside the serving one, verify it, then route to it.
@@ -283,47 +316,50 @@ class ModelRegistry:
         With ``canary_percent`` it takes only that share of unpinned traffic until
         ``promote``; otherwise it takes all of it at once.
         """
+        if version <= 0:
+            raise InvalidInput(f"rollout needs a positive version number, got {version}")
         if not 0.0 <= canary_percent < 100.0:
-            raise InvalidInput(f"canary percent {canary_percent} must lie in [0, 100)")
-        served = await self.load(name, [version], activate=False)
-        async with served.lock:
+            raise InvalidInput(
+                f"canary percent {canary_percent} must lie in [0, 100); 0 switches all traffic"
+            )
+        async with self._locked(name, create=True) as served:
+            await self._load_locked(served, [version], activate=False)
             if canary_percent > 0 and served.router.active not in (None, version):
                 served.router.canary = {version: canary_percent / 100.0}
-                self.events.count(self.events.rollouts, "canary")
+                self.events.count(self.events.rollouts, name, version, "canary")
                 return
+            await at_point(self.hook, "swapping")
             self._activate(served, version)
-            self._retire_unwanted(served, {version})
+            served.retire_unwanted({version}, self.grace_period_s)
 
     def promote(self, name: str) -> int:
         """Give the canary every unpinned request; the old version stays for rollback."""
         served = self.model(name)
-        canaries = sorted(served.router.canary, key=served.router.canary.__getitem__)
-        if not canaries:
-            raise FailedPrecondition(f"model '{name}' has no canary version to promote")
-        version = canaries[-1]
-        self._activate(served, version)
-        self._retire_unwanted(served, {version})
+        canary = served.router.canary
+        if not canary:
+            raise FailedPrecondition(
+                f"model '{name}' has no canary version to promote; start one with a rollout "
+                "and a canary percent"
+            )
+        version = max(canary, key=canary.__getitem__)
+        self._activate(served, version, outcome="promoted")
+        served.retire_unwanted({version}, self.grace_period_s)
         return version
 
     def set_split(self, name: str, weights: dict[int, float]) -> None:
-        """Split unpinned traffic between loaded versions by weight."""
+        """Split unpinned traffic between loaded versions by weight (normalised)."""
         served = self.model(name)
         if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-            raise InvalidInput("traffic split needs non-negative weights that sum above 0")
+            raise InvalidInput(
+                "traffic split needs non-negative weights that sum above 0, e.g. {1: 80, 2: 20}"
+            )
         for version in weights:
-            mv = served.versions.get(version)
-            if mv is None or not mv.ready:
-                raise FailedPrecondition(
-                    f"model '{name}' version {version} is not loaded and ready; roll it out "
-                    "first"
-                )
+            served.require_ready(version)
         total = sum(weights.values())
         router = served.router
-        if router.active not in weights or weights[router.active] == 0:
-            router.switch(max(weights, key=weights.__getitem__))
-        router.canary = {
-            v: w / total for v, w in weights.items() if v != router.active and w > 0
-        }
+        if weights.get(router.active or 0, 0) == 0:
+            self._activate(served, max(weights, key=weights.__getitem__), outcome=None)
+        router.canary = {v: w / total for v, w in weights.items() if v != router.active and w > 0}
 
     def set_shadow(self, name: str, version: int, percent: float) -> None:
         """Mirror ``percent`` of unpinned requests to ``version``; 0 or version 0 stops."""
@@ -331,21 +367,24 @@ class ModelRegistry:
         if version == 0 or percent <= 0:
             served.router.shadow_version, served.router.shadow_share = None, 0.0
             return
-        mv = served.versions.get(version)
-        if mv is None or not mv.ready:
-            raise FailedPrecondition(f"model '{name}' version {version} is not loaded and ready")
         if percent > 100:
             raise InvalidInput(f"shadow percent {percent} must lie in (0, 100]")
+        served.require_ready(version)
+        if version == served.router.active:
+            raise FailedPrecondition(
+                f"model '{name}' version {version} is the active version; shadow a candidate"
+            )
         served.router.shadow_version, served.router.shadow_share = version, percent / 100.0
+        served.cancel_retire(version)
 
     # -- shutdown ----------------------------------------------------------------------
 
     async def close(self) -> None:
         self._closing = True
-        for served in self.models.values():
-            for task in served.retire_tasks.values():
+        for served in list(self.models.values()):
+            for task in list(served.retire_tasks.values()):
                 task.cancel()
-        await asyncio.gather(*(mv.drain_and_unload() for mv in list(self.all_versions())))
+        await asyncio.gather(*(mv.drain_and_unload() for mv in self.all_versions()))
 
 
 def parse_version(version: str) -> int:
@@ -358,19 +397,7 @@ def parse_version(version: str) -> int:
     return number
 
 
-def _serving(mv: ModelVersion | None) -> bool:
-    return mv is not None and mv.state in (
-        VersionState.LOADING, VersionState.WARMING, VersionState.READY
-    )
-
-
 def _copy(config: mc.ModelConfig) -> mc.ModelConfig:
     copy = mc.ModelConfig()
     copy.CopyFrom(config)
     return copy
-
-
-def _log_task_error(task: asyncio.Task[None], name: str, version: int) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("retiring model '%s' version %d failed: %s", name, version, task.exception())
-

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
-import zlib
 from dataclasses import dataclass, field
 
 
-def _unit(request_id: str) -> float:
-    """A stable number in [0, 1) for a request id, so one caller sees one version."""
+def _unit(request_id: str, salt: bytes = b"") -> float:
+    """A stable number in [0, 1) for a request id, so one caller sees one version.
+
+    blake2b, not crc32: crc32 is affine over GF(2), so a salted crc32 stays correlated
+    with the unsalted one and the shadowed share would follow the canary split.
+    """
     if not request_id:
         return random.random()
-    return zlib.crc32(request_id.encode()) / 2**32
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8, salt=salt).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 @dataclass
 class VersionRouter:
     active: int | None = None
-    previous: int | None = None            # what rollback returns to
+    previous: int | None = None  # what rollback returns to
     canary: dict[int, float] = field(default_factory=dict)  # version -> share of traffic
     shadow_version: int | None = None
     shadow_share: float = 0.0
@@ -35,7 +40,7 @@ class VersionRouter:
         if self.shadow_version is None or self.shadow_share <= 0:
             return None
         # Salted so the shadowed share is independent of the canary split.
-        return self.shadow_version if _unit("shadow:" + request_id) < self.shadow_share else None
+        return self.shadow_version if _unit(request_id, b"shadow") < self.shadow_share else None
 
     def switch(self, version: int) -> None:
         """Route every unpinned request to ``version`` in one step."""
@@ -49,8 +54,13 @@ class VersionRouter:
         if self.active is None:
             return {}
         shares = dict(self.canary)
-        shares[self.active] = shares.get(self.active, 0.0) + max(0.0, 1.0 - sum(self.canary.values()))
+        rest = max(0.0, 1.0 - sum(self.canary.values()))
+        shares[self.active] = shares.get(self.active, 0.0) + rest
         return shares
+
+    def routes_to(self, version: int) -> bool:
+        """Whether any unpinned or mirrored traffic reaches ``version``."""
+        return version == self.active or version in self.canary or version == self.shadow_version
 
     def forget(self, version: int) -> None:
         self.canary.pop(version, None)

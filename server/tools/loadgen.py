@@ -34,8 +34,10 @@ POOL_SIZE = 16
 DEFAULT_WARMUP_S = 2.0
 CALL_TIMEOUT_S = 60.0
 METADATA_TIMEOUT_S = 10.0
-TABLE_COLUMNS = (f"{'concurrency':>11} {'req/s':>10} {'rows/s':>10} {'p50 ms':>8} "
-                 f"{'p90 ms':>8} {'p99 ms':>8} {'errors':>7}")
+TABLE_COLUMNS = (
+    f"{'concurrency':>11} {'req/s':>10} {'rows/s':>10} {'p50 ms':>8} "
+    f"{'p90 ms':>8} {'p99 ms':>8} {'errors':>7}"
+)
 
 _NUMPY_DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -80,8 +82,10 @@ class BenchResult:
 
     def to_json(self) -> dict[str, Any]:
         # NaN (no successful request) is not valid JSON; null is.
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 @dataclass
@@ -133,7 +137,9 @@ def shape_requests(
     if not batched and batch_size != 1:
         raise BenchError(
             f"model '{metadata.name}' does not batch (max_batch_size 0); "
-            f"use --batch-size 1 instead of {batch_size}", exit_code=2)
+            f"use --batch-size 1 instead of {batch_size}",
+            exit_code=2,
+        )
     request = pb.ModelInferRequest(model_name=metadata.name, model_version=version)
     for tensor in metadata.inputs:
         shape = _concrete_shape(list(tensor.shape), batch_size if batched else None)
@@ -161,8 +167,10 @@ def _random_raw(datatype: str, shape: Sequence[int], rng: np.random.Generator) -
         return (as_fp32.view(np.uint32) >> 16).astype("<u2").tobytes()
     dtype = _NUMPY_DTYPES.get(datatype)
     if dtype is None:
-        raise BenchError(f"cannot generate data for datatype '{datatype}'; "
-                         f"expected one of {sorted(_NUMPY_DTYPES)}, BF16 or BYTES")
+        raise BenchError(
+            f"cannot generate data for datatype '{datatype}'; "
+            f"expected one of {sorted(_NUMPY_DTYPES)}, BF16 or BYTES"
+        )
     return _random_array(np.dtype(dtype), count, rng).tobytes()
 
 
@@ -187,8 +195,10 @@ def build_pool(
     seed: int = 0,
 ) -> RequestPool:
     rng = np.random.default_rng(seed)
-    payloads = [shape_requests(metadata, batch_size, rng, batched=batched, version=version)
-                for _ in range(size)]
+    payloads = [
+        shape_requests(metadata, batch_size, rng, batched=batched, version=version)
+        for _ in range(size)
+    ]
     return RequestPool(metadata.name, version, batch_size, payloads)
 
 
@@ -199,10 +209,10 @@ def parse_url(url: str) -> str:
     """``HOST:PORT`` (a ``grpc://`` prefix is tolerated; no port means Triton's 8001)."""
     target = url.split("://", 1)[-1].rstrip("/")
     if not target:
-        raise BenchError("empty server URL; expected HOST:PORT, e.g. localhost:8001",
-                         exit_code=2)
+        raise BenchError("empty server URL; expected HOST:PORT, e.g. localhost:8001", exit_code=2)
     has_port = target.rsplit(":", 1)[-1].isdigit() and (
-        not target.startswith("[") or "]:" in target)
+        not target.startswith("[") or "]:" in target
+    )
     return target if has_port else f"{target}:8001"
 
 
@@ -217,24 +227,29 @@ async def fetch_model(
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
     try:
         metadata = await stub.ModelMetadata(
-            pb.ModelMetadataRequest(name=model, version=version), timeout=METADATA_TIMEOUT_S)
+            pb.ModelMetadataRequest(name=model, version=version), timeout=METADATA_TIMEOUT_S
+        )
     except grpc.aio.AioRpcError as e:
         raise BenchError(_describe_metadata_error(e, model)) from e
     try:
         config = await stub.ModelConfig(
-            pb.ModelConfigRequest(name=model, version=version), timeout=METADATA_TIMEOUT_S)
+            pb.ModelConfigRequest(name=model, version=version), timeout=METADATA_TIMEOUT_S
+        )
     except grpc.aio.AioRpcError as e:
         if e.code() != grpc.StatusCode.UNIMPLEMENTED:
-            raise BenchError(f"ModelConfig for '{model}' failed: "
-                             f"{e.code().name}: {e.details()}") from e
+            raise BenchError(
+                f"ModelConfig for '{model}' failed: {e.code().name}: {e.details()}"
+            ) from e
         return metadata, None
     return metadata, config.config.max_batch_size
 
 
 def _describe_metadata_error(e: grpc.aio.AioRpcError, model: str) -> str:
     if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return (f"server unreachable: {e.code().name}: {e.details()}; "
-                "check that it is running and that -u names its gRPC HOST:PORT")
+        return (
+            f"server unreachable: {e.code().name}: {e.details()}; "
+            "check that it is running and that -u names its gRPC HOST:PORT"
+        )
     return f"ModelMetadata for '{model}' failed: {e.code().name}: {e.details()}"
 
 
@@ -246,8 +261,11 @@ async def prepare(
     metadata, max_batch = await fetch_model(channel, model, version)
     batched = None if max_batch is None else max_batch > 0
     if max_batch and batch_size > max_batch:
-        raise BenchError(f"--batch-size {batch_size} exceeds model '{model}' "
-                         f"max_batch_size {max_batch}; use at most {max_batch}", exit_code=2)
+        raise BenchError(
+            f"--batch-size {batch_size} exceeds model '{model}' "
+            f"max_batch_size {max_batch}; use at most {max_batch}",
+            exit_code=2,
+        )
     return build_pool(metadata, batch_size, batched=batched, version=version)
 
 
@@ -263,13 +281,14 @@ async def run_load(
     progress: Callable[[Progress], None] | None = None,
 ) -> BenchResult:
     """``concurrency`` workers each keep exactly one request in flight until time is up."""
-    call = channel.unary_unary(INFER_METHOD, request_serializer=None,
-                               response_deserializer=None)
+    call = channel.unary_unary(INFER_METHOD, request_serializer=None, response_deserializer=None)
     start = time.perf_counter_ns()
     window = (start + int(warmup_s * 1e9), start + int((warmup_s + duration_s) * 1e9))
     tally = _Tally()
-    workers = [asyncio.create_task(_worker(call, pool.payloads, i, window, tally))
-               for i in range(concurrency)]
+    workers = [
+        asyncio.create_task(_worker(call, pool.payloads, i, window, tally))
+        for i in range(concurrency)
+    ]
     reporter = asyncio.create_task(_report(progress, concurrency, start, window, tally))
     try:
         await asyncio.gather(*workers)
@@ -324,14 +343,20 @@ async def _report(
         now = time.perf_counter_ns()
         warm = now < window[0]
         phase_start, phase_end = (start, window[0]) if warm else window
-        progress(Progress(concurrency, "warmup" if warm else "measure",
-                          (now - phase_start) / 1e9, (phase_end - phase_start) / 1e9,
-                          len(tally.latencies_ns), tally.errors))
+        progress(
+            Progress(
+                concurrency,
+                "warmup" if warm else "measure",
+                (now - phase_start) / 1e9,
+                (phase_end - phase_start) / 1e9,
+                len(tally.latencies_ns),
+                tally.errors,
+            )
+        )
         await asyncio.sleep(0.25)
 
 
-def _summarize(concurrency: int, batch_size: int, duration_s: float, tally: _Tally
-               ) -> BenchResult:
+def _summarize(concurrency: int, batch_size: int, duration_s: float, tally: _Tally) -> BenchResult:
     lat = np.asarray(tally.latencies_ns, dtype=np.float64) / 1e6
     p50, p90, p99 = np.percentile(lat, [50, 90, 99]) if lat.size else (math.nan,) * 3
     return BenchResult(
@@ -340,7 +365,9 @@ def _summarize(concurrency: int, batch_size: int, duration_s: float, tally: _Tal
         errors=tally.errors,
         throughput_rps=lat.size / duration_s,
         rows_per_s=lat.size * batch_size / duration_s,
-        p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
         mean_ms=float(lat.mean()) if lat.size else math.nan,
         duration_s=duration_s,
         batch_size=batch_size,
@@ -374,7 +401,8 @@ def _concurrency_list(text: str) -> list[int]:
         levels = []
     if not levels or min(levels) < 1:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers like 1,8,32, got '{text}'")
+            f"expected comma-separated positive integers like 1,8,32, got '{text}'"
+        )
     return levels
 
 
@@ -404,20 +432,41 @@ def _positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-u", "--url", default="localhost:8001",
-                        help="server gRPC address HOST:PORT (default localhost:8001)")
+    parser.add_argument(
+        "-u",
+        "--url",
+        default="localhost:8001",
+        help="server gRPC address HOST:PORT (default localhost:8001)",
+    )
     parser.add_argument("-m", "--model", required=True, help="model name")
     parser.add_argument("--model-version", default="", help="version (default: the server's)")
-    parser.add_argument("--concurrency", type=_concurrency_list, default=[1, 8, 32],
-                        help="requests kept in flight, one run per value (default 1,8,32)")
-    parser.add_argument("--duration", type=_positive_seconds, default=10.0,
-                        help="measured seconds per concurrency level (default 10)")
-    parser.add_argument("--warmup", type=_non_negative_seconds, default=DEFAULT_WARMUP_S,
-                        help=f"unmeasured seconds before each level (default {DEFAULT_WARMUP_S})")
-    parser.add_argument("--batch-size", type=_positive_int, default=1,
-                        help="rows per request; needs max_batch_size >= N (default 1)")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON document instead of a table")
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrency_list,
+        default=[1, 8, 32],
+        help="requests kept in flight, one run per value (default 1,8,32)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive_seconds,
+        default=10.0,
+        help="measured seconds per concurrency level (default 10)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_non_negative_seconds,
+        default=DEFAULT_WARMUP_S,
+        help=f"unmeasured seconds before each level (default {DEFAULT_WARMUP_S})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=1,
+        help="rows per request; needs max_batch_size >= N (default 1)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of a table"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -431,14 +480,17 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(_json_report(args, results), indent=2))
     for r in results:
         if r.requests == 0:
-            print(f"warpserve bench: concurrency {r.concurrency}: no request succeeded"
-                  f" ({r.errors} errors; first: {r.first_error or 'none completed in time'})",
-                  file=sys.stderr)
+            print(
+                f"warpserve bench: concurrency {r.concurrency}: no request succeeded"
+                f" ({r.errors} errors; first: {r.first_error or 'none completed in time'})",
+                file=sys.stderr,
+            )
     return 0 if any(r.requests for r in results) else 1
 
 
-async def _run_levels(args: argparse.Namespace, progress: Callable[[Progress], None]
-                      ) -> list[BenchResult]:
+async def _run_levels(
+    args: argparse.Namespace, progress: Callable[[Progress], None]
+) -> list[BenchResult]:
     results = []
     async with open_channel(args.url) as channel:
         pool = await prepare(channel, args.model, args.batch_size, args.model_version)
@@ -454,21 +506,31 @@ async def _run_levels(args: argparse.Namespace, progress: Callable[[Progress], N
 
 
 def _table_header(args: argparse.Namespace) -> str:
-    title = (f"model {args.model}{'/' + args.model_version if args.model_version else ''}"
-             f" at {parse_url(args.url)}, batch {args.batch_size}, {args.duration:g}s per level")
+    title = (
+        f"model {args.model}{'/' + args.model_version if args.model_version else ''}"
+        f" at {parse_url(args.url)}, batch {args.batch_size}, {args.duration:g}s per level"
+    )
     return f"{title}\n{TABLE_COLUMNS}"
 
 
 def format_row(r: BenchResult) -> str:
-    row = (f"{r.concurrency:>11} {r.throughput_rps:>10.1f} {r.rows_per_s:>10.1f} "
-           f"{r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}")
+    row = (
+        f"{r.concurrency:>11} {r.throughput_rps:>10.1f} {r.rows_per_s:>10.1f} "
+        f"{r.p50_ms:>8.2f} {r.p90_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}"
+    )
     return f"{row}  first error: {r.first_error}" if r.errors else row
 
 
 def _json_report(args: argparse.Namespace, results: list[BenchResult]) -> dict[str, Any]:
-    return {"url": parse_url(args.url), "model": args.model, "version": args.model_version,
-            "batch_size": args.batch_size, "duration_s": args.duration,
-            "warmup_s": args.warmup, "results": [r.to_json() for r in results]}
+    return {
+        "url": parse_url(args.url),
+        "model": args.model,
+        "version": args.model_version,
+        "batch_size": args.batch_size,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "results": [r.to_json() for r in results],
+    }
 
 
 def _progress_printer(stream: TextIO) -> Callable[[Progress], None]:
@@ -476,8 +538,10 @@ def _progress_printer(stream: TextIO) -> Callable[[Progress], None]:
     announced: set[tuple[int, str]] = set()
 
     def show(p: Progress) -> None:
-        line = (f"concurrency {p.concurrency}: {p.phase} {p.elapsed_s:5.1f}/{p.phase_s:g}s"
-                f"  {p.requests} ok  {p.errors} errors")
+        line = (
+            f"concurrency {p.concurrency}: {p.phase} {p.elapsed_s:5.1f}/{p.phase_s:g}s"
+            f"  {p.requests} ok  {p.errors} errors"
+        )
         if tty:
             stream.write(f"\r\x1b[2K{line}")
             stream.flush()

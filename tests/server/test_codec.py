@@ -60,7 +60,7 @@ def test_fp16_has_no_typed_contents() -> None:
 
 
 def test_bytes_round_trip() -> None:
-    data = np.array([b"cat", b"", "dog".encode()], dtype=np.object_)
+    data = np.array([b"cat", b"", b"dog"], dtype=np.object_)
     raw = codec.serialize_bytes(data)
     assert raw[:4] == struct.pack("<I", 3)
     back = codec.deserialize_bytes("s", raw, 3)
@@ -84,7 +84,7 @@ def test_raw_size_must_match_shape() -> None:
     req = pb.ModelInferRequest()
     req.inputs.add(name="x", datatype="FP32", shape=[2, 2])
     req.raw_input_contents.append(b"\x00" * 12)
-    with pytest.raises(InvalidInput, match="'x': raw data has 12 bytes.*needs 16"):
+    with pytest.raises(InvalidInput, match=r"'x': raw data has 12 bytes.*needs 16"):
         codec.decode_inputs(req)
 
 

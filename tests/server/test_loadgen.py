@@ -30,13 +30,16 @@ def _metadata(name: str, inputs: list[tuple[str, str, list[int]]]) -> pb.ModelMe
     return meta
 
 
-MIXED = _metadata("mixed", [
-    ("DENSE", "FP32", [-1, 4]),
-    ("IDS", "INT64", [-1, -1]),
-    ("TEXT", "BYTES", [-1, 2]),
-    ("MASK", "BOOL", [-1, 3]),
-    ("HALF", "FP16", [-1, 2]),
-])
+MIXED = _metadata(
+    "mixed",
+    [
+        ("DENSE", "FP32", [-1, 4]),
+        ("IDS", "INT64", [-1, -1]),
+        ("TEXT", "BYTES", [-1, 2]),
+        ("MASK", "BOOL", [-1, 3]),
+        ("HALF", "FP16", [-1, 2]),
+    ],
+)
 
 
 @dataclass
@@ -118,8 +121,9 @@ def fake_server(state: FakeState) -> Iterator[str]:
         loop.close()
 
 
-def _measure(url: str, model: str, concurrency: int = 1, batch_size: int = 1
-             ) -> loadgen.BenchResult:
+def _measure(
+    url: str, model: str, concurrency: int = 1, batch_size: int = 1
+) -> loadgen.BenchResult:
     return asyncio.run(loadgen.measure(url, model, concurrency, batch_size=batch_size, **SHORT))
 
 
@@ -152,8 +156,10 @@ def test_requests_are_shaped_from_metadata() -> None:
     }
     for request in state.requests:
         assert request.model_name == "mixed"
-        got = {t.name: (t.datatype, list(t.shape), len(raw))
-               for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)}
+        got = {
+            t.name: (t.datatype, list(t.shape), len(raw))
+            for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)
+        }
         assert got == expected
 
 
@@ -176,10 +182,11 @@ def test_unbatched_model_keeps_its_leading_dim() -> None:
 def test_bytes_elements_carry_length_prefixes() -> None:
     meta = _metadata("text", [("TEXT", "BYTES", [-1, 3])])
     request = pb.ModelInferRequest.FromString(
-        loadgen.shape_requests(meta, 1, np.random.default_rng(0)))
+        loadgen.shape_requests(meta, 1, np.random.default_rng(0))
+    )
     raw, offset, lengths = request.raw_input_contents[0], 0, []
     while offset < len(raw):
-        n = int.from_bytes(raw[offset:offset + 4], "little")
+        n = int.from_bytes(raw[offset : offset + 4], "little")
         lengths.append(n)
         offset += 4 + n
     assert offset == len(raw) and len(lengths) == 3
@@ -206,8 +213,10 @@ def test_errors_are_counted_and_the_first_is_kept() -> None:
 
 
 def test_batch_size_over_max_is_a_usage_error() -> None:
-    with fake_server(FakeState(MIXED, max_batch_size=4)) as url, \
-            pytest.raises(loadgen.BenchError, match="max_batch_size 4") as info:
+    with (
+        fake_server(FakeState(MIXED, max_batch_size=4)) as url,
+        pytest.raises(loadgen.BenchError, match="max_batch_size 4") as info,
+    ):
         _measure(url, "mixed", batch_size=5)
     assert info.value.exit_code == 2
 
@@ -217,8 +226,21 @@ def test_batch_size_over_max_is_a_usage_error() -> None:
 
 def test_run_prints_json_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     with fake_server(FakeState(MIXED)) as url:
-        code = loadgen.run(_args("-u", url, "-m", "mixed", "--concurrency", "1,2",
-                                 "--duration", "0.2", "--warmup", "0", "--json"))
+        code = loadgen.run(
+            _args(
+                "-u",
+                url,
+                "-m",
+                "mixed",
+                "--concurrency",
+                "1,2",
+                "--duration",
+                "0.2",
+                "--warmup",
+                "0",
+                "--json",
+            )
+        )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == "mixed"
@@ -228,8 +250,11 @@ def test_run_prints_json_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_run_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
     with fake_server(FakeState(MIXED)) as url:
-        code = loadgen.run(_args("-u", url, "-m", "mixed", "--concurrency", "3",
-                                 "--duration", "0.2", "--warmup", "0"))
+        code = loadgen.run(
+            _args(
+                "-u", url, "-m", "mixed", "--concurrency", "3", "--duration", "0.2", "--warmup", "0"
+            )
+        )
     out = capsys.readouterr().out
     assert code == 0
     assert "req/s" in out and out.strip().splitlines()[-1].split()[0] == "3"
@@ -237,8 +262,11 @@ def test_run_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_run_exits_one_when_every_request_fails(capsys: pytest.CaptureFixture[str]) -> None:
     with fake_server(FakeState(MIXED, fail_every=1)) as url:
-        code = loadgen.run(_args("-u", url, "-m", "mixed", "--concurrency", "1",
-                                 "--duration", "0.2", "--warmup", "0"))
+        code = loadgen.run(
+            _args(
+                "-u", url, "-m", "mixed", "--concurrency", "1", "--duration", "0.2", "--warmup", "0"
+            )
+        )
     assert code == 1
     assert "poisoned" in capsys.readouterr().err
 
@@ -256,13 +284,16 @@ def test_run_exits_one_for_an_unknown_model(capsys: pytest.CaptureFixture[str]) 
     assert "NOT_FOUND" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [
-    ["-m", "x", "--concurrency", "0"],
-    ["-m", "x", "--concurrency", "a,b"],
-    ["-m", "x", "--duration", "-1"],
-    ["-m", "x", "--batch-size", "0"],
-    ["--concurrency", "1"],  # no model
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-m", "x", "--concurrency", "0"],
+        ["-m", "x", "--concurrency", "a,b"],
+        ["-m", "x", "--duration", "-1"],
+        ["-m", "x", "--batch-size", "0"],
+        ["--concurrency", "1"],  # no model
+    ],
+)
 def test_bad_arguments_exit_two(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         _args(*argv)

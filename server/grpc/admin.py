@@ -1,0 +1,233 @@
+"""warpserve.admin.v1.ModelAdmin: rollout, promote, rollback, split, shadow, load, status.
+
+Thin: check the caller's token, call the registry, report the model's status.
+
+Where the admin API is served (``admin_exposure``):
+- on a loopback ``--grpc-address``: always (with a token configured, calls must carry it);
+- on any other address: only with a token, and every call must carry it;
+- otherwise (Triton's default 0.0.0.0, no token) inference is served without the
+  admin API and a warning says how to enable it. ``warpserve serve --admin`` turns
+  that case into a refusal to start.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+
+from warpserve.protos import admin_pb2 as apb
+from warpserve.protos import admin_pb2_grpc as apb_grpc
+from warpserve.server.errors import (
+    InvalidInput,
+    ModelNotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from warpserve.server.grpc.admin_auth import TOKEN_ENV, is_loopback, token_matches
+from warpserve.server.grpc.status import maps_errors
+from warpserve.server.lifecycle.registry import ModelRegistry
+from warpserve.server.lifecycle.router import VersionRouter
+from warpserve.server.lifecycle.served import ServedModel
+from warpserve.server.lifecycle.version import ModelVersion
+from warpserve.server.options import ServerOptions
+from warpserve.server.repository.repository import check_model_name
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+Context: TypeAlias = grpc.aio.ServicerContext
+
+ENABLE_HINT = (
+    f"set {TOKEN_ENV} or --admin-token-file (clients then send 'authorization: Bearer "
+    "<token>'), or bind --grpc-address 127.0.0.1"
+)
+
+
+class AdminExposureError(ValueError):
+    """The admin API was required on a non-loopback address without a token."""
+
+
+def admin_exposure(address: str, token: str | None, *, required: bool = False) -> bool:
+    """Whether to serve the admin API; raises when required but it cannot be served safely."""
+    if token or is_loopback(address):
+        return True
+    if required:
+        raise AdminExposureError(
+            f"refusing to start: the admin API would listen on {address!r}, which is not "
+            f"loopback, without a token; {ENABLE_HINT}"
+        )
+    return False
+
+
+def add_admin_service(
+    server: grpc.aio.Server, registry: ModelRegistry, options: ServerOptions
+) -> None:
+    if not admin_exposure(options.grpc_address, options.admin_token):
+        log.warning(
+            "admin API (warpserve models) not served: --grpc-address %s is not loopback and "
+            "no admin token is set; to enable it, %s",
+            options.grpc_address,
+            ENABLE_HINT,
+        )
+        return
+    servicer = AdminServicer(registry, options.admin_token)
+    apb_grpc.add_ModelAdminServicer_to_server(servicer, server)
+
+
+def authorized(method: F) -> F:
+    """Refuse the call unless it carries the configured token (when one is set)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: AdminServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.check_credentials(context.invocation_metadata())
+        return await method(self, request, context)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class AdminServicer(apb_grpc.ModelAdminServicer):
+    def __init__(self, registry: ModelRegistry, token: str | None) -> None:
+        self.registry = registry
+        self.token = token
+
+    def check_credentials(self, metadata: Any) -> None:
+        if self.token is None:
+            return
+        verdict = token_matches(self.token, tuple(metadata or ()))
+        if verdict is None:
+            raise Unauthenticated(
+                "admin call without credentials: send metadata 'authorization: Bearer "
+                f"<token>' (warpserve models reads --token-file or {TOKEN_ENV})"
+            )
+        if not verdict:
+            raise PermissionDenied(
+                "admin token does not match the server's; check --token-file or "
+                f"{TOKEN_ENV} on the client"
+            )
+
+    @maps_errors
+    @authorized
+    async def Rollout(self, request: apb.RolloutRequest, context: Context) -> apb.RolloutResponse:
+        name = _name(request.model)
+        await self.registry.rollout(name, _version(request.version), request.canary_percent)
+        return apb.RolloutResponse(status=self._status(name))
+
+    @maps_errors
+    @authorized
+    async def Promote(self, request: apb.PromoteRequest, context: Context) -> apb.PromoteResponse:
+        self.registry.promote(_name(request.model))
+        return apb.PromoteResponse(status=self._status(request.model))
+
+    @maps_errors
+    @authorized
+    async def Rollback(
+        self, request: apb.RollbackRequest, context: Context
+    ) -> apb.RollbackResponse:
+        self.registry.rollback(_name(request.model), request.reason or "manual")
+        return apb.RollbackResponse(status=self._status(request.model))
+
+    @maps_errors
+    @authorized
+    async def SetTrafficSplit(
+        self, request: apb.SetTrafficSplitRequest, context: Context
+    ) -> apb.SetTrafficSplitResponse:
+        weights = {_version(v): w for v, w in request.weights.items()}
+        self.registry.set_split(_name(request.model), weights)
+        return apb.SetTrafficSplitResponse(status=self._status(request.model))
+
+    @maps_errors
+    @authorized
+    async def SetShadow(
+        self, request: apb.SetShadowRequest, context: Context
+    ) -> apb.SetShadowResponse:
+        if request.version < 0:
+            raise InvalidInput(f"shadow version {request.version} is negative; 0 clears it")
+        self.registry.set_shadow(_name(request.model), request.version, request.percent)
+        return apb.SetShadowResponse(status=self._status(request.model))
+
+    @maps_errors
+    @authorized
+    async def Load(self, request: apb.LoadRequest, context: Context) -> apb.LoadResponse:
+        name = _name(request.model)
+        if request.version:
+            await self.registry.load(name, [_version(request.version)], activate=False)
+        else:
+            await self.registry.load(name)
+        return apb.LoadResponse(status=self._status(name))
+
+    @maps_errors
+    @authorized
+    async def Unload(self, request: apb.UnloadRequest, context: Context) -> apb.UnloadResponse:
+        name = _name(request.model)
+        if request.version < 0:
+            raise InvalidInput(f"unload version {request.version} is negative; 0 unloads all")
+        await self.registry.unload(name, request.version or None)
+        return apb.UnloadResponse(status=self._status(name))
+
+    @maps_errors
+    @authorized
+    async def Status(self, request: apb.StatusRequest, context: Context) -> apb.StatusResponse:
+        if request.model:
+            names = [self._known(request.model)]
+        else:
+            names = sorted(set(self.registry.repository.model_names()) | set(self.registry.models))
+        return apb.StatusResponse(models=[self._status(n) for n in names])
+
+    def _known(self, name: str) -> str:
+        check_model_name(name)
+        if name in self.registry.models or name in self.registry.repository.model_names():
+            return name
+        raise ModelNotFound(
+            f"model '{name}' is not known to this server; 'warpserve models status' lists "
+            "the models"
+        )
+
+    def _status(self, name: str) -> apb.ModelStatus:
+        return model_status(name, self.registry.models.get(name))
+
+
+def model_status(name: str, served: ServedModel | None) -> apb.ModelStatus:
+    """Every version with its state, routing and counters; no versions when not loaded."""
+    status = apb.ModelStatus(model=name)
+    if served is None:
+        return status
+    router = served.router
+    weights = router.weights()
+    for number, mv in sorted(served.versions.items()):
+        status.versions.append(version_status(mv, router, weights.get(number, 0.0)))
+    status.previous_version = router.previous or 0
+    return status
+
+
+def version_status(mv: ModelVersion, router: VersionRouter, weight: float) -> apb.VersionStatus:
+    stats = mv.stats
+    p50, p90, p99 = stats.latency.percentiles_ms()
+    return apb.VersionStatus(
+        version=mv.version,
+        state=mv.state.value,
+        reason=mv.reason,
+        weight=weight,
+        active=router.active == mv.version,
+        shadow=router.shadow_version == mv.version,
+        success_count=stats.success.count,
+        failure_count=stats.fail.count,
+        in_flight=mv.batcher.in_flight if mv.batcher is not None else 0,
+        latency=apb.LatencySummary(count=len(stats.latency), p50_ms=p50, p90_ms=p90, p99_ms=p99),
+        shadow_max_abs_diff=stats.shadow_max_abs_diff,
+    )
+
+
+def _name(model: str) -> str:
+    if not model:
+        raise InvalidInput("admin call without a model name; set 'model'")
+    return check_model_name(model)
+
+
+def _version(version: int) -> int:
+    if version <= 0:
+        raise InvalidInput(f"model version {version} is not a positive integer")
+    return version

@@ -1,0 +1,97 @@
+"""One served model: its loaded versions, its router, and the timers that retire versions.
+
+A replaced version is retired after a grace period (so rollback needs no load); a
+version that is routed to again before its timer fires stays. Retiring drains the
+version's queue and running requests, then unloads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from warpserve.server.errors import FailedPrecondition
+from warpserve.server.lifecycle.router import VersionRouter
+from warpserve.server.lifecycle.version import ModelVersion, VersionState
+
+log = logging.getLogger(__name__)
+
+
+def is_serving(mv: ModelVersion | None) -> bool:
+    """Loading, warming or ready: neither on its way out nor gone."""
+    return mv is not None and mv.state in (
+        VersionState.LOADING,
+        VersionState.WARMING,
+        VersionState.READY,
+    )
+
+
+@dataclass
+class ServedModel:
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    router: VersionRouter = field(default_factory=VersionRouter)
+    reason: str = ""  # why the last load of the model failed, if it did
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    retire_tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+
+    def ready_versions(self) -> list[int]:
+        return sorted(v for v, mv in self.versions.items() if mv.ready)
+
+    def require_ready(self, version: int) -> ModelVersion:
+        mv = self.versions.get(version)
+        if mv is None or not mv.ready:
+            state = mv.state.value if mv is not None else "not loaded"
+            raise FailedPrecondition(
+                f"model '{self.name}' version {version} is {state}, not READY; load it "
+                "first (warpserve models load MODEL --version N)"
+            )
+        return mv
+
+    def replace_entry(self, mv: ModelVersion) -> None:
+        old = self.versions.get(mv.version)
+        if old is not None and old.state not in (VersionState.UNLOADED, VersionState.FAILED):
+            # Same version number reloaded: the old incarnation retires in the background.
+            self.spawn_retire(old, delay=0.0)
+        self.versions[mv.version] = mv
+
+    def retire_unwanted(self, wanted: set[int], grace_period_s: float) -> None:
+        """Retire serving versions outside ``wanted`` that no traffic reaches; the
+        rollback target after the grace period, the others at once."""
+        for version, mv in list(self.versions.items()):
+            if version in wanted or not is_serving(mv) or self.router.routes_to(version):
+                continue
+            delay = grace_period_s if version == self.router.previous else 0.0
+            self.spawn_retire(mv, delay)
+
+    def spawn_retire(self, mv: ModelVersion, delay: float) -> None:
+        version = mv.version
+
+        async def retire() -> None:
+            if delay:
+                await asyncio.sleep(delay)
+            if self.versions.get(version) is mv:
+                if self.router.routes_to(version):
+                    return  # routed to again meanwhile (rollback, split, shadow)
+                self.router.forget(version)
+            await mv.drain_and_unload()
+
+        self.cancel_retire(version)
+        task = asyncio.get_running_loop().create_task(retire())
+        self.retire_tasks[version] = task
+        task.add_done_callback(lambda t: self._retired(t, version))
+
+    def cancel_retire(self, version: int) -> None:
+        # Cancelling only stops a pending timer: a drain already under way is shielded.
+        task = self.retire_tasks.pop(version, None)
+        if task is not None:
+            task.cancel()
+
+    def _retired(self, task: asyncio.Task[None], version: int) -> None:
+        if self.retire_tasks.get(version) is task:
+            self.retire_tasks.pop(version)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "retiring model '%s' version %d failed: %s", self.name, version, task.exception()
+            )
