@@ -1,0 +1,173 @@
+"""Graceful shutdown, the command line and the metrics endpoint of a real server process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.e2e.conftest import (
+    AFFINE,
+    SLEEPY,
+    failure,
+    fp32_input,
+    health,
+    metric_value,
+    metrics_text,
+    reference,
+    rows,
+    wait_pending,
+)
+from tests.e2e.harness import ServerProcess, start_server
+from warpserve.server.cli import build_parser
+
+pytestmark = pytest.mark.e2e
+
+IN_FLIGHT = 6
+EXIT_TIMEOUT_S = 30
+
+
+def _health_or_gone(url: str) -> str:
+    try:
+        return health(url)
+    except Exception as exc:  # grpc.RpcError once the port closed
+        return f"gone: {exc}"
+
+
+def test_sigterm_drains_in_flight_requests(repo: Path, log_dir: Path) -> None:
+    server = start_server(
+        repo, "--model-control-mode", "explicit", "--load-model", SLEEPY, "--load-model", AFFINE,
+        "--exit-timeout-secs", str(EXIT_TIMEOUT_S), log_dir=log_dir,
+    )
+    try:
+        _drain_scenario(server)
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+def _drain_scenario(server: ServerProcess) -> None:
+    inputs = [rows(1 + i % 2, seed=300 + i) for i in range(IN_FLIGHT)]
+
+    def slow_call(x: np.ndarray) -> np.ndarray:
+        with grpcclient.InferenceServerClient(server.url) as triton:
+            return triton.infer(SLEEPY, [fp32_input(x)], client_timeout=60).as_numpy("OUTPUT0")
+
+    with ThreadPoolExecutor(IN_FLIGHT) as pool, \
+            grpcclient.InferenceServerClient(server.url) as late:
+        futures = [pool.submit(slow_call, x) for x in inputs]
+        # sleepy runs one request at a time (~0.1 s each): all of them are in the server now.
+        wait_pending(server, SLEEPY, IN_FLIGHT)
+        server.process.send_signal(signal.SIGTERM)
+
+        deadline = time.monotonic() + 10
+        while (state := _health_or_gone(server.url)) == "SERVING":
+            assert time.monotonic() < deadline, "health still SERVING 10 s after SIGTERM"
+            time.sleep(0.005)
+        assert state == "NOT_SERVING", state
+
+        code, message = failure(lambda: late.infer(AFFINE, [fp32_input(rows(1, seed=1))]))
+        assert code == "UNAVAILABLE", message
+        assert not late.is_server_ready()
+
+        for x, future in zip(inputs, futures, strict=True):
+            np.testing.assert_allclose(future.result(), reference(x), rtol=1e-5, atol=1e-5)
+
+    assert server.process.wait(timeout=EXIT_TIMEOUT_S + 15) == 0, server.log()
+    with grpcclient.InferenceServerClient(server.url) as after:
+        code, _ = failure(lambda: after.is_server_live(client_timeout=5))
+    assert code == "UNAVAILABLE"
+    assert "shutting down" in server.log()
+
+
+def test_sigint_when_idle_exits_zero(repo: Path, log_dir: Path) -> None:
+    server = start_server(
+        repo, "--model-control-mode", "explicit", "--load-model", AFFINE, log_dir=log_dir
+    )
+    try:
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(timeout=30) == 0, server.log()
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+TRITON_FLAGS = [
+    "--model-repository", "--grpc-port", "--http-port", "--metrics-port", "--allow-metrics",
+    "--model-control-mode", "--load-model", "--repository-poll-secs", "--exit-timeout-secs",
+    "--log-verbose",
+]
+
+
+def _serve_flags() -> set[str]:
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    serve = sub.choices["serve"]
+    return {flag for action in serve._actions for flag in action.option_strings}
+
+
+def test_serve_help_lists_every_flag() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "warpserve.server.cli", "serve", "--help"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    flags = _serve_flags()
+    assert set(TRITON_FLAGS) <= flags
+    missing = [flag for flag in sorted(flags) if flag not in done.stdout]
+    assert not missing, f"serve --help does not mention {missing}:\n{done.stdout}"
+
+
+def test_unknown_flag_is_rejected() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "warpserve.server.cli", "serve", "--no-such-flag"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2
+    assert "--no-such-flag" in done.stderr
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def _sample(name: str, model: str = AFFINE, **extra: str) -> str:
+    labels = {"model": model, "version": "1", **extra}
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
+def test_metrics_after_requests(
+    server: ServerProcess, client: grpcclient.InferenceServerClient
+) -> None:
+    names = ["nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count"]
+    failed = _sample("nv_inference_request_failure", reason="InvalidInput")
+    before_text = metrics_text(server.metrics_port)
+    before = {n: metric_value(before_text, _sample(n)) or 0.0 for n in names}
+    before_failed = metric_value(before_text, failed) or 0.0
+    for seed in range(3):
+        client.infer(AFFINE, [fp32_input(rows(2, seed=seed))])
+    failure(lambda: client.infer(AFFINE, [fp32_input(rows(9, seed=9))]))  # over max batch
+
+    text = metrics_text(server.metrics_port)
+    # Triton's names and labels, so its dashboards work unchanged.
+    assert 'nv_inference_request_success{model="affine",version="1"}' in text
+    after = {n: metric_value(text, _sample(n)) for n in names}
+    assert after["nv_inference_request_success"] == before["nv_inference_request_success"] + 3
+    assert after["nv_inference_count"] == before["nv_inference_count"] + 6
+    assert after["nv_inference_exec_count"] == before["nv_inference_exec_count"] + 3
+    assert metric_value(text, failed) == before_failed + 1
+    for name in ["nv_inference_request_duration_us", "nv_inference_queue_duration_us",
+                 "nv_inference_compute_input_duration_us",
+                 "nv_inference_compute_infer_duration_us",
+                 "nv_inference_compute_output_duration_us"]:
+        value = metric_value(text, _sample(name))
+        assert value is not None and value > 0, name
+    assert metric_value(text, _sample("nv_inference_pending_request_count")) == 0
+    assert metric_value(text, _sample("warpserve_model_version_active")) == 1
