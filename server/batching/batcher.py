@@ -74,6 +74,14 @@ class DynamicBatcher:
                 f"queue full: model '{self.name}' has {limit} requests waiting at priority "
                 f"{request.priority} (max_queue_size); retry with backoff"
             )
+        inline = bool(self._idle) and self._idle[-1].inline
+        if inline and not self._tick_pending and not any(self._queued):
+            # A lone request for an idle inline executor: no queue to form a batch from.
+            request.state = RUNNING
+            self.stats.queue.add(0)
+            self._drained.clear()
+            self._dispatch(self._idle.pop(), [request])
+            return
         self._queues[level].append(request)
         self._queued[level] += 1
         self._drained.clear()
@@ -81,10 +89,9 @@ class DynamicBatcher:
             delay = max(0.0, (request.deadline_ns - time.monotonic_ns()) / 1e9)
             loop = asyncio.get_running_loop()
             request.timer = loop.call_later(delay, self._expire, request)
-        if self._idle and self._idle[-1].inline and (self._tick_pending or self.queued > 1):
+        if inline:
             # Inline executors run on this thread: a request that finds others queued
-            # waits one loop pass, so requests arriving together form one batch; a lone
-            # request runs at once.
+            # waits one loop pass, so requests arriving together form one batch.
             if not self._tick_pending:
                 self._tick_pending = True
                 asyncio.get_running_loop().call_soon(self._tick)
@@ -253,4 +260,5 @@ class DynamicBatcher:
         self._running -= len(batch)
         self._idle.append(executor)
         self._check_drained()
-        self._schedule()
+        if any(self._queued):
+            self._schedule()
