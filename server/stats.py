@@ -86,7 +86,9 @@ class VersionStats:
         self.compute_input.add(input_ns * requests, requests)
         self.compute_infer.add(infer_ns * requests, requests)
         self.compute_output.add(output_ns * requests, requests)
-        batch = self.batches.setdefault(batch_rows, BatchStats())
+        batch = self.batches.get(batch_rows)
+        if batch is None:
+            batch = self.batches[batch_rows] = BatchStats()
         batch.compute_input.add(input_ns)
         batch.compute_infer.add(infer_ns)
         batch.compute_output.add(output_ns)
