@@ -17,7 +17,7 @@ import pytest
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
-from warpserve.server.tools import loadgen
+from warpserve.server.tools import loadgen, shaping
 
 SHORT = {"duration_s": 0.3, "warmup_s": 0.05}
 
@@ -164,25 +164,25 @@ def test_requests_are_shaped_from_metadata() -> None:
 
 
 def test_pool_requests_differ_but_are_reused() -> None:
-    pool = loadgen.build_pool(MIXED, 2, batched=True, size=4)
+    pool = shaping.build_pool(MIXED, 2, batched=True, size=4)
     assert len(pool.payloads) == 4 and len(set(pool.payloads)) == 4
-    assert pool.payloads == loadgen.build_pool(MIXED, 2, batched=True, size=4).payloads
+    assert pool.payloads == shaping.build_pool(MIXED, 2, batched=True, size=4).payloads
 
 
 def test_unbatched_model_keeps_its_leading_dim() -> None:
     meta = _metadata("plain", [("X", "UINT8", [4, -1])])
-    raw = loadgen.shape_requests(meta, 1, np.random.default_rng(0), batched=False)
+    raw = shaping.shape_requests(meta, 1, np.random.default_rng(0), batched=False)
     request = pb.ModelInferRequest.FromString(raw)
     assert list(request.inputs[0].shape) == [4, 1]
     assert len(request.raw_input_contents[0]) == 4
     with pytest.raises(loadgen.BenchError, match="does not batch"):
-        loadgen.shape_requests(meta, 2, np.random.default_rng(0), batched=False)
+        shaping.shape_requests(meta, 2, np.random.default_rng(0), batched=False)
 
 
 def test_bytes_elements_carry_length_prefixes() -> None:
     meta = _metadata("text", [("TEXT", "BYTES", [-1, 3])])
     request = pb.ModelInferRequest.FromString(
-        loadgen.shape_requests(meta, 1, np.random.default_rng(0))
+        shaping.shape_requests(meta, 1, np.random.default_rng(0))
     )
     raw, offset, lengths = request.raw_input_contents[0], 0, []
     while offset < len(raw):
