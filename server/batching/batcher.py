@@ -78,7 +78,8 @@ class DynamicBatcher:
         if inline and not self._tick_pending and not any(self._queued):
             # A lone request for an idle inline executor: no queue to form a batch from.
             request.state = RUNNING
-            self.stats.queue.add(0)
+            request.queue_ns = time.monotonic_ns() - request.enqueued_ns
+            self.stats.queue.add(request.queue_ns)
             self._drained.clear()
             self._dispatch(self._idle.pop(), [request])
             return
