@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.e2e.conftest import (
     health,
     model_stats,
     new_batch_sizes,
+    pending_requests,
     reference,
     rows,
     wait_pending,
@@ -122,6 +124,38 @@ def test_deadline_on_queued_request(
     x = rows(2, seed=3)
     result = client.infer(SLEEPY, [fp32_input(x)])
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_cancelled_request_leaves_the_queue(
+    server: ServerProcess, client: grpcclient.InferenceServerClient, run_aio: Any
+) -> None:
+    """A client that cancels while its request is queued behind ``sleepy``'s running
+    ones takes it out of the queue: it never runs, and the others still finish."""
+    before = model_stats(client, SLEEPY)
+    ahead = [rows(1, seed=80 + i) for i in range(2)]
+
+    async def scenario(aio: aioclient.InferenceServerClient) -> list[Any]:
+        busy = [asyncio.ensure_future(aio.infer(SLEEPY, [fp32_input(x)])) for x in ahead]
+        await asyncio.to_thread(wait_pending, server, SLEEPY, len(ahead))
+        doomed = asyncio.ensure_future(aio.infer(SLEEPY, [fp32_input(rows(1, seed=2))]))
+        await asyncio.to_thread(wait_pending, server, SLEEPY, len(ahead) + 1)
+        doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        return list(await asyncio.gather(*busy))
+
+    done = run_aio(scenario)
+    for x, result in zip(ahead, done, strict=True):
+        np.testing.assert_allclose(result.as_numpy("OUTPUT0"), reference(x), rtol=1e-5, atol=1e-5)
+    # Had the cancelled request stayed queued, it would run now: wait for the queue to
+    # empty before counting executions.
+    deadline = time.monotonic() + 10
+    while pending_requests(server.metrics_port, SLEEPY) > 0:
+        assert time.monotonic() < deadline, "sleepy never went idle"
+        time.sleep(0.005)
+    after = model_stats(client, SLEEPY)
+    assert after.execution_count - before.execution_count == len(ahead), "the cancelled one ran"
+    assert health(server.url) == "SERVING"
 
 
 def test_sync_client_timeout(client: grpcclient.InferenceServerClient) -> None:
