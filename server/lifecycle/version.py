@@ -77,6 +77,7 @@ def _float_param(config: mc.ModelConfig, key: str, default: float) -> float:
 
 
 INLINE_THRESHOLD_NS = 200_000
+INLINE_BATCH_LIMIT_NS = 2_000_000
 
 
 def _median_run_ns(executor: Executor, inputs: dict[str, np.ndarray], runs: int = 15) -> float:
@@ -240,15 +241,22 @@ class ModelVersion:
         executors = self.batcher.executors
         if _execution_mode(self.config) != "auto" or len(executors) != 1:
             return
-        rows = 1 if self.validator.batched else None
-        inputs = self._random_inputs(rows, np.random.default_rng(1))
-        median_ns = await asyncio.to_thread(_median_run_ns, executors[0], inputs)
-        executors[0].inline = median_ns < INLINE_THRESHOLD_NS
+        rng = np.random.default_rng(1)
+        one = self._random_inputs(1 if self.validator.batched else None, rng)
+        median_ns = await asyncio.to_thread(_median_run_ns, executors[0], one)
+        full_ns = median_ns
+        if median_ns < INLINE_THRESHOLD_NS and self.config.max_batch_size > 1:
+            # A full batch must not hold the loop either (health checks, other models).
+            full = self._random_inputs(self.config.max_batch_size, rng)
+            full_ns = await asyncio.to_thread(_median_run_ns, executors[0], full, 5)
+        executors[0].inline = median_ns < INLINE_THRESHOLD_NS and full_ns < INLINE_BATCH_LIMIT_NS
         log.info(
-            "model '%s' version %d: batch-1 run takes %.0f us; executing %s",
+            "model '%s' version %d: a batch-1 run takes %.0f us, a full batch %.0f us; "
+            "executing %s",
             self.name,
             self.version,
             median_ns / 1000,
+            full_ns / 1000,
             "inline on the event loop" if executors[0].inline else "on worker threads",
         )
 
