@@ -43,7 +43,12 @@ from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 T = TypeVar("T")
 
 AFFINE, NOBATCH, PAIR, ECHO, SLOW, SLEEPY = (
-    "affine", "affine_nobatch", "affine_pair", "echo", "slow", "sleepy"
+    "affine",
+    "affine_nobatch",
+    "affine_pair",
+    "echo",
+    "slow",
+    "sleepy",
 )
 DEMO_MODELS = ("image_classifier", "fraud_scorer", "recommender")
 SLOW_MAX_BATCH = 16
@@ -61,9 +66,14 @@ def reference(x: np.ndarray) -> np.ndarray:
 def _config(
     name: str, max_batch: int, inputs: str, outputs: str, batching: str | None = None
 ) -> str:
-    lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch}",
-             f"input [{inputs}]", f"output [{outputs}]",
-             'instance_group [{ count: 1 kind: KIND_CPU }]']
+    lines = [
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {max_batch}",
+        f"input [{inputs}]",
+        f"output [{outputs}]",
+        "instance_group [{ count: 1 kind: KIND_CPU }]",
+    ]
     if batching is not None:
         lines.append(f"dynamic_batching {{ {batching} }}")
     return "\n".join(lines) + "\n"
@@ -88,17 +98,19 @@ def _serialize(graph: Any) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def _affine_nodes(
-    seed: int = 0, out: str = "OUTPUT0"
-) -> tuple[list[Any], list[Any]]:
+def _affine_nodes(seed: int = 0, out: str = "OUTPUT0") -> tuple[list[Any], list[Any]]:
     """y = x @ W + b with the weights ``tests.models.affine_reference`` uses (scale 1.0)."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((4, 2)).astype(np.float32)
     b = rng.standard_normal(2).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["INPUT0", "W"], ["XW"]),
-             helper.make_node("Add", ["XW", "B"], [out])]
-    weights = [helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.flatten()),
-               helper.make_tensor("B", TensorProto.FLOAT, b.shape, b)]
+    nodes = [
+        helper.make_node("MatMul", ["INPUT0", "W"], ["XW"]),
+        helper.make_node("Add", ["XW", "B"], [out]),
+    ]
+    weights = [
+        helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.flatten()),
+        helper.make_tensor("B", TensorProto.FLOAT, b.shape, b),
+    ]
     return nodes, weights
 
 
@@ -115,21 +127,31 @@ def slow_affine_model(steps: int, size: int) -> bytes:
     """
     nodes, weights = _affine_nodes(out="Y")
     m = np.random.default_rng(1).standard_normal((size, size)) / np.sqrt(size)
-    weights += [helper.make_tensor("M", TensorProto.FLOAT, [size, size],
-                                   m.astype(np.float32).flatten()),
-                helper.make_tensor("ZERO", TensorProto.FLOAT, [], [0.0])]
-    nodes += [helper.make_node("ReduceSum", ["INPUT0"], ["S"], keepdims=0),
-              helper.make_node("Mul", ["S", "ZERO"], ["S0"]),
-              helper.make_node("Add", ["M", "S0"], ["H0"])]
+    weights += [
+        helper.make_tensor("M", TensorProto.FLOAT, [size, size], m.astype(np.float32).flatten()),
+        helper.make_tensor("ZERO", TensorProto.FLOAT, [], [0.0]),
+    ]
+    nodes += [
+        helper.make_node("ReduceSum", ["INPUT0"], ["S"], keepdims=0),
+        helper.make_node("Mul", ["S", "ZERO"], ["S0"]),
+        helper.make_node("Add", ["M", "S0"], ["H0"]),
+    ]
     for i in range(steps):
-        nodes += [helper.make_node("MatMul", [f"H{i}", "M"], [f"P{i}"]),
-                  helper.make_node("Tanh", [f"P{i}"], [f"H{i + 1}"])]
-    nodes += [helper.make_node("ReduceSum", [f"H{steps}"], ["T"], keepdims=0),
-              helper.make_node("Mul", ["T", "ZERO"], ["T0"]),
-              helper.make_node("Add", ["Y", "T0"], ["OUTPUT0"])]
+        nodes += [
+            helper.make_node("MatMul", [f"H{i}", "M"], [f"P{i}"]),
+            helper.make_node("Tanh", [f"P{i}"], [f"H{i + 1}"]),
+        ]
+    nodes += [
+        helper.make_node("ReduceSum", [f"H{steps}"], ["T"], keepdims=0),
+        helper.make_node("Mul", ["T", "ZERO"], ["T0"]),
+        helper.make_node("Add", ["Y", "T0"], ["OUTPUT0"]),
+    ]
     graph = helper.make_graph(
-        nodes, "slow_affine", [_io("INPUT0", TensorProto.FLOAT, 4)],
-        [_io("OUTPUT0", TensorProto.FLOAT, 2)], weights,
+        nodes,
+        "slow_affine",
+        [_io("INPUT0", TensorProto.FLOAT, 4)],
+        [_io("OUTPUT0", TensorProto.FLOAT, 2)],
+        weights,
     )
     return _serialize(graph)
 
@@ -138,16 +160,21 @@ def affine_pair_model() -> bytes:
     nodes, weights = _affine_nodes()
     nodes.append(helper.make_node("Identity", ["INPUT0"], ["OUTPUT1"]))
     graph = helper.make_graph(
-        nodes, "affine_pair", [_io("INPUT0", TensorProto.FLOAT, 4)],
-        [_io("OUTPUT0", TensorProto.FLOAT, 2), _io("OUTPUT1", TensorProto.FLOAT, 4)], weights,
+        nodes,
+        "affine_pair",
+        [_io("INPUT0", TensorProto.FLOAT, 4)],
+        [_io("OUTPUT0", TensorProto.FLOAT, 2), _io("OUTPUT1", TensorProto.FLOAT, 4)],
+        weights,
     )
     return _serialize(graph)
 
 
 def echo_model() -> bytes:
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["TEXT"], ["TEXT_OUT"])], "echo",
-        [_io("TEXT", TensorProto.STRING, 1)], [_io("TEXT_OUT", TensorProto.STRING, 1)],
+        [helper.make_node("Identity", ["TEXT"], ["TEXT_OUT"])],
+        "echo",
+        [_io("TEXT", TensorProto.STRING, 1)],
+        [_io("TEXT_OUT", TensorProto.STRING, 1)],
     )
     return _serialize(graph)
 
@@ -160,18 +187,39 @@ OUT_ANY2 = _tensor("OUTPUT0", "TYPE_FP32", "-1, 2")
 def write_test_models(repo: Path) -> None:
     _write(repo, AFFINE, _config(AFFINE, 8, IN4, OUT2, ""), affine_model(scale=1.0))
     _write(repo, NOBATCH, _config(NOBATCH, 0, IN_ANY4, OUT_ANY2), affine_model(scale=1.0))
-    _write(repo, PAIR, _config(
-        PAIR, 8, IN4, f"{OUT2}, {_tensor('OUTPUT1', 'TYPE_FP32', '4')}", ""
-    ), affine_pair_model(), golden=False)
-    _write(repo, ECHO, _config(
-        ECHO, 8, _tensor("TEXT", "TYPE_STRING", "1"), _tensor("TEXT_OUT", "TYPE_STRING", "1"), ""
-    ), echo_model(), golden=False)
-    slow_batching = ("priority_levels: 2 default_priority_level: 2 "
-                     "default_queue_policy { allow_timeout_override: true }")
-    _write(repo, SLOW, _config(SLOW, SLOW_MAX_BATCH, IN4, OUT2, slow_batching),
-           slow_affine_model(steps=4, size=384))
-    _write(repo, SLEEPY, _config(SLEEPY, 0, IN_ANY4, OUT_ANY2),
-           slow_affine_model(steps=32, size=512))
+    _write(
+        repo,
+        PAIR,
+        _config(PAIR, 8, IN4, f"{OUT2}, {_tensor('OUTPUT1', 'TYPE_FP32', '4')}", ""),
+        affine_pair_model(),
+        golden=False,
+    )
+    _write(
+        repo,
+        ECHO,
+        _config(
+            ECHO,
+            8,
+            _tensor("TEXT", "TYPE_STRING", "1"),
+            _tensor("TEXT_OUT", "TYPE_STRING", "1"),
+            "",
+        ),
+        echo_model(),
+        golden=False,
+    )
+    slow_batching = (
+        "priority_levels: 2 default_priority_level: 2 "
+        "default_queue_policy { allow_timeout_override: true }"
+    )
+    _write(
+        repo,
+        SLOW,
+        _config(SLOW, SLOW_MAX_BATCH, IN4, OUT2, slow_batching),
+        slow_affine_model(steps=4, size=384),
+    )
+    _write(
+        repo, SLEEPY, _config(SLEEPY, 0, IN_ANY4, OUT_ANY2), slow_affine_model(steps=32, size=512)
+    )
 
 
 # --- session fixtures --------------------------------------------------------------------
@@ -276,8 +324,9 @@ def run_aio(server: ServerProcess) -> Callable[..., Any]:
     client inside ``asyncio.run`` (pytest-asyncio is not a dependency).
     """
 
-    def run(fn: Callable[[aioclient.InferenceServerClient], Awaitable[T]],
-            url: str | None = None) -> T:
+    def run(
+        fn: Callable[[aioclient.InferenceServerClient], Awaitable[T]], url: str | None = None
+    ) -> T:
         async def main() -> T:
             async with aioclient.InferenceServerClient(url or server.url) as triton:
                 return await fn(triton)
@@ -321,7 +370,11 @@ def fp32_input(x: np.ndarray, name: str = "INPUT0") -> grpcclient.InferInput:
 
 
 def raw_request(
-    model: str, x: np.ndarray, *, name: str = "INPUT0", datatype: str = "FP32",
+    model: str,
+    x: np.ndarray,
+    *,
+    name: str = "INPUT0",
+    datatype: str = "FP32",
     version: str = "",
 ) -> pb.ModelInferRequest:
     """A ModelInfer request carrying ``x`` as raw bytes (edit it afterwards to break it)."""
@@ -381,8 +434,11 @@ def model_stats(client: grpcclient.InferenceServerClient, model: str) -> Any:
 def new_batch_sizes(before: Any, after: Any) -> list[int]:
     """Batch sizes (rows per execution) that ran between two ModelStatistics snapshots."""
     counts = {b.batch_size: b.compute_infer.count for b in before.batch_stats}
-    return sorted(b.batch_size for b in after.batch_stats
-                  if b.compute_infer.count > counts.get(b.batch_size, 0))
+    return sorted(
+        b.batch_size
+        for b in after.batch_stats
+        if b.compute_infer.count > counts.get(b.batch_size, 0)
+    )
 
 
 def wait_pending(server: ServerProcess, model: str, count: int, timeout: float = 30.0) -> None:

@@ -58,14 +58,28 @@ def _ready(url: str) -> bool:
 
 
 def start_server(
-    repo: Path | None, *args: str, log_dir: Path, timeout: float = 120.0,
-    env: dict[str, str] | None = None, wait_ready: bool = True,
+    repo: Path | None,
+    *args: str,
+    log_dir: Path,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
 ) -> ServerProcess:
     grpc_port, metrics_port = free_port(), free_port()
     cmd = [
-        sys.executable, "-m", "warpserve.server.cli", "serve",
-        "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc_port),
-        "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port), *args,
+        sys.executable,
+        "-m",
+        "warpserve.server.cli",
+        "serve",
+        "--grpc-address",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--metrics-address",
+        "127.0.0.1",
+        "--metrics-port",
+        str(metrics_port),
+        *args,
     ]
     if repo is not None:
         cmd += ["--model-repository", str(repo)]

@@ -117,46 +117,109 @@ def _unknown_output() -> pb.ModelInferRequest:
 
 # (id, request builder, status code, substrings the message must hold)
 CASES: list[tuple[str, Build, str, list[str]]] = [
-    ("unknown model", lambda: raw_request("no_such_model", _x()), "NOT_FOUND",
-     ["no_such_model"]),
-    ("unknown version", lambda: raw_request(AFFINE, _x(), version="7"), "NOT_FOUND",
-     [AFFINE, "7", "loaded"]),
-    ("version not a number", lambda: raw_request(AFFINE, _x(), version="latest"),
-     "INVALID_ARGUMENT", ["latest", "positive integer"]),
+    ("unknown model", lambda: raw_request("no_such_model", _x()), "NOT_FOUND", ["no_such_model"]),
+    (
+        "unknown version",
+        lambda: raw_request(AFFINE, _x(), version="7"),
+        "NOT_FOUND",
+        [AFFINE, "7", "loaded"],
+    ),
+    (
+        "version not a number",
+        lambda: raw_request(AFFINE, _x(), version="latest"),
+        "INVALID_ARGUMENT",
+        ["latest", "positive integer"],
+    ),
     ("missing input", _missing_input, "INVALID_ARGUMENT", [AFFINE, "INPUT0", "lacks"]),
     ("extra input", _extra_input, "INVALID_ARGUMENT", [AFFINE, "EXTRA", "it takes"]),
     ("duplicated input", _duplicated_input, "INVALID_ARGUMENT", ["INPUT0", "more than once"]),
-    ("raw entries do not match inputs", _raw_count_mismatch, "INVALID_ARGUMENT",
-     ["raw_input_contents", "one raw entry per input"]),
-    ("wrong dtype", lambda: raw_request(AFFINE, _x().astype(np.float64), datatype="FP64"),
-     "INVALID_ARGUMENT", [AFFINE, "INPUT0", "FP64", "FP32", "convert"]),
-    ("unknown dtype", lambda: raw_request(AFFINE, _x(), datatype="FP99"), "INVALID_ARGUMENT",
-     ["INPUT0", "FP99", "FP32"]),
-    ("wrong shape", lambda: raw_request(AFFINE, rows(2, seed=1).reshape(4, 2)),
-     "INVALID_ARGUMENT", [AFFINE, "INPUT0", "[4, 2]", "[-1, 4]"]),
-    ("wrong rank", lambda: raw_request(AFFINE, _x().reshape(-1)), "INVALID_ARGUMENT",
-     [AFFINE, "INPUT0", "[8]", "[-1, 4]"]),
+    (
+        "raw entries do not match inputs",
+        _raw_count_mismatch,
+        "INVALID_ARGUMENT",
+        ["raw_input_contents", "one raw entry per input"],
+    ),
+    (
+        "wrong dtype",
+        lambda: raw_request(AFFINE, _x().astype(np.float64), datatype="FP64"),
+        "INVALID_ARGUMENT",
+        [AFFINE, "INPUT0", "FP64", "FP32", "convert"],
+    ),
+    (
+        "unknown dtype",
+        lambda: raw_request(AFFINE, _x(), datatype="FP99"),
+        "INVALID_ARGUMENT",
+        ["INPUT0", "FP99", "FP32"],
+    ),
+    (
+        "wrong shape",
+        lambda: raw_request(AFFINE, rows(2, seed=1).reshape(4, 2)),
+        "INVALID_ARGUMENT",
+        [AFFINE, "INPUT0", "[4, 2]", "[-1, 4]"],
+    ),
+    (
+        "wrong rank",
+        lambda: raw_request(AFFINE, _x().reshape(-1)),
+        "INVALID_ARGUMENT",
+        [AFFINE, "INPUT0", "[8]", "[-1, 4]"],
+    ),
     ("raw byte size", _wrong_byte_size, "INVALID_ARGUMENT", ["INPUT0", "28 bytes", "32"]),
     ("contents count", _contents_count_mismatch, "INVALID_ARGUMENT", ["INPUT0", "7", "8"]),
-    ("batch above max", lambda: raw_request(AFFINE, rows(9, seed=2)), "INVALID_ARGUMENT",
-     [AFFINE, "INPUT0", "max_batch_size 8", "split"]),
-    ("empty batch", lambda: raw_request(AFFINE, np.zeros((0, 4), np.float32)),
-     "INVALID_ARGUMENT", [AFFINE, "INPUT0", "0 rows", "at least one row"]),
-    ("contents and raw", _contents_and_raw, "INVALID_ARGUMENT",
-     ["INPUT0", "raw_input_contents", "one form"]),
-    ("bytes length prefix too long", _bytes_request(struct.pack("<I", 100) + b"abc"),
-     "INVALID_ARGUMENT", ["TEXT", "100 bytes", "length prefix"]),
-    ("bytes length prefix cut", _bytes_request(b"\x05\x00"), "INVALID_ARGUMENT",
-     ["TEXT", "4-byte little-endian length prefix"]),
-    ("bytes trailing data", _bytes_request(struct.pack("<I", 1) + b"ab"), "INVALID_ARGUMENT",
-     ["TEXT", "1 bytes left", "shape"]),
-    ("bytes not utf-8", _bytes_request(struct.pack("<I", 2) + b"\xff\xfe"), "INVALID_ARGUMENT",
-     ["TEXT", "UTF-8"]),
+    (
+        "batch above max",
+        lambda: raw_request(AFFINE, rows(9, seed=2)),
+        "INVALID_ARGUMENT",
+        [AFFINE, "INPUT0", "max_batch_size 8", "split"],
+    ),
+    (
+        "empty batch",
+        lambda: raw_request(AFFINE, np.zeros((0, 4), np.float32)),
+        "INVALID_ARGUMENT",
+        [AFFINE, "INPUT0", "0 rows", "at least one row"],
+    ),
+    (
+        "contents and raw",
+        _contents_and_raw,
+        "INVALID_ARGUMENT",
+        ["INPUT0", "raw_input_contents", "one form"],
+    ),
+    (
+        "bytes length prefix too long",
+        _bytes_request(struct.pack("<I", 100) + b"abc"),
+        "INVALID_ARGUMENT",
+        ["TEXT", "100 bytes", "length prefix"],
+    ),
+    (
+        "bytes length prefix cut",
+        _bytes_request(b"\x05\x00"),
+        "INVALID_ARGUMENT",
+        ["TEXT", "4-byte little-endian length prefix"],
+    ),
+    (
+        "bytes trailing data",
+        _bytes_request(struct.pack("<I", 1) + b"ab"),
+        "INVALID_ARGUMENT",
+        ["TEXT", "1 bytes left", "shape"],
+    ),
+    (
+        "bytes not utf-8",
+        _bytes_request(struct.pack("<I", 2) + b"\xff\xfe"),
+        "INVALID_ARGUMENT",
+        ["TEXT", "UTF-8"],
+    ),
     ("unknown output", _unknown_output, "INVALID_ARGUMENT", [AFFINE, "NOPE", "OUTPUT0"]),
-    ("priority out of range", _with_parameter("priority", 5), "INVALID_ARGUMENT",
-     ["priority", "5", "1..2"]),
-    ("timeout not an integer", _with_parameter("timeout", "soon"), "INVALID_ARGUMENT",
-     ["timeout", "integer"]),
+    (
+        "priority out of range",
+        _with_parameter("priority", 5),
+        "INVALID_ARGUMENT",
+        ["priority", "5", "1..2"],
+    ),
+    (
+        "timeout not an integer",
+        _with_parameter("timeout", "soon"),
+        "INVALID_ARGUMENT",
+        ["timeout", "integer"],
+    ),
 ]
 
 
@@ -167,11 +230,15 @@ def assert_still_serving(server: ServerProcess, stub: pb_grpc.GRPCInferenceServi
     np.testing.assert_allclose(output_array(good), reference(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("build", "code", "needles"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("build", "code", "needles"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_bad_request(
-    server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub,
-    build: Build, code: str, needles: list[str],
+    server: ServerProcess,
+    stub: pb_grpc.GRPCInferenceServiceStub,
+    build: Build,
+    code: str,
+    needles: list[str],
 ) -> None:
     got, message = failure(lambda: stub.ModelInfer(build(), timeout=10))
     assert got == code, message
@@ -181,7 +248,8 @@ def test_bad_request(
 
 
 def test_bad_requests_through_tritonclient(
-    server: ServerProcess, client: grpcclient.InferenceServerClient,
+    server: ServerProcess,
+    client: grpcclient.InferenceServerClient,
     stub: pb_grpc.GRPCInferenceServiceStub,
 ) -> None:
     """The same rejections as tritonclient users see them."""
@@ -213,7 +281,8 @@ def test_stream_bad_request_keeps_stream(stub: pb_grpc.GRPCInferenceServiceStub)
 
 
 def test_nan_and_inf_pass_through(
-    server: ServerProcess, client: grpcclient.InferenceServerClient,
+    server: ServerProcess,
+    client: grpcclient.InferenceServerClient,
     stub: pb_grpc.GRPCInferenceServiceStub,
 ) -> None:
     x = rows(4, seed=6)
@@ -223,8 +292,10 @@ def test_nan_and_inf_pass_through(
     with np.errstate(invalid="ignore"):
         want = reference(x)
     assert np.isnan(want).any() and np.isinf(want).any()  # the check below is not vacuous
-    for got in (output_array(stub.ModelInfer(raw_request(AFFINE, x), timeout=10)),
-                client.infer(AFFINE, [fp32_input(x)]).as_numpy("OUTPUT0")):
+    for got in (
+        output_array(stub.ModelInfer(raw_request(AFFINE, x), timeout=10)),
+        client.infer(AFFINE, [fp32_input(x)]).as_numpy("OUTPUT0"),
+    ):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
         np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
@@ -239,8 +310,14 @@ def test_nan_and_inf_pass_through(
 @pytest.fixture(scope="module")
 def small_server(repo: Path, log_dir: Path) -> Iterator[ServerProcess]:
     process = start_server(
-        repo, "--grpc-max-message-bytes", "1048576", "--model-control-mode", "explicit",
-        "--load-model", AFFINE, log_dir=log_dir,
+        repo,
+        "--grpc-max-message-bytes",
+        "1048576",
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        AFFINE,
+        log_dir=log_dir,
     )
     yield process
     process.stop()
@@ -259,9 +336,19 @@ def test_message_over_size_limit(small_server: ServerProcess) -> None:
 # --- path traversal ----------------------------------------------------------------------------
 
 
-TRAVERSAL = ["../decoy", "..%2Fdecoy", "..%2F..%2Fetc%2Fpasswd", "../../etc/passwd",
-             "/etc/passwd", "affine/../decoy", "..", "", "escape/../../decoy", "%2e%2e%2fdecoy",
-             "..\\decoy"]
+TRAVERSAL = [
+    "../decoy",
+    "..%2Fdecoy",
+    "..%2F..%2Fetc%2Fpasswd",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "affine/../decoy",
+    "..",
+    "",
+    "escape/../../decoy",
+    "%2e%2e%2fdecoy",
+    "..\\decoy",
+]
 
 
 @pytest.mark.parametrize("name", TRAVERSAL)
@@ -271,14 +358,17 @@ def test_path_traversal_in_model_name(explicit_server: ServerProcess, name: str)
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         calls = {
             "load": lambda: stub.RepositoryModelLoad(
-                pb.RepositoryModelLoadRequest(model_name=name), timeout=30),
+                pb.RepositoryModelLoadRequest(model_name=name), timeout=30
+            ),
             "infer": lambda: stub.ModelInfer(raw_request(name, _x()), timeout=10),
             "metadata": lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name=name), timeout=10),
             "config": lambda: stub.ModelConfig(pb.ModelConfigRequest(name=name), timeout=10),
             "statistics": lambda: stub.ModelStatistics(
-                pb.ModelStatisticsRequest(name=name), timeout=10),
+                pb.ModelStatisticsRequest(name=name), timeout=10
+            ),
             "unload": lambda: stub.RepositoryModelUnload(
-                pb.RepositoryModelUnloadRequest(model_name=name), timeout=10),
+                pb.RepositoryModelUnloadRequest(model_name=name), timeout=10
+            ),
         }
         if not name:
             del calls["statistics"]  # an empty name asks for every model's statistics
@@ -296,8 +386,11 @@ def test_symlink_out_of_repository(explicit_server: ServerProcess) -> None:
     """``escape`` is a folder in the repository linking to the decoy outside it."""
     with grpc.insecure_channel(explicit_server.url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        code, message = failure(lambda: stub.RepositoryModelLoad(
-            pb.RepositoryModelLoadRequest(model_name="escape"), timeout=30))
+        code, message = failure(
+            lambda: stub.RepositoryModelLoad(
+                pb.RepositoryModelLoadRequest(model_name="escape"), timeout=30
+            )
+        )
         assert code in ("INVALID_ARGUMENT", "NOT_FOUND"), message
         assert not stub.ModelReady(pb.ModelReadyRequest(name="escape"), timeout=10).ready
     assert health(explicit_server.url) == "SERVING"

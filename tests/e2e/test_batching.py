@@ -166,9 +166,15 @@ def test_sync_client_timeout(client: grpcclient.InferenceServerClient) -> None:
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), reference(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("model", "priority", "timeout"), [
-    (SLOW, 1, None), (SLOW, 2, 5_000_000), (SLOW, 0, 10_000_000), (AFFINE, 1, 1_000_000),
-])
+@pytest.mark.parametrize(
+    ("model", "priority", "timeout"),
+    [
+        (SLOW, 1, None),
+        (SLOW, 2, 5_000_000),
+        (SLOW, 0, 10_000_000),
+        (AFFINE, 1, 1_000_000),
+    ],
+)
 def test_priority_and_timeout_parameters_accepted(
     client: grpcclient.InferenceServerClient, model: str, priority: int, timeout: int | None
 ) -> None:

@@ -32,7 +32,10 @@ def cli(url: str, *args: str, token: str | None = TOKEN) -> subprocess.Completed
         env["WARPSERVE_ADMIN_TOKEN"] = token
     return subprocess.run(
         [sys.executable, "-m", "warpserve.server.cli", "models", "-u", url, *args],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 
@@ -69,8 +72,9 @@ class Caller(threading.Thread):
                 self.errors.append(str(exc))
                 continue
             version = int(result.get_response().model_version)
-            if not np.allclose(result.as_numpy("OUTPUT0"),
-                               affine_reference(x, scale=float(version)), atol=1e-4):
+            if not np.allclose(
+                result.as_numpy("OUTPUT0"), affine_reference(x, scale=float(version)), atol=1e-4
+            ):
                 self.errors.append(f"version {version} answered with other numbers")
             self.versions.append(version)
         self.client.close()
@@ -106,8 +110,7 @@ def test_rollout_and_rollback_with_the_cli_while_callers_send(
         caller.join(30)
     for caller in callers:
         assert caller.errors == []
-        runs = [v for i, v in enumerate(caller.versions)
-                if i == 0 or caller.versions[i - 1] != v]
+        runs = [v for i, v in enumerate(caller.versions) if i == 0 or caller.versions[i - 1] != v]
         assert runs == [1, 2, 1]
     text = metrics_text(admin_server.metrics_port)
     assert 'warpserve_model_version_active{model="affine",version="1"} 1.0' in text
@@ -142,8 +145,13 @@ def test_serve_refuses_to_start_a_required_admin_api_on_a_public_address(
     repo: Path, log_dir: Path
 ) -> None:
     process = start_server(
-        repo, "--grpc-address", "0.0.0.0", "--admin", log_dir=log_dir,
-        env={"WARPSERVE_ADMIN_TOKEN": ""}, wait_ready=False,
+        repo,
+        "--grpc-address",
+        "0.0.0.0",
+        "--admin",
+        log_dir=log_dir,
+        env={"WARPSERVE_ADMIN_TOKEN": ""},
+        wait_ready=False,
     )
     assert process.process.wait(60) == 2
     log = process.log()

@@ -60,24 +60,32 @@ def perf_analyzer() -> tuple[str, dict[str, str]]:
     binary = os.path.realpath(found)  # pyenv and venvs may put a shell shim on PATH
     env = _environment()
     if shutil.which("ldd") is not None:
-        linked = subprocess.run(["ldd", binary], capture_output=True, text=True, env=env,
-                                timeout=30, stdin=subprocess.DEVNULL)
+        linked = subprocess.run(
+            ["ldd", binary],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
         missing = re.findall(r"^\s*(\S+) => not found", linked.stdout, flags=re.MULTILINE)
         if missing:
-            pytest.skip(f"perf_analyzer cannot start, missing shared libraries: {missing} "
-                        "(libcudart.so.12: pip nvidia-cuda-runtime-cu12; libb64.so.0d: "
-                        "apt-get install libb64-0d)")
+            pytest.skip(
+                f"perf_analyzer cannot start, missing shared libraries: {missing} "
+                "(libcudart.so.12: pip nvidia-cuda-runtime-cu12; libb64.so.0d: "
+                "apt-get install libb64-0d)"
+            )
     return binary, env
 
 
-def _run(perf_analyzer: tuple[str, dict[str, str]], server: ServerProcess,
-         *args: str) -> str:
+def _run(perf_analyzer: tuple[str, dict[str, str]], server: ServerProcess, *args: str) -> str:
     binary, env = perf_analyzer
     # A lenient stability threshold: a shared 2-core machine is noisy, and the test is
     # about the protocol, not the numbers.
     command = [binary, "-u", server.url, "-i", "grpc", "--stability-percentage", "100", *args]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120,
-                          stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{' '.join(command)} exited {done.returncode}:\n{output}"
     return output
@@ -92,19 +100,34 @@ def _assert_report(output: str) -> None:
     assert re.search(r"compute infer \d+ usec", server_part), output
 
 
-def test_perf_analyzer_affine(perf_analyzer: tuple[str, dict[str, str]],
-                              server: ServerProcess) -> None:
-    output = _run(perf_analyzer, server, "-m", AFFINE, "--measurement-interval", "1000",
-                  "--concurrency-range", "1:2")
+def test_perf_analyzer_affine(
+    perf_analyzer: tuple[str, dict[str, str]], server: ServerProcess
+) -> None:
+    output = _run(
+        perf_analyzer,
+        server,
+        "-m",
+        AFFINE,
+        "--measurement-interval",
+        "1000",
+        "--concurrency-range",
+        "1:2",
+    )
     _assert_report(output)
     assert "Request concurrency: 1" in output and "Request concurrency: 2" in output
 
 
-@pytest.mark.parametrize("args", [
-    pytest.param(["-m", SLOW, "-b", "2", "--streaming", "--concurrency-range", "4"],
-                 id="streaming-batch2"),
-    pytest.param(["-m", ECHO], id="bytes"),
-])
-def test_perf_analyzer_variants(perf_analyzer: tuple[str, dict[str, str]],
-                                server: ServerProcess, args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(
+            ["-m", SLOW, "-b", "2", "--streaming", "--concurrency-range", "4"],
+            id="streaming-batch2",
+        ),
+        pytest.param(["-m", ECHO], id="bytes"),
+    ],
+)
+def test_perf_analyzer_variants(
+    perf_analyzer: tuple[str, dict[str, str]], server: ServerProcess, args: list[str]
+) -> None:
     _assert_report(_run(perf_analyzer, server, "--measurement-interval", "500", *args))

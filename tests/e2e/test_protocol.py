@@ -67,8 +67,12 @@ def test_model_ready(client: grpcclient.InferenceServerClient, run_aio: Any) -> 
     assert not client.is_model_ready("no_such_model")
 
     async def check(aio: aioclient.InferenceServerClient) -> list[bool]:
-        return [await aio.is_model_ready(AFFINE), await aio.is_model_ready(AFFINE, "1"),
-                await aio.is_model_ready(AFFINE, "7"), await aio.is_model_ready("no_such_model")]
+        return [
+            await aio.is_model_ready(AFFINE),
+            await aio.is_model_ready(AFFINE, "1"),
+            await aio.is_model_ready(AFFINE, "7"),
+            await aio.is_model_ready("no_such_model"),
+        ]
 
     assert run_aio(check) == [True, True, False, False]
 
@@ -96,9 +100,11 @@ def test_model_metadata(client: grpcclient.InferenceServerClient, run_aio: Any) 
     assert list(meta.versions) == ["1"]
     assert meta.platform == "onnxruntime_onnx"
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
-        ("INPUT0", "FP32", [-1, 4])]
+        ("INPUT0", "FP32", [-1, 4])
+    ]
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [
-        ("OUTPUT0", "FP32", [-1, 2])]
+        ("OUTPUT0", "FP32", [-1, 2])
+    ]
     # Without max_batch_size there is no batch dimension in the shapes.
     nobatch = client.get_model_metadata(NOBATCH, "1", as_json=True)
     assert nobatch["inputs"] == [{"name": "INPUT0", "datatype": "FP32", "shape": ["-1", "4"]}]
@@ -213,8 +219,7 @@ def test_stream_infer_sync(server: ServerProcess) -> None:
         triton.start_stream(callback=lambda result, error: results.put((result, error)))
         for request_id, x in inputs.items():
             triton.async_stream_infer(AFFINE, [fp32_input(x)], request_id=request_id)
-        triton.async_stream_infer(AFFINE, [fp32_input(rows(1, seed=0), "WRONG")],
-                                  request_id="bad")
+        triton.async_stream_infer(AFFINE, [fp32_input(rows(1, seed=0), "WRONG")], request_id="bad")
         triton.async_stream_infer(AFFINE, [fp32_input(inputs["r0"])], request_id="after")
         answers = [results.get(timeout=30) for _ in range(len(inputs) + 2)]
         triton.stop_stream()
@@ -295,7 +300,8 @@ def test_load_and_unload(explicit_server: ServerProcess) -> None:
         assert triton.is_model_ready(AFFINE, "1")
         ready = triton.get_model_repository_index(as_json=True)["models"]
         assert {"name": AFFINE, "version": "1", "state": "READY"} in [
-            {k: m.get(k) for k in ("name", "version", "state")} for m in ready]
+            {k: m.get(k) for k in ("name", "version", "state")} for m in ready
+        ]
         assert_affine(triton.infer(AFFINE, [fp32_input(x)]), x)
 
         triton.unload_model(AFFINE)
@@ -345,8 +351,7 @@ def test_health_watch_and_unknown_service(server: ServerProcess) -> None:
 DEMO_EXPECTED = {
     "image_classifier": ("IMAGE", [3, 32, 32], {"PROBS": ("FP32", [2])}),
     "fraud_scorer": ("TRANSACTION", [16], {"FRAUD_PROBABILITY": ("FP32", [1])}),
-    "recommender": ("USER_FEATURES", None, {"ITEM_IDS": ("INT64", [10]),
-                                            "SCORES": ("FP32", [10])}),
+    "recommender": ("USER_FEATURES", None, {"ITEM_IDS": ("INT64", [10]), "SCORES": ("FP32", [10])}),
 }
 
 
@@ -371,5 +376,7 @@ def test_demo_model(demo_server: ServerProcess, model: str) -> None:
     if model == "image_classifier":
         np.testing.assert_allclose(result.as_numpy("PROBS").sum(axis=1), 1.0, atol=1e-4)
     if model == "fraud_scorer":
-        assert ((result.as_numpy("FRAUD_PROBABILITY") >= 0)
-                & (result.as_numpy("FRAUD_PROBABILITY") <= 1)).all()
+        assert (
+            (result.as_numpy("FRAUD_PROBABILITY") >= 0)
+            & (result.as_numpy("FRAUD_PROBABILITY") <= 1)
+        ).all()

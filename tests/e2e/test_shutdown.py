@@ -43,8 +43,16 @@ def _health_or_gone(url: str) -> str:
 
 def test_sigterm_drains_in_flight_requests(repo: Path, log_dir: Path) -> None:
     server = start_server(
-        repo, "--model-control-mode", "explicit", "--load-model", SLEEPY, "--load-model", AFFINE,
-        "--exit-timeout-secs", str(EXIT_TIMEOUT_S), log_dir=log_dir,
+        repo,
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        SLEEPY,
+        "--load-model",
+        AFFINE,
+        "--exit-timeout-secs",
+        str(EXIT_TIMEOUT_S),
+        log_dir=log_dir,
     )
     try:
         _drain_scenario(server)
@@ -59,8 +67,10 @@ def _drain_scenario(server: ServerProcess) -> None:
         with grpcclient.InferenceServerClient(server.url) as triton:
             return triton.infer(SLEEPY, [fp32_input(x)], client_timeout=60).as_numpy("OUTPUT0")
 
-    with ThreadPoolExecutor(IN_FLIGHT) as pool, \
-            grpcclient.InferenceServerClient(server.url) as late:
+    with (
+        ThreadPoolExecutor(IN_FLIGHT) as pool,
+        grpcclient.InferenceServerClient(server.url) as late,
+    ):
         futures = [pool.submit(slow_call, x) for x in inputs]
         # sleepy runs one request at a time (~0.1 s each): all of them are in the server now.
         wait_pending(server, SLEEPY, IN_FLIGHT)
@@ -101,8 +111,15 @@ def test_sigint_when_idle_exits_zero(repo: Path, log_dir: Path) -> None:
 
 
 TRITON_FLAGS = [
-    "--model-repository", "--grpc-port", "--http-port", "--metrics-port", "--allow-metrics",
-    "--model-control-mode", "--load-model", "--repository-poll-secs", "--exit-timeout-secs",
+    "--model-repository",
+    "--grpc-port",
+    "--http-port",
+    "--metrics-port",
+    "--allow-metrics",
+    "--model-control-mode",
+    "--load-model",
+    "--repository-poll-secs",
+    "--exit-timeout-secs",
     "--log-verbose",
 ]
 
@@ -117,7 +134,10 @@ def _serve_flags() -> set[str]:
 def test_serve_help_lists_every_flag() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "warpserve.server.cli", "serve", "--help"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stderr
     flags = _serve_flags()
@@ -129,7 +149,10 @@ def test_serve_help_lists_every_flag() -> None:
 def test_unknown_flag_is_rejected() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "warpserve.server.cli", "serve", "--no-such-flag"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 2
     assert "--no-such-flag" in done.stderr
@@ -163,10 +186,13 @@ def test_metrics_after_requests(
     assert after["nv_inference_count"] == before["nv_inference_count"] + 6
     assert after["nv_inference_exec_count"] == before["nv_inference_exec_count"] + 3
     assert metric_value(text, failed) == before_failed + 1
-    for name in ["nv_inference_request_duration_us", "nv_inference_queue_duration_us",
-                 "nv_inference_compute_input_duration_us",
-                 "nv_inference_compute_infer_duration_us",
-                 "nv_inference_compute_output_duration_us"]:
+    for name in [
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_input_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "nv_inference_compute_output_duration_us",
+    ]:
         value = metric_value(text, _sample(name))
         assert value is not None and value > 0, name
     assert metric_value(text, _sample("nv_inference_pending_request_count")) == 0
