@@ -275,9 +275,12 @@ def bench_resnet(work: Path, log_dir: Path, durations: tuple[float, float]) -> d
     before = in_process_sweep(model_path, duration, warmup)
     with serve_warpserve(repo, log_dir, RESNET_MODEL) as url:
         ours = _measure(url, RESNET_MODEL, 8, duration, warmup, 1, "warpserve")
-    filled_repo = _fill_batches_repo(repo, work / "resnet-repo-fill")
+    filled_repo = _variant_repo(repo, work / "resnet-repo-fill", "dynamic_batching { }", FILL)
     with serve_warpserve(filled_repo, log_dir, RESNET_MODEL) as url:
         filled = _measure(url, RESNET_MODEL, 8, duration, warmup, 1, "wait-fill")
+    two_repo = _variant_repo(repo, work / "resnet-repo-two", "count: 1", "count: 2")
+    with serve_warpserve(two_repo, log_dir, RESNET_MODEL) as url:
+        two = _measure(url, RESNET_MODEL, 8, duration, warmup, 1, "2 inst.")
     after = in_process_sweep(model_path, duration, warmup)
     in_process = {b: max(before[b], after[b]) for b in before}
     best = max(in_process, key=lambda b: in_process[b])
@@ -285,27 +288,31 @@ def bench_resnet(work: Path, log_dir: Path, durations: tuple[float, float]) -> d
         "model": RESNET_MODEL,
         "ours": ours.to_json(),
         "ours_wait_for_full_batch": filled.to_json(),
+        "ours_two_instances": two.to_json(),
         "in_process_images_per_s": {str(b): v for b, v in in_process.items()},
         "in_process_best_batch": best,
         "throughput_ratio": _ratio(ours.rows_per_s, in_process[best]),
         "throughput_ratio_wait_for_full_batch": _ratio(filled.rows_per_s, in_process[best]),
+        "throughput_ratio_two_instances": _ratio(two.rows_per_s, in_process[best]),
     }
 
 
 # With 8 closed-loop clients and one instance, eager dispatch settles into alternating
-# small batches (a lone request runs while the other seven queue). Triton's wait for a
-# preferred size trades a few ms of queueing for full batches; the benchmark reports both.
-FILL_BATCHING = (
+# batches of 1 and 7 (a lone request runs while the other seven queue). Two remedies are
+# measured beside the default: Triton's wait for a preferred size (full batches, a few ms
+# of queueing), and two instances (one thread each) so the lone request does not hold
+# the other seven back.
+FILL = (
     "dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 50000 }\n"
     'parameters { key: "batching" value { string_value: "triton" } }'
 )
 
 
-def _fill_batches_repo(repo: Path, target: Path) -> Path:
+def _variant_repo(repo: Path, target: Path, old: str, new: str) -> Path:
     if not target.exists():
         shutil.copytree(repo, target)
         config = target / RESNET_MODEL / "config.pbtxt"
-        config.write_text(config.read_text().replace("dynamic_batching { }", FILL_BATCHING))
+        config.write_text(config.read_text().replace(old, new))
     return target
 
 
@@ -389,6 +396,9 @@ def print_summary(report: dict[str, Any]) -> None:
         print(
             "  resnet18 ratio, wait-for-8 config "
             f"{_fmt(resnet['throughput_ratio_wait_for_full_batch'])}"
+        )
+        print(
+            f"  resnet18 ratio, two instances    {_fmt(resnet['throughput_ratio_two_instances'])}"
         )
 
 
