@@ -15,7 +15,6 @@ import numpy as np
 from warpserve.server.batching.request import Outputs, QueuedRequest
 from warpserve.server.codec import InferRequest
 from warpserve.server.errors import (
-    Cancelled,
     InvalidInput,
     Unavailable,
     WarpserveError,
@@ -137,9 +136,6 @@ class DataPlane:
                 delta = np.abs(other.astype(np.float64) - array.astype(np.float64))
                 diff = max(diff, float(np.max(delta, initial=0.0)))
         shadow.stats.shadow_max_abs_diff = max(shadow.stats.shadow_max_abs_diff, diff)
-
-    def cancelled(self) -> Cancelled:
-        return Cancelled("the client cancelled the request")
 
 
 def _select(outputs: Outputs, requested: list[str], mv: ModelVersion) -> Outputs:
