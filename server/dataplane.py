@@ -139,8 +139,8 @@ class DataPlane:
 
 
 def _select(outputs: Outputs, requested: list[str], mv: ModelVersion) -> Outputs:
-    order = [t.name for t in mv.config.output]
-    names = requested or order
+    assert mv.validator is not None  # a version that answered is loaded
+    names = requested or mv.validator.outputs  # config order
     return {n: outputs[n] for n in names if n in outputs}
 
 

@@ -50,24 +50,6 @@ _ALL = [
 BY_WIRE = {d.wire: d for d in _ALL}
 BY_CONFIG = {d.config: d for d in _ALL}
 
-# ONNX Runtime's type strings ("tensor(float)") for config auto-completion.
-ONNX_TO_WIRE = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-    "tensor(bfloat16)": "BF16",
-}
-
 
 def from_wire(name: str) -> DType | None:
     return BY_WIRE.get(name)
@@ -86,9 +68,6 @@ def from_numpy(dtype: np.dtype) -> DType:
         return found
     if dtype.kind in ("O", "S", "U"):
         return BY_WIRE["BYTES"]
-    for d in _ALL:
-        if d.numpy == dtype and d.wire != "BF16":
-            return d
     if dtype == BY_WIRE["BF16"].numpy:
         return BY_WIRE["BF16"]
     raise TypeError(f"no wire datatype for numpy dtype {dtype}")

@@ -43,12 +43,6 @@ class DeadlineExceeded(WarpserveError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class Cancelled(WarpserveError):
-    """The client went away; the request left the queue."""
-
-    code = grpc.StatusCode.CANCELLED
-
-
 class BackendError(WarpserveError):
     """The model raised while running this request."""
 

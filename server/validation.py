@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server import dtypes
+from warpserve.server.batching.request import signature_of
 from warpserve.server.errors import InvalidInput
 
 
@@ -23,20 +25,27 @@ class TensorSpec:
         return [-1, *self.dims] if batched else list(self.dims)
 
 
+def tensor_specs(tensors: Iterable[mc.ModelInput | mc.ModelOutput]) -> dict[str, TensorSpec]:
+    """Config tensors by name, in config order."""
+    return {
+        t.name: TensorSpec(
+            t.name,
+            dtypes.from_config(t.data_type),
+            tuple(t.dims),
+            isinstance(t, mc.ModelInput) and t.optional,
+        )
+        for t in tensors
+    }
+
+
 class InputValidator:
     def __init__(self, config: mc.ModelConfig) -> None:
         self.model = config.name
         self.max_batch_size = config.max_batch_size
         self.batched = config.max_batch_size > 0
-        self.inputs = {
-            t.name: TensorSpec(t.name, dtypes.from_config(t.data_type), tuple(t.dims), t.optional)
-            for t in config.input
-        }
+        self.inputs = tensor_specs(config.input)
         self._required = {n for n, spec in self.inputs.items() if not spec.optional}
-        self.outputs = {
-            t.name: TensorSpec(t.name, dtypes.from_config(t.data_type), tuple(t.dims))
-            for t in config.output
-        }
+        self.outputs = tensor_specs(config.output)
 
     def rows(self, inputs: dict[str, np.ndarray]) -> int:
         """Validate ``inputs`` and return how many batch rows they carry."""
@@ -51,8 +60,6 @@ class InputValidator:
         if len(inputs) != len(self.inputs) or not self._required <= inputs.keys():
             self._check_names(inputs)
         rows = 0
-        skip = 1 if self.batched else 0
-        signature = []
         for name, array in inputs.items():
             spec = self.inputs.get(name)
             if spec is None:
@@ -61,9 +68,7 @@ class InputValidator:
             if array.dtype != spec.dtype.numpy:
                 self._check_dtype(spec, array)
             rows = self._check_shape(spec, array.shape, rows)
-            signature.append((name, array.dtype.str, array.shape[skip:]))
-        signature.sort()
-        return (rows if self.batched else 1), tuple(signature)
+        return (rows if self.batched else 1), signature_of(inputs, self.batched)
 
     def check_outputs(self, requested: list[str]) -> None:
         for name in requested:

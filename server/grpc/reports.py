@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from warpserve.protos import grpc_service_pb2 as pb
-from warpserve.server.dtypes import from_config
 from warpserve.server.errors import InvalidInput
 from warpserve.server.lifecycle.registry import ModelRegistry, parse_version
 from warpserve.server.lifecycle.version import ModelVersion
 from warpserve.server.repository import overrides
 from warpserve.server.stats import Duration
+from warpserve.server.validation import tensor_specs
 
 
 def metadata(mv: ModelVersion, versions: list[int]) -> pb.ModelMetadataResponse:
@@ -16,14 +16,12 @@ def metadata(mv: ModelVersion, versions: list[int]) -> pb.ModelMetadataResponse:
         name=mv.name, versions=[str(v) for v in versions], platform=mv.config.platform
     )
     batched = mv.config.max_batch_size > 0
-    for tensor, target in (
+    for tensors, target in (
         (mv.config.input, response.inputs),
         (mv.config.output, response.outputs),
     ):
-        for t in tensor:
-            spec_dims = list(t.dims)
-            shape = [-1, *spec_dims] if batched else spec_dims
-            target.add(name=t.name, datatype=from_config(t.data_type).wire, shape=shape)
+        for spec in tensor_specs(tensors).values():
+            target.add(name=spec.name, datatype=spec.dtype.wire, shape=spec.metadata_shape(batched))
     return response
 
 

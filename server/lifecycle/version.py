@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -21,7 +20,7 @@ from warpserve.server import backends
 from warpserve.server.batching.batcher import DynamicBatcher, Hook
 from warpserve.server.batching.executor import Executor
 from warpserve.server.batching.policy import from_config
-from warpserve.server.batching.request import Outputs, QueuedRequest, signature_of
+from warpserve.server.batching.request import Outputs, QueuedRequest
 from warpserve.server.errors import ModelLoadError, WarpserveError
 from warpserve.server.repository import config as cfg
 from warpserve.server.stats import VersionStats
@@ -80,18 +79,18 @@ INLINE_THRESHOLD_NS = 200_000
 INLINE_BATCH_LIMIT_NS = 2_000_000
 
 
-def _median_run_ns(executor: Executor, inputs: dict[str, np.ndarray], runs: int = 15) -> float:
-    loop = asyncio.new_event_loop()  # a future needs a loop; this one is never run
-    try:
-        request = QueuedRequest(inputs, 1, (), loop.create_future())
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter_ns()
-            executor.run([request])
-            times.append(time.perf_counter_ns() - start)
-        return float(np.median(times))
-    finally:
-        loop.close()
+def _direct_request(inputs: dict[str, np.ndarray], rows: int) -> QueuedRequest:
+    """A request handed straight to an executor (warm-up, timing), never queued."""
+    return QueuedRequest(inputs, rows, (), asyncio.get_running_loop().create_future())
+
+
+def _median_run_ns(executor: Executor, request: QueuedRequest, runs: int = 15) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        executor.run([request])
+        times.append(time.perf_counter_ns() - start)
+    return float(np.median(times))
 
 
 def _execution_mode(config: mc.ModelConfig) -> str:
@@ -121,7 +120,6 @@ class ModelVersion:
         self.stats = VersionStats()
         self.validator: InputValidator | None = None
         self.batcher: DynamicBatcher | None = None
-        self.loaded_at = 0.0
         self._hook = hook
         self._retiring: asyncio.Future[None] | None = None
 
@@ -161,7 +159,6 @@ class ModelVersion:
         if not self._advance(VersionState.WARMING, VersionState.READY):
             await self._discard()
             return
-        self.loaded_at = time.time()
         log.info("model '%s' version %d is ready", self.name, self.version)
 
     def _advance(self, expected: VersionState, state: VersionState) -> bool:
@@ -242,12 +239,13 @@ class ModelVersion:
         if _execution_mode(self.config) != "auto" or len(executors) != 1:
             return
         rng = np.random.default_rng(1)
-        one = self._random_inputs(1 if self.validator.batched else None, rng)
+        one = _direct_request(self._random_inputs(1 if self.validator.batched else None, rng), 1)
         median_ns = await asyncio.to_thread(_median_run_ns, executors[0], one)
         full_ns = median_ns
         if median_ns < INLINE_THRESHOLD_NS and self.config.max_batch_size > 1:
             # A full batch must not hold the loop either (health checks, other models).
-            full = self._random_inputs(self.config.max_batch_size, rng)
+            limit = self.config.max_batch_size
+            full = _direct_request(self._random_inputs(limit, rng), limit)
             full_ns = await asyncio.to_thread(_median_run_ns, executors[0], full, 5)
         executors[0].inline = median_ns < INLINE_THRESHOLD_NS and full_ns < INLINE_BATCH_LIMIT_NS
         log.info(
@@ -270,7 +268,7 @@ class ModelVersion:
         chunks = []
         for start in range(0, rows, step):
             part = {k: v[start : start + step] for k, v in inputs.items()} if limit else inputs
-            request = QueuedRequest(part, min(step, rows - start), (), asyncio.Future())
+            request = _direct_request(part, min(step, rows - start))
             result = await asyncio.to_thread(executor.run, [request])
             outcome = result.outcomes[0]
             if isinstance(outcome, BaseException):
@@ -304,11 +302,6 @@ class ModelVersion:
         batcher, self.batcher = self.batcher, None
         if batcher is not None:
             await asyncio.to_thread(batcher.close)
-
-    # -- serve -------------------------------------------------------------------------
-
-    def signature(self, inputs: dict[str, np.ndarray]) -> tuple[Any, ...]:
-        return signature_of(inputs, self.config.max_batch_size > 0)
 
     # -- retire ------------------------------------------------------------------------
 

@@ -72,6 +72,18 @@ async def until(predicate: Callable[[], bool]) -> None:
 POLICY = BatchingPolicy(max_batch_size=8, dynamic=True)
 
 
+async def occupied(
+    policy: BatchingPolicy = POLICY, first: QueuedRequest | None = None
+) -> tuple[threading.Event, FakeModel, DynamicBatcher]:
+    """A batcher whose one instance is busy with ``first`` until the gate opens."""
+    gate = threading.Event()
+    model = FakeModel(gate)
+    batcher = make(policy, model)
+    batcher.submit(first or request())
+    await until(lambda: model.running == 1)
+    return gate, model, batcher
+
+
 def test_idle_instance_dispatches_without_waiting_for_a_batch() -> None:
     async def body() -> None:
         model = FakeModel()
@@ -90,12 +102,8 @@ def test_idle_instance_dispatches_without_waiting_for_a_batch() -> None:
 
 def test_batches_form_while_the_instance_is_busy() -> None:
     async def body() -> None:
-        gate = threading.Event()
-        model = FakeModel(gate)
-        batcher = make(POLICY, model)
         first = request(value=0)
-        batcher.submit(first)
-        await until(lambda: model.running == 1)
+        gate, model, batcher = await occupied(first=first)
         rest = [request(value=i) for i in range(1, 6)]
         for r in rest:
             batcher.submit(r)
@@ -110,11 +118,7 @@ def test_batches_form_while_the_instance_is_busy() -> None:
 
 def test_multi_row_requests_count_every_row() -> None:
     async def body() -> None:
-        gate = threading.Event()
-        model = FakeModel(gate)
-        batcher = make(POLICY, model)
-        batcher.submit(request(rows=1))
-        await until(lambda: model.running == 1)
+        gate, model, batcher = await occupied(first=request(rows=1))
         three_rows = [request(rows=3, value=i) for i in range(4)]
         for r in three_rows:
             batcher.submit(r)
@@ -128,11 +132,7 @@ def test_multi_row_requests_count_every_row() -> None:
 
 def test_different_shapes_never_share_a_batch() -> None:
     async def body() -> None:
-        gate = threading.Event()
-        model = FakeModel(gate)
-        batcher = make(POLICY, model)
-        batcher.submit(request())
-        await until(lambda: model.running == 1)
+        gate, model, batcher = await occupied()
         narrow = [request(width=2) for _ in range(3)]
         wide = [request(width=5) for _ in range(3)]
         for a, b in zip(narrow, wide, strict=True):
@@ -147,11 +147,7 @@ def test_different_shapes_never_share_a_batch() -> None:
 
 def test_a_failing_request_fails_only_itself() -> None:
     async def body() -> None:
-        gate = threading.Event()
-        model = FakeModel(gate)
-        batcher = make(POLICY, model)
-        batcher.submit(request())
-        await until(lambda: model.running == 1)
+        gate, _, batcher = await occupied()
         good = [request(value=3) for _ in range(3)]
         bad = request(value=-1)
         for r in [good[0], bad, *good[1:]]:
@@ -167,15 +163,11 @@ def test_a_failing_request_fails_only_itself() -> None:
 
 def test_queue_full_rejects_instead_of_blocking() -> None:
     async def body() -> None:
-        gate = threading.Event()
-        model = FakeModel(gate)
         policy = BatchingPolicy(
             max_batch_size=8, dynamic=True, default_queue=QueuePolicy(max_queue_size=2)
         )
-        batcher = make(policy, model)
         running = request()
-        batcher.submit(running)
-        await until(lambda: model.running == 1)
+        gate, _, batcher = await occupied(policy, running)
         queued = [request(), request()]
         for r in queued:
             batcher.submit(r)
@@ -189,11 +181,7 @@ def test_queue_full_rejects_instead_of_blocking() -> None:
 
 def test_queue_timeout_takes_the_request_out() -> None:
     async def body() -> None:
-        gate = threading.Event()
-        model = FakeModel(gate)
-        batcher = make(POLICY, model)
-        batcher.submit(request())
-        await until(lambda: model.running == 1)
+        gate, model, batcher = await occupied()
         import time
 
         late = request(deadline_ns=time.monotonic_ns() + 5_000_000)
@@ -210,11 +198,7 @@ def test_queue_timeout_takes_the_request_out() -> None:
 
 def test_cancelled_request_leaves_the_queue_and_never_runs() -> None:
     async def body() -> None:
-        gate = threading.Event()
-        model = FakeModel(gate)
-        batcher = make(POLICY, model)
-        batcher.submit(request())
-        await until(lambda: model.running == 1)
+        gate, model, batcher = await occupied()
         gone, kept = request(value=7), request(value=8)
         batcher.submit(gone)
         batcher.submit(kept)
@@ -230,14 +214,10 @@ def test_cancelled_request_leaves_the_queue_and_never_runs() -> None:
 
 def test_higher_priority_runs_first() -> None:
     async def body() -> None:
-        gate = threading.Event()
-        model = FakeModel(gate)
         policy = BatchingPolicy(
             max_batch_size=1, dynamic=True, priority_levels=2, default_priority=2
         )
-        batcher = make(policy, model)
-        batcher.submit(request())
-        await until(lambda: model.running == 1)
+        gate, _, batcher = await occupied(policy)
         order: list[str] = []
         low = request(priority=2)
         high = request(priority=1)
@@ -254,12 +234,8 @@ def test_higher_priority_runs_first() -> None:
 
 def test_preferred_batch_size_trims_the_batch() -> None:
     async def body() -> None:
-        gate = threading.Event()
-        model = FakeModel(gate)
         policy = BatchingPolicy(max_batch_size=8, dynamic=True, preferred_batch_sizes=(4,))
-        batcher = make(policy, model)
-        batcher.submit(request())
-        await until(lambda: model.running == 1)
+        gate, model, batcher = await occupied(policy)
         rest = [request() for _ in range(6)]
         for r in rest:
             batcher.submit(r)
