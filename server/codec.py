@@ -7,6 +7,7 @@ when the field is read); typed ``contents`` are converted; BYTES elements travel
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,12 +44,9 @@ def _parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
 
 
 def _element_count(name: str, shape: Sequence[int]) -> int:
-    count = 1
-    for dim in shape:
-        if dim < 0:
-            raise InvalidInput(f"input '{name}' has shape {list(shape)}: dimensions must be >= 0")
-        count *= dim
-    return count
+    if shape and min(shape) < 0:
+        raise InvalidInput(f"input '{name}' has shape {list(shape)}: dimensions must be >= 0")
+    return math.prod(shape)
 
 
 def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
@@ -88,21 +86,21 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _from_raw(name: str, dt: dtypes.DType, shape: list[int], raw: bytes) -> np.ndarray:
+def _from_raw(name: str, dt: dtypes.DType, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
     count = _element_count(name, shape)
     if dt.wire == "BYTES":
         return deserialize_bytes(name, raw, count).reshape(shape)
     expected = count * dt.itemsize
     if len(raw) != expected:
         raise InvalidInput(
-            f"input '{name}': raw data has {len(raw)} bytes, but shape {shape} of "
+            f"input '{name}': raw data has {len(raw)} bytes, but shape {list(shape)} of "
             f"{dt.wire} needs {expected}; send exactly shape x element size bytes"
         )
     return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
 
 
 def _from_contents(
-    name: str, dt: dtypes.DType, shape: list[int], contents: pb.InferTensorContents
+    name: str, dt: dtypes.DType, shape: tuple[int, ...], contents: pb.InferTensorContents
 ) -> np.ndarray:
     if not dt.contents_field:
         raise InvalidInput(
@@ -112,7 +110,8 @@ def _from_contents(
     count = _element_count(name, shape)
     if len(values) != count:
         raise InvalidInput(
-            f"input '{name}': contents hold {len(values)} elements but shape {shape} needs {count}"
+            f"input '{name}': contents hold {len(values)} elements but shape "
+            f"{list(shape)} needs {count}"
         )
     if dt.wire == "BYTES":
         return np.array(list(values), dtype=np.object_).reshape(shape)
@@ -129,13 +128,14 @@ def _check_contents_unused(name: str, contents: pb.InferTensorContents) -> None:
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    tensors = request.inputs
+    if raw and len(raw) != len(tensors):
         raise InvalidInput(
-            f"request has {len(request.inputs)} inputs but {len(raw)} "
+            f"request has {len(tensors)} inputs but {len(raw)} "
             "raw_input_contents entries; send one raw entry per input, in order"
         )
     inputs: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(request.inputs):
+    for i, tensor in enumerate(tensors):
         name = tensor.name
         if name in inputs:
             raise InvalidInput(f"input '{name}' appears more than once; send it once")
@@ -145,9 +145,10 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
                 f"input '{name}' has unknown datatype '{tensor.datatype}'; expected one "
                 f"of {', '.join(dtypes.BY_WIRE)}"
             )
-        shape = list(tensor.shape)
+        shape = tuple(tensor.shape)
         if raw:
-            _check_contents_unused(name, tensor.contents)
+            if tensor.HasField("contents"):
+                _check_contents_unused(name, tensor.contents)
             inputs[name] = _from_raw(name, dt, shape, raw[i])
         else:
             inputs[name] = _from_contents(name, dt, shape, tensor.contents)
@@ -180,5 +181,5 @@ def encode_response(
         if dt.wire == "BYTES":
             response.raw_output_contents.append(serialize_bytes(array))
         else:
-            response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+            response.raw_output_contents.append(array.tobytes())  # C order, any layout
     return response

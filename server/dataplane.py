@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from warpserve.server.batching.request import Outputs, QueuedRequest
+from warpserve.server.batching.policy import BatchingPolicy
+from warpserve.server.batching.request import Outputs, QueuedRequest, signature_of
 from warpserve.server.codec import InferRequest
 from warpserve.server.errors import (
     InvalidInput,
@@ -63,36 +64,39 @@ class DataPlane:
     ) -> Outputs:
         start = time.perf_counter_ns()
         try:
-            queued = self._queued(mv, request, deadline_s)
-            assert mv.batcher is not None
-            mv.batcher.submit(queued)
-            try:
-                outputs = await queued.future
-            except asyncio.CancelledError:
-                mv.batcher.cancel(queued)
-                mv.stats.record_failure("CANCELLED", time.perf_counter_ns() - start)
-                raise
+            validator, batcher = mv.validator, mv.batcher
+            if validator is None or batcher is None:
+                raise Unavailable(f"model '{mv.name}' version {mv.version} is not ready")
+            rows = validator.check(request.inputs)
+            if request.outputs:
+                validator.check_outputs(request.outputs)
+            priority, timeout_us = _queue_parameters(request.parameters, batcher.policy)
+            outputs = batcher.run_now(request.inputs, rows)
+            if outputs is None:
+                queued = self._queued(mv, request, rows, priority, timeout_us, deadline_s)
+                batcher.submit(queued)
+                try:
+                    outputs = await queued.future
+                except asyncio.CancelledError:
+                    batcher.cancel(queued)
+                    mv.stats.record_failure("CANCELLED", time.perf_counter_ns() - start)
+                    raise
         except WarpserveError as exc:
             mv.stats.record_failure(type(exc).__name__, time.perf_counter_ns() - start)
             raise
-        mv.stats.record_success(queued.rows, time.perf_counter_ns() - start)
+        mv.stats.record_success(rows, time.perf_counter_ns() - start)
         return _select(outputs, request.outputs, mv)
 
     def _queued(
-        self, mv: ModelVersion, request: InferRequest, deadline_s: float | None
+        self,
+        mv: ModelVersion,
+        request: InferRequest,
+        rows: int,
+        priority: int,
+        timeout_us: int,
+        deadline_s: float | None,
     ) -> QueuedRequest:
-        if mv.validator is None or mv.batcher is None:
-            raise Unavailable(f"model '{mv.name}' version {mv.version} is not ready")
-        rows, signature = mv.validator.check(request.inputs)
-        if request.outputs:
-            mv.validator.check_outputs(request.outputs)
-        policy = mv.batcher.policy
-        priority = _priority(request.parameters, policy.priority_levels, policy.default_priority)
-        queue = policy.queue_for(priority)
-        timeout_us = queue.default_timeout_us
-        override = _int_param(request.parameters, "timeout")
-        if override and queue.allow_timeout_override:
-            timeout_us = override if not timeout_us else min(timeout_us, override)
+        assert mv.validator is not None and mv.batcher is not None
         deadline_ns = 0
         now = time.monotonic_ns()
         if timeout_us:
@@ -104,11 +108,11 @@ class DataPlane:
         return QueuedRequest(
             request.inputs,
             rows,
-            signature,
+            signature_of(request.inputs, mv.validator.batched),
             future,
             priority=priority,
             deadline_ns=deadline_ns,
-            delay_on_timeout=queue.delay_on_timeout,
+            delay_on_timeout=mv.batcher.policy.queue_for(priority).delay_on_timeout,
         )
 
     def _maybe_shadow(self, mv: ModelVersion, request: InferRequest, outputs: Outputs) -> None:
@@ -142,6 +146,20 @@ def _select(outputs: Outputs, requested: list[str], mv: ModelVersion) -> Outputs
     assert mv.validator is not None  # a version that answered is loaded
     names = requested or mv.validator.outputs  # config order
     return {n: outputs[n] for n in names if n in outputs}
+
+
+def _queue_parameters(params: dict[str, Any], policy: BatchingPolicy) -> tuple[int, int]:
+    """The request's priority level and queue timeout (us, 0: none), checked."""
+    if not params:
+        queue = policy.queue_for(policy.default_priority)
+        return policy.default_priority, queue.default_timeout_us
+    priority = _priority(params, policy.priority_levels, policy.default_priority)
+    queue = policy.queue_for(priority)
+    timeout_us = queue.default_timeout_us
+    override = _int_param(params, "timeout")
+    if override and queue.allow_timeout_override:
+        timeout_us = override if not timeout_us else min(timeout_us, override)
+    return priority, timeout_us
 
 
 def _int_param(params: dict[str, Any], key: str) -> int:

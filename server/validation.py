@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server import dtypes
-from warpserve.server.batching.request import signature_of
 from warpserve.server.errors import InvalidInput
 
 
@@ -47,16 +45,8 @@ class InputValidator:
         self._required = {n for n, spec in self.inputs.items() if not spec.optional}
         self.outputs = tensor_specs(config.output)
 
-    def rows(self, inputs: dict[str, np.ndarray]) -> int:
+    def check(self, inputs: dict[str, np.ndarray]) -> int:
         """Validate ``inputs`` and return how many batch rows they carry."""
-        return self.check(inputs)[0]
-
-    def check(self, inputs: dict[str, np.ndarray]) -> tuple[int, tuple[Any, ...]]:
-        """Validate ``inputs``; return their batch rows and their batching signature.
-
-        Requests share a batch only when their signatures (name, dtype and non-batch
-        shape of every input) are equal.
-        """
         if len(inputs) != len(self.inputs) or not self._required <= inputs.keys():
             self._check_names(inputs)
         rows = 0
@@ -68,7 +58,7 @@ class InputValidator:
             if array.dtype != spec.dtype.numpy:
                 self._check_dtype(spec, array)
             rows = self._check_shape(spec, array.shape, rows)
-        return (rows if self.batched else 1), signature_of(inputs, self.batched)
+        return rows if self.batched else 1
 
     def check_outputs(self, requested: list[str]) -> None:
         for name in requested:

@@ -6,6 +6,11 @@ request is dispatched at once instead of waiting for a fuller batch (batches the
 form by themselves while instances are busy), and a request carrying several rows
 counts all of them toward max_batch_size.
 
+Inline executors (tiny models run on the event loop thread) are never busy while a
+request arrives, so for them "idle" means an idle loop (see ``loopload``): when the
+loop is saturated, a request is held for up to max_queue_delay (or
+INLINE_WINDOW_US) so the requests behind it join its batch.
+
 Everything here runs on the event loop thread; only ``Executor.run`` crosses to a
 worker thread, so queue state needs no locks.
 """
@@ -17,11 +22,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+import numpy as np
+
 from warpserve.server.batching.executor import BatchResult, Executor
+from warpserve.server.batching.loopload import LoopLoad
 from warpserve.server.batching.policy import BatchingPolicy
-from warpserve.server.batching.request import DONE, QUEUED, RUNNING, QueuedRequest
+from warpserve.server.batching.request import DONE, QUEUED, RUNNING, Outputs, QueuedRequest
 from warpserve.server.errors import DeadlineExceeded, QueueFull, Unavailable
 from warpserve.server.stats import VersionStats
+
+# How long a saturated loop holds a request for an inline batch when the config sets
+# no max_queue_delay_microseconds.
+INLINE_WINDOW_US = 500
 
 # Tests set this to inject a delay at a named point (race windows are hit on purpose).
 Hook = Callable[[str], None]
@@ -36,6 +48,7 @@ class DynamicBatcher:
         stats: VersionStats,
         *,
         hook: Hook | None = None,
+        load: LoopLoad | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -51,6 +64,10 @@ class DynamicBatcher:
         self._drained.set()
         self._hook = hook
         self._tick_pending = False
+        self._queued_rows = 0
+        self._load = load or LoopLoad()
+        self._saturated = False  # at the last arrival (inline executors only)
+        self._holding: asyncio.TimerHandle | None = None  # an inline batch being collected
 
     # -- public ------------------------------------------------------------------
 
@@ -63,6 +80,29 @@ class DynamicBatcher:
         """Requests queued or executing."""
         return self.queued + self._running
 
+    def run_now(self, inputs: dict[str, np.ndarray], rows: int) -> Outputs | None:
+        """Run a request at once if an idle inline executor has nothing queued and the
+        loop is not saturated.
+
+        Returns its outputs, or None when the request has to be queued with ``submit``.
+        The run is synchronous, so nothing can arrive or drain meanwhile and the request
+        needs no queue entry, future or in-flight accounting.
+        """
+        if self._closed:
+            raise Unavailable(f"model '{self.name}' is draining; retry the request")
+        idle = self._idle
+        if not idle or not idle[-1].inline:
+            return None
+        self._saturated = self.policy.batch_limit > 1 and self._load.arrival()
+        if self._saturated or self._tick_pending or any(self._queued):
+            return None
+        if self._hook:
+            self._hook("dispatch")
+        self.stats.queue.add(0)
+        outputs, infer_ns = idle[-1].run_alone(inputs)
+        self.stats.record_execution(rows, 1, 0, infer_ns, 0)
+        return outputs
+
     def submit(self, request: QueuedRequest) -> None:
         """Queue ``request``; its future resolves with its outputs or an error."""
         if self._closed:
@@ -74,32 +114,42 @@ class DynamicBatcher:
                 f"queue full: model '{self.name}' has {limit} requests waiting at priority "
                 f"{request.priority} (max_queue_size); retry with backoff"
             )
-        inline = bool(self._idle) and self._idle[-1].inline
-        if inline and not self._tick_pending and not any(self._queued):
-            # A lone request for an idle inline executor: no queue to form a batch from.
-            request.state = RUNNING
-            request.queue_ns = time.monotonic_ns() - request.enqueued_ns
-            self.stats.queue.add(request.queue_ns)
-            self._drained.clear()
-            self._dispatch(self._idle.pop(), [request])
-            return
         self._queues[level].append(request)
         self._queued[level] += 1
+        self._queued_rows += request.rows
         self._drained.clear()
         if request.deadline_ns:
             delay = max(0.0, (request.deadline_ns - time.monotonic_ns()) / 1e9)
             loop = asyncio.get_running_loop()
             request.timer = loop.call_later(delay, self._expire, request)
-        if inline:
-            # Inline executors run on this thread: a request that finds others queued
-            # waits one loop pass, so requests arriving together form one batch.
-            if not self._tick_pending:
-                self._tick_pending = True
-                asyncio.get_running_loop().call_soon(self._tick)
+        if self._idle and self._idle[-1].inline:
+            self._collect_inline()
             return
         self._schedule()
 
+    def _collect_inline(self) -> None:
+        """Inline executors run on this thread, so a batch is formed from what arrives
+        before the next tick: the next loop pass, or, on a saturated loop, the end of a
+        holding window of max_queue_delay (INLINE_WINDOW_US if unset). A full batch
+        goes at once."""
+        if self._holding is not None and self._queued_rows >= self.policy.batch_limit:
+            self._holding.cancel()
+            self._tick()
+            return
+        if self._tick_pending:
+            return
+        self._tick_pending = True
+        loop = asyncio.get_running_loop()
+        if self._saturated:
+            window_us = self.policy.max_queue_delay_us or INLINE_WINDOW_US
+            self._holding = loop.call_later(window_us / 1e6, self._tick)
+        else:
+            loop.call_soon(self._tick)
+
     def _tick(self) -> None:
+        if self._holding is not None:
+            self._holding = None
+            self._load.window_closed(self.queued)
         self._tick_pending = False
         self._schedule()
 
@@ -124,6 +174,7 @@ class DynamicBatcher:
     def _leave_queue(self, request: QueuedRequest) -> None:
         request.state = DONE
         self._queued[request.priority - 1] -= 1
+        self._queued_rows -= request.rows
         if request.timer is not None:
             request.timer.cancel()
         self._check_drained()
@@ -228,6 +279,7 @@ class DynamicBatcher:
     def _take(self, request: QueuedRequest) -> None:
         request.state = RUNNING
         self._queued[request.priority - 1] -= 1
+        self._queued_rows -= request.rows
         if request.timer is not None:
             request.timer.cancel()
         request.queue_ns = time.monotonic_ns() - request.enqueued_ns

@@ -248,6 +248,8 @@ class ModelVersion:
             full = _direct_request(self._random_inputs(limit, rng), limit)
             full_ns = await asyncio.to_thread(_median_run_ns, executors[0], full, 5)
         executors[0].inline = median_ns < INLINE_THRESHOLD_NS and full_ns < INLINE_BATCH_LIMIT_NS
+        if executors[0].inline:
+            await self._use_single_threaded(executors[0])
         log.info(
             "model '%s' version %d: a batch-1 run takes %.0f us, a full batch %.0f us; "
             "executing %s",
@@ -257,6 +259,17 @@ class ModelVersion:
             full_ns / 1000,
             "inline on the event loop" if executors[0].inline else "on worker threads",
         )
+
+    async def _use_single_threaded(self, executor: Executor) -> None:
+        """Inline execution runs one batch at a time on the loop thread; a backend that
+        can run without its own thread pool does so (see its ``single_threaded``)."""
+        make = getattr(executor.instance, "single_threaded", None)
+        replacement = await asyncio.to_thread(make) if make is not None else None
+        if replacement is None:
+            return
+        previous, executor.instance = executor.instance, replacement
+        await asyncio.to_thread(previous.close)
+        await self._warm_up_and_verify()  # the new session answers as the old one did
 
     async def run_direct(self, inputs: dict[str, np.ndarray]) -> Outputs:
         """Run inputs on the first instance, bypassing the queue, in chunks that fit."""

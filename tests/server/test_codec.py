@@ -44,7 +44,7 @@ def test_nan_and_inf_pass_through() -> None:
         ("FP64", "fp64_contents", [1.5, 2.5], np.float64),
     ],
 )
-def test_typed_contents(datatype: str, field: str, values: list, dtype: type) -> None:  # type: ignore[type-arg]
+def test_typed_contents(datatype: str, field: str, values: list, dtype: type) -> None:
     req = pb.ModelInferRequest()
     t = req.inputs.add(name="x", datatype=datatype, shape=[1, 2])
     getattr(t.contents, field).extend(values)

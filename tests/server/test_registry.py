@@ -508,3 +508,35 @@ def test_model_file_written_without_config_still_names_the_model(tmp_path: Path)
         await registry.close()
 
     asyncio.run(main())
+
+
+def test_a_tiny_model_runs_inline_on_a_single_threaded_session(tmp_path: Path) -> None:
+    # Inline execution keeps the ONNX Runtime pool's sleeping threads out of every run,
+    # and the replacement session passes the golden check before serving.
+    async def main() -> None:
+        registry, plane = await start(tmp_path)
+        mv = registry.resolve(MODEL)
+        assert mv.batcher is not None
+        executor = mv.batcher.executors[0]
+        assert executor.inline
+        session = executor.instance.session
+        assert session.get_session_options().intra_op_num_threads == 1
+        _, outputs = await plane.infer(InferRequest(MODEL, "", "", {"INPUT0": X}))
+        np.testing.assert_allclose(outputs["OUTPUT0"], expected(1), atol=1e-5)
+        await registry.close()
+
+    asyncio.run(main())
+
+
+def test_a_configured_thread_count_is_kept_for_inline_execution(tmp_path: Path) -> None:
+    extra = 'parameters { key: "intra_op_thread_count" value: { string_value: "2" } }'
+
+    async def main() -> None:
+        registry, _ = await start(tmp_path, extra=extra)
+        executor = registry.resolve(MODEL).batcher.executors[0]
+        assert executor.inline
+        session = executor.instance.session
+        assert session.get_session_options().intra_op_num_threads == 2
+        await registry.close()
+
+    asyncio.run(main())

@@ -28,7 +28,7 @@ def ok(rows: int = 2, width: int = 5) -> dict[str, np.ndarray]:
 
 
 def test_valid_request_counts_rows_and_optional_input_may_be_absent() -> None:
-    assert validator().rows(ok(rows=3)) == 3
+    assert validator().check(ok(rows=3)) == 3
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_valid_request_counts_rows_and_optional_input_may_be_absent() -> None:
 )
 def test_bad_inputs_are_named_with_a_fix(inputs: dict[str, np.ndarray], match: str) -> None:
     with pytest.raises(InvalidInput, match=match):
-        validator().rows(inputs)
+        validator().check(inputs)
 
 
 def test_unknown_requested_output() -> None:
@@ -57,6 +57,6 @@ def test_unknown_requested_output() -> None:
 def test_non_batching_model_takes_exact_dims() -> None:
     v = validator("""name: "m" input [{ name: "a" data_type: TYPE_FP32 dims: [ 2, 2 ] }]
                      output [{ name: "y" data_type: TYPE_FP32 dims: [ 1 ] }]""")
-    assert v.rows({"a": np.zeros((2, 2), np.float32)}) == 1
+    assert v.check({"a": np.zeros((2, 2), np.float32)}) == 1
     with pytest.raises(InvalidInput, match="does not match"):
-        v.rows({"a": np.zeros((1, 2, 2), np.float32)})
+        v.check({"a": np.zeros((1, 2, 2), np.float32)})

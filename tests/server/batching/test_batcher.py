@@ -12,6 +12,7 @@ import pytest
 
 from warpserve.server.batching.batcher import DynamicBatcher
 from warpserve.server.batching.executor import Executor
+from warpserve.server.batching.loopload import LONELY_WINDOWS, LoopLoad
 from warpserve.server.batching.policy import BatchingPolicy, QueuePolicy
 from warpserve.server.batching.request import QueuedRequest, signature_of
 from warpserve.server.errors import BackendError, DeadlineExceeded, QueueFull, Unavailable
@@ -298,5 +299,104 @@ def test_drain_finishes_queued_and_running_then_refuses() -> None:
         gate.set()
         await drained
         assert all(r.future.done() and not r.future.exception() for r in rs)
+
+    run(body)
+
+
+# -- inline executors (tiny models run on the loop thread) ---------------------------
+
+
+class Saturated(LoopLoad):
+    """A loop with no idle time: every arrival is held for a batch."""
+
+    def arrival(self) -> bool:
+        self.holding = True
+        return True
+
+
+def make_inline(policy: BatchingPolicy, model: FakeModel, load: LoopLoad) -> DynamicBatcher:
+    executor = Executor(model, batched=True, label="inline", inline=True)
+    return DynamicBatcher("fake", policy, [executor], VersionStats(), load=load)
+
+
+def test_inline_on_an_idle_loop_runs_at_once_without_a_queue_entry() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        batcher = make_inline(POLICY, model, LoopLoad())
+        out = batcher.run_now({"x": np.ones((1, 2), np.float32)}, 1)
+        assert out is not None and out["y"].tolist() == [[2.0, 2.0]]
+        assert model.batches == [1]
+        assert batcher.stats.execution_count == 1 and batcher.stats.queue.count == 1
+        assert batcher.in_flight == 0
+
+    run(body)
+
+
+def test_inline_on_a_saturated_loop_holds_requests_into_one_batch() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        load = Saturated()
+        batcher = make_inline(
+            BatchingPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=20_000), model, load
+        )
+        rs = [request(value=i) for i in range(3)]
+        for r in rs:
+            assert batcher.run_now(r.inputs, r.rows) is None, "a saturated loop holds"
+            batcher.submit(r)
+        assert model.batches == [], "held until the window closes"
+        outs = await asyncio.gather(*(r.future for r in rs))
+        assert model.batches == [3]
+        for i, out in enumerate(outs):
+            assert out["y"].tolist() == [[2.0 * i, 2.0 * i]]
+
+    run(body)
+
+
+def test_inline_full_batch_goes_before_the_window_closes() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        batcher = make_inline(
+            BatchingPolicy(max_batch_size=4, dynamic=True, max_queue_delay_us=10**9),
+            model,
+            Saturated(),
+        )
+        rs = [request(value=i) for i in range(4)]
+        for r in rs:
+            assert batcher.run_now(r.inputs, r.rows) is None
+            batcher.submit(r)
+        assert all(r.future.done() for r in rs), "four rows fill max_batch_size: no wait"
+        assert model.batches == [4]
+
+    run(body)
+
+
+def test_inline_lonely_windows_return_to_running_at_once() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        load = LoopLoad()
+        load.holding = True  # as if the loop had been saturated
+        batcher = make_inline(
+            BatchingPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=1000), model, load
+        )
+        held = 0
+        for _ in range(5):
+            r = request()
+            out = batcher.run_now(r.inputs, r.rows)
+            if out is None:
+                held += 1
+                batcher.submit(r)
+                await r.future
+        assert held == LONELY_WINDOWS, "a lone client stops being held"
+        assert model.batches == [1] * 5
+
+    run(body)
+
+
+def test_inline_run_now_refuses_while_draining() -> None:
+    async def body() -> None:
+        batcher = make_inline(POLICY, FakeModel(), LoopLoad())
+        await batcher.drain()
+        with pytest.raises(Unavailable, match="draining"):
+            batcher.run_now({"x": np.ones((1, 2), np.float32)}, 1)
 
     run(body)
