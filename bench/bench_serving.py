@@ -138,7 +138,7 @@ def serve_warpserve(
 
 
 def serve_ceiling(
-    metadata_from: str, log_dir: Path, model: str
+    metadata_from: str, log_dir: Path, model: str, event_loop: str = "asyncio"
 ) -> contextlib.AbstractContextManager[str]:
     port = free_port()
     command = [
@@ -150,8 +150,10 @@ def serve_ceiling(
         metadata_from,
         "--model",
         model,
+        "--event-loop",
+        event_loop,
     ]
-    return running(command, port, "ceiling", log_dir, model)
+    return running(command, port, f"ceiling-{event_loop}", log_dir, model)
 
 
 # ------------------------------------------------------------------ model repositories
@@ -208,40 +210,46 @@ def bench_fraud(
     rounds: int = 3,
 ) -> dict[str, Any]:
     duration, warmup = durations
-    ours: dict[int, list[BenchResult]] = {level: [] for level in levels}
-    ceiling: dict[int, list[BenchResult]] = {level: [] for level in levels}
+    names = ("ceiling", "ceiling-uvloop", "warpserve")
+    results: dict[tuple[str, int], list[BenchResult]] = {
+        (name, level): [] for name in names for level in levels
+    }
     with (
         serve_warpserve(repo, log_dir, FRAUD_MODEL) as url,
         serve_ceiling(url, log_dir, FRAUD_MODEL) as ceiling_url,
+        serve_ceiling(url, log_dir, FRAUD_MODEL, "uvloop") as uvloop_url,
     ):
+        urls = dict(zip(names, (ceiling_url, uvloop_url, url), strict=True))
         # Alternating short rounds: drift on a shared VM (±20-30% between runs here)
         # hits both sides alike, and the per-round ratios' median is what we report.
         for _ in range(rounds):
             for level in levels:
-                ceiling[level].append(
-                    _measure(ceiling_url, FRAUD_MODEL, level, duration, warmup, 1, "ceiling")
-                )
-                ours[level].append(
-                    _measure(url, FRAUD_MODEL, level, duration, warmup, 1, "warpserve")
-                )
+                for name in names:
+                    results[name, level].append(
+                        _measure(urls[name], FRAUD_MODEL, level, duration, warmup, 1, name)
+                    )
     low, high = min(levels), max(levels)
-    throughput = [
-        _ratio(o.throughput_rps, c.throughput_rps)
-        for o, c in zip(ours[high], ceiling[high], strict=True)
-    ]
-    latency = [_ratio(o.p50_ms, c.p50_ms) for o, c in zip(ours[low], ceiling[low], strict=True)]
-    return {
+    report: dict[str, Any] = {
         "model": FRAUD_MODEL,
         "rounds": rounds,
-        "ours": [r.to_json() for results in ours.values() for r in results],
-        "ceiling": [r.to_json() for results in ceiling.values() for r in results],
-        f"throughput_ratio_at_{high}": _median(throughput),
-        f"throughput_ratios_at_{high}_per_round": throughput,
-        f"p50_ratio_at_{low}": _median(latency),
-        f"p50_ratios_at_{low}_per_round": latency,
-        "p99_ms_at_highest_load": max(r.p99_ms for r in ours[high]),
+        **{name: [r.to_json() for lv in levels for r in results[name, lv]] for name in names},
+        "p99_ms_at_highest_load": max(r.p99_ms for r in results["warpserve", high]),
         "highest_load_concurrency": high,
     }
+    for ceiling, suffix in (("ceiling", ""), ("ceiling-uvloop", "_vs_uvloop_ceiling")):
+        throughput = [
+            _ratio(o.throughput_rps, c.throughput_rps)
+            for o, c in zip(results["warpserve", high], results[ceiling, high], strict=True)
+        ]
+        latency = [
+            _ratio(o.p50_ms, c.p50_ms)
+            for o, c in zip(results["warpserve", low], results[ceiling, low], strict=True)
+        ]
+        report[f"throughput_ratio_at_{high}{suffix}"] = _median(throughput)
+        report[f"throughput_ratios_at_{high}{suffix}_per_round"] = throughput
+        report[f"p50_ratio_at_{low}{suffix}"] = _median(latency)
+        report[f"p50_ratios_at_{low}{suffix}_per_round"] = latency
+    return report
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -263,38 +271,49 @@ def _measure(
     return result
 
 
-def bench_resnet(work: Path, log_dir: Path, durations: tuple[float, float]) -> dict[str, Any]:
+def bench_resnet(
+    work: Path, log_dir: Path, durations: tuple[float, float], rounds: int = 3
+) -> dict[str, Any]:
     from resnet import write_resnet18
 
     duration, warmup = durations
     repo = work / "resnet-repo"
     model_path = write_resnet18(repo) / "1" / "model.onnx"
-    # In-process runs happen before and after the server (never beside it, so they do not
-    # share the CPUs); the better of the two per batch size is the ceiling, which keeps a
-    # neighbour's burst on a shared machine from flattering our ratio.
-    before = in_process_sweep(model_path, duration, warmup)
-    with serve_warpserve(repo, log_dir, RESNET_MODEL) as url:
-        ours = _measure(url, RESNET_MODEL, 8, duration, warmup, 1, "warpserve")
-    filled_repo = _variant_repo(repo, work / "resnet-repo-fill", "dynamic_batching { }", FILL)
-    with serve_warpserve(filled_repo, log_dir, RESNET_MODEL) as url:
-        filled = _measure(url, RESNET_MODEL, 8, duration, warmup, 1, "wait-fill")
-    two_repo = _variant_repo(repo, work / "resnet-repo-two", "count: 1", "count: 2")
-    with serve_warpserve(two_repo, log_dir, RESNET_MODEL) as url:
-        two = _measure(url, RESNET_MODEL, 8, duration, warmup, 1, "2 inst.")
-    after = in_process_sweep(model_path, duration, warmup)
-    in_process = {b: max(before[b], after[b]) for b in before}
-    best = max(in_process, key=lambda b: in_process[b])
-    return {
-        "model": RESNET_MODEL,
-        "ours": ours.to_json(),
-        "ours_wait_for_full_batch": filled.to_json(),
-        "ours_two_instances": two.to_json(),
-        "in_process_images_per_s": {str(b): v for b, v in in_process.items()},
-        "in_process_best_batch": best,
-        "throughput_ratio": _ratio(ours.rows_per_s, in_process[best]),
-        "throughput_ratio_wait_for_full_batch": _ratio(filled.rows_per_s, in_process[best]),
-        "throughput_ratio_two_instances": _ratio(two.rows_per_s, in_process[best]),
+    configs = {
+        "eager": repo,
+        "wait-for-8": _variant_repo(repo, work / "resnet-repo-fill", "dynamic_batching { }", FILL),
+        "two instances": _variant_repo(repo, work / "resnet-repo-two", "count: 1", "count: 2"),
     }
+    session = _in_process_session(model_path)
+    ours: dict[str, list[BenchResult]] = {name: [] for name in configs}
+    ceilings: list[dict[int, float]] = []
+    with contextlib.ExitStack() as stack:
+        urls = {
+            name: stack.enter_context(serve_warpserve(config_repo, log_dir, RESNET_MODEL))
+            for name, config_repo in configs.items()
+        }
+        # Rounds alternate the in-process ceiling (never beside a loaded server, so the
+        # two never share the CPUs) with each configuration; every round's ratio is
+        # taken against the best batch size of that round's own sweep.
+        for _ in range(rounds):
+            ceilings.append(in_process_sweep(session, duration / 2, warmup / 2))
+            for name, url in urls.items():
+                ours[name].append(_measure(url, RESNET_MODEL, 8, duration, warmup, 1, name))
+    report: dict[str, Any] = {
+        "model": RESNET_MODEL,
+        "rounds": rounds,
+        "in_process_images_per_s": [{str(b): v for b, v in c.items()} for c in ceilings],
+    }
+    for name in configs:
+        ratios = [
+            _ratio(r.rows_per_s, max(c.values())) for r, c in zip(ours[name], ceilings, strict=True)
+        ]
+        report[name] = {
+            "results": [r.to_json() for r in ours[name]],
+            "throughput_ratio": _median(ratios),
+            "throughput_ratios_per_round": ratios,
+        }
+    return report
 
 
 # With 8 closed-loop clients and one instance, eager dispatch settles into alternating
@@ -316,13 +335,16 @@ def _variant_repo(repo: Path, target: Path, old: str, new: str) -> Path:
     return target
 
 
-def in_process_sweep(model_path: Path, duration: float, warmup: float) -> dict[int, float]:
-    """Images/s of ONNX Runtime in this process at batch 1, 2, 4, 8."""
+def _in_process_session(model_path: Path) -> Any:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(
+    return ort.InferenceSession(
         str(model_path), _server_session_options(), providers=["CPUExecutionProvider"]
     )
+
+
+def in_process_sweep(session: Any, duration: float, warmup: float) -> dict[int, float]:
+    """Images/s of ONNX Runtime in this process at batch 1, 2, 4, 8."""
     rng = np.random.default_rng(0)
     sweep = {}
     for batch in (1, 2, 4, 8):
@@ -386,24 +408,23 @@ def print_summary(report: dict[str, Any]) -> None:
         )
     resnet = report.get("resnet")
     if resnet:
-        print(f"  resnet18 images/s ours            {resnet['ours']['rows_per_s']:.1f}")
-        best = resnet["in_process_best_batch"]
-        print(
-            f"  resnet18 images/s in-process b{best}    "
-            f"{resnet['in_process_images_per_s'][str(best)]:.1f}"
-        )
-        print(f"  resnet18 throughput ratio         {_fmt(resnet['throughput_ratio'])}")
-        print(
-            "  resnet18 ratio, wait-for-8 config "
-            f"{_fmt(resnet['throughput_ratio_wait_for_full_batch'])}"
-        )
-        print(
-            f"  resnet18 ratio, two instances    {_fmt(resnet['throughput_ratio_two_instances'])}"
-        )
+        best = [max(c.values()) for c in resnet["in_process_images_per_s"]]
+        print(f"  resnet18 in-process best batch, images/s per round: {_fmts(best, '.1f')}")
+        for name in ("eager", "wait-for-8", "two instances"):
+            images = [r["rows_per_s"] for r in resnet[name]["results"]]
+            print(
+                f"  resnet18 {name:<14} ratio {_fmt(resnet[name]['throughput_ratio'])}  "
+                f"(rounds: {_fmts(resnet[name]['throughput_ratios_per_round'])}; "
+                f"images/s {_fmts(images, '.1f')})"
+            )
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _fmts(values: list[float | None], spec: str = ".3f") -> str:
+    return ", ".join(_fmt(v, spec) for v in values)
 
 
 def _run_benchmarks(
@@ -416,7 +437,7 @@ def _run_benchmarks(
                 fraud_repository(args.repo, work), work, [1, 32], durations, args.rounds
             )
         if args.only in (None, "resnet"):
-            report["resnet"] = bench_resnet(work, work, durations)
+            report["resnet"] = bench_resnet(work, work, durations, args.rounds)
 
 
 def main() -> int:
@@ -425,7 +446,7 @@ def main() -> int:
     parser.add_argument("--repo", type=Path, help=f"repository holding {FRAUD_MODEL}")
     parser.add_argument("--only", choices=["fraud", "resnet"])
     parser.add_argument(
-        "--rounds", type=int, default=3, help="alternating ceiling/warpserve rounds (fraud)"
+        "--rounds", type=int, default=3, help="alternating ceiling/warpserve rounds"
     )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "serving.json")
     args = parser.parse_args()

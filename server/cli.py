@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from warpserve import __version__
@@ -118,6 +119,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="require the admin API: refuse to start (exit 2) instead of leaving it off "
         "when --grpc-address is not loopback and no admin token is set",
     )
+    p.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="the asyncio event loop under the gRPC server: uvloop (libuv; less per-request "
+        "overhead) or the standard library's; auto takes uvloop when it is installed",
+    )
     p.add_argument("--log-verbose", type=int, default=0, help="0: info; 1 or more: debug logging")
     p.set_defaults(func=_serve)
 
@@ -159,7 +167,28 @@ def _serve(args: argparse.Namespace) -> int:
         options.model_repository = ensure_demo_repository(progress=True)
     from warpserve.server.grpc.server import run
 
-    return asyncio.run(run(options))
+    try:
+        loop_factory = event_loop_factory(args.event_loop)
+    except ImportError as exc:
+        print(f"warpserve serve: error: {exc}", file=sys.stderr)
+        return 2
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(run(options))
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory for ``asyncio.Runner``; None is the standard library's loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError as exc:
+        if choice == "auto":
+            return None
+        raise ImportError(
+            "--event-loop uvloop needs the uvloop package (pip install uvloop)"
+        ) from exc
+    return uvloop.new_event_loop
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

@@ -42,16 +42,53 @@ class DataPlane:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    async def infer(
-        self, request: InferRequest, deadline_s: float | None = None
-    ) -> tuple[ModelVersion, Outputs]:
+    def infer_now(self, request: InferRequest) -> tuple[ModelVersion, Outputs | None]:
+        """Route ``request`` and, when its version can run it at once (a tiny model on a
+        loop with idle time), serve it synchronously: no task switch, queue entry or
+        future. Otherwise the outputs are None; pass the version on to ``infer``."""
         if self.draining:
             raise Unavailable("the server is shutting down; send the request elsewhere")
         mv = self.registry.resolve(request.model_name, request.model_version, request.id)
+        validator, batcher = mv.validator, mv.batcher
+        if validator is None or batcher is None:
+            return mv, None  # infer reports why
+        executor = batcher.inline_slot()
+        if executor is None:
+            return mv, None
+        start = time.perf_counter_ns()
+        try:
+            rows = validator.check(request.inputs)
+            if request.outputs:
+                validator.check_outputs(request.outputs)
+            if request.parameters:
+                _queue_parameters(request.parameters, batcher.policy)  # checked, not needed
+            outputs = batcher.run_inline(executor, request.inputs, rows)
+        except WarpserveError as exc:
+            mv.stats.record_failure(type(exc).__name__, time.perf_counter_ns() - start)
+            raise
+        mv.stats.record_success(rows, time.perf_counter_ns() - start)
+        outputs = _select(outputs, request.outputs, mv)
+        self._maybe_shadow(mv, request, outputs)
+        return mv, outputs
+
+    async def infer(
+        self,
+        request: InferRequest,
+        deadline_s: float | None = None,
+        mv: ModelVersion | None = None,
+    ) -> tuple[ModelVersion, Outputs]:
+        """Serve ``request`` through its version's queue. ``mv``: the version
+        ``infer_now`` routed it to and could not run it on at once."""
+        if mv is None:
+            mv, outputs = self.infer_now(request)
+            if outputs is not None:
+                return mv, outputs
+        elif self.draining:
+            raise Unavailable("the server is shutting down; send the request elsewhere")
         self._in_flight += 1
         self._idle.clear()
         try:
-            outputs = await self._run(mv, request, deadline_s)
+            outputs = await self._queue(mv, request, deadline_s)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
@@ -59,7 +96,7 @@ class DataPlane:
         self._maybe_shadow(mv, request, outputs)
         return mv, outputs
 
-    async def _run(
+    async def _queue(
         self, mv: ModelVersion, request: InferRequest, deadline_s: float | None
     ) -> Outputs:
         start = time.perf_counter_ns()
@@ -71,16 +108,14 @@ class DataPlane:
             if request.outputs:
                 validator.check_outputs(request.outputs)
             priority, timeout_us = _queue_parameters(request.parameters, batcher.policy)
-            outputs = batcher.run_now(request.inputs, rows)
-            if outputs is None:
-                queued = self._queued(mv, request, rows, priority, timeout_us, deadline_s)
-                batcher.submit(queued)
-                try:
-                    outputs = await queued.future
-                except asyncio.CancelledError:
-                    batcher.cancel(queued)
-                    mv.stats.record_failure("CANCELLED", time.perf_counter_ns() - start)
-                    raise
+            queued = self._queued(mv, request, rows, priority, timeout_us, deadline_s)
+            batcher.submit(queued)
+            try:
+                outputs = await queued.future
+            except asyncio.CancelledError:
+                batcher.cancel(queued)
+                mv.stats.record_failure("CANCELLED", time.perf_counter_ns() - start)
+                raise
         except WarpserveError as exc:
             mv.stats.record_failure(type(exc).__name__, time.perf_counter_ns() - start)
             raise
@@ -130,7 +165,7 @@ class DataPlane:
     async def _shadow(self, shadow: ModelVersion, request: InferRequest, served: Outputs) -> None:
         """Mirror to a candidate: record its latency and output difference, drop the reply."""
         try:
-            mirrored = await self._run(shadow, request, None)
+            mirrored = await self._queue(shadow, request, None)
         except (WarpserveError, asyncio.CancelledError):
             return
         diff = 0.0

@@ -78,6 +78,20 @@ class VersionStats:
         self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
         self.last_inference_ms = int(time.time() * 1000)
 
+    def record_inline(self, rows: int, infer_ns: int) -> None:
+        """One request run at once on its own: no queue time, nothing to gather or scatter."""
+        self.queue.count += 1
+        self.execution_count += 1
+        self.compute_input.count += 1
+        self.compute_infer.add(infer_ns)
+        self.compute_output.count += 1
+        batch = self.batches.get(rows)
+        if batch is None:
+            batch = self.batches[rows] = BatchStats()
+        batch.compute_input.count += 1
+        batch.compute_infer.add(infer_ns)
+        batch.compute_output.count += 1
+
     def record_execution(
         self, batch_rows: int, requests: int, input_ns: int, infer_ns: int, output_ns: int
     ) -> None:

@@ -48,9 +48,11 @@ class Executor:
     # the thread hop costs more than the compute (see the serving benchmark).
     inline: bool = False
     pool: ThreadPoolExecutor = field(init=False)
+    _buffers: dict[str, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"exec-{self.label}")
+        self._buffers: dict[str, np.ndarray] = {}
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -83,6 +85,8 @@ class Executor:
         inputs = self._gather(batch)
         t1 = time.perf_counter_ns()
         outputs = self.instance.execute(inputs)
+        if len(batch) > 1:
+            outputs = self._detach(outputs)
         t2 = time.perf_counter_ns()
         outcomes: list[Outputs | BaseException] = list(self._scatter(batch, outputs))
         t3 = time.perf_counter_ns()
@@ -101,8 +105,32 @@ class Executor:
     def _gather(self, batch: list[QueuedRequest]) -> dict[str, np.ndarray]:
         if len(batch) == 1:
             return batch[0].inputs
-        names = batch[0].inputs.keys()
-        return {n: np.concatenate([r.inputs[n] for r in batch]) for n in names}
+        gathered = {}
+        for name, first in batch[0].inputs.items():
+            parts = [r.inputs[name] for r in batch]
+            rows = sum(len(p) for p in parts)
+            buffer = self._buffers.get(name)
+            if (
+                buffer is None
+                or buffer.dtype != first.dtype
+                or buffer.shape[1:] != first.shape[1:]
+                or len(buffer) < rows
+            ):
+                if first.dtype == np.object_:
+                    gathered[name] = np.concatenate(parts)
+                    continue
+                buffer = self._buffers[name] = np.empty((rows, *first.shape[1:]), first.dtype)
+            gathered[name] = np.concatenate(parts, out=buffer[:rows])
+        return gathered
+
+    def _detach(self, outputs: Outputs) -> Outputs:
+        """Copy any output that views the gather buffers: the next batch overwrites them
+        while this one's answers may still be on their way out."""
+        buffers = self._buffers.values()
+        return {
+            name: array.copy() if any(np.may_share_memory(array, b) for b in buffers) else array
+            for name, array in outputs.items()
+        }
 
     def _scatter(self, batch: list[QueuedRequest], outputs: Outputs) -> list[Outputs]:
         if len(batch) == 1:

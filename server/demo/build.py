@@ -249,8 +249,10 @@ def model_config_text(spec: ModelSpec) -> str:
                 name=output.name, data_type=mc.DataType.Value(output.data_type), dims=output.dims
             )
         )
-    # 500 µs: long enough to gather concurrent requests, short next to a ~1 ms CPU forward.
-    config.dynamic_batching.max_queue_delay_microseconds = 500
+    # How long a request may be held for a batch: in warpserve's eager batching only a
+    # tiny model served inline on a saturated loop waits (see batching/loopload.py);
+    # 2 ms gathered the most requests per run there before latency grew.
+    config.dynamic_batching.max_queue_delay_microseconds = 2000
     config.instance_group.append(
         mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
     )

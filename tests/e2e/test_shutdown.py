@@ -41,9 +41,12 @@ def _health_or_gone(url: str) -> str:
         return f"gone: {exc}"
 
 
-def test_sigterm_drains_in_flight_requests(repo: Path, log_dir: Path) -> None:
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_sigterm_drains_in_flight_requests(repo: Path, log_dir: Path, event_loop: str) -> None:
     server = start_server(
         repo,
+        "--event-loop",
+        event_loop,
         "--model-control-mode",
         "explicit",
         "--load-model",

@@ -208,3 +208,13 @@ def test_a_server_without_the_admin_api_gets_a_hint(
 def test_an_unreachable_server_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert models(f"127.0.0.1:{free_port()}", "--timeout", "5", "status") == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_event_loop_choice() -> None:
+    import uvloop
+
+    from warpserve.server.cli import event_loop_factory
+
+    assert event_loop_factory("asyncio") is None
+    assert event_loop_factory("uvloop") is uvloop.new_event_loop
+    assert event_loop_factory("auto") is uvloop.new_event_loop  # installed with warpserve

@@ -314,6 +314,12 @@ class Saturated(LoopLoad):
         return True
 
 
+def run_now(batcher: DynamicBatcher, inputs: dict[str, np.ndarray], rows: int) -> Any:
+    """What the data plane does: run at once if the batcher offers a slot, else None."""
+    slot = batcher.inline_slot()
+    return None if slot is None else batcher.run_inline(slot, inputs, rows)
+
+
 def make_inline(policy: BatchingPolicy, model: FakeModel, load: LoopLoad) -> DynamicBatcher:
     executor = Executor(model, batched=True, label="inline", inline=True)
     return DynamicBatcher("fake", policy, [executor], VersionStats(), load=load)
@@ -323,7 +329,7 @@ def test_inline_on_an_idle_loop_runs_at_once_without_a_queue_entry() -> None:
     async def body() -> None:
         model = FakeModel()
         batcher = make_inline(POLICY, model, LoopLoad())
-        out = batcher.run_now({"x": np.ones((1, 2), np.float32)}, 1)
+        out = run_now(batcher, {"x": np.ones((1, 2), np.float32)}, 1)
         assert out is not None and out["y"].tolist() == [[2.0, 2.0]]
         assert model.batches == [1]
         assert batcher.stats.execution_count == 1 and batcher.stats.queue.count == 1
@@ -341,7 +347,7 @@ def test_inline_on_a_saturated_loop_holds_requests_into_one_batch() -> None:
         )
         rs = [request(value=i) for i in range(3)]
         for r in rs:
-            assert batcher.run_now(r.inputs, r.rows) is None, "a saturated loop holds"
+            assert run_now(batcher, r.inputs, r.rows) is None, "a saturated loop holds"
             batcher.submit(r)
         assert model.batches == [], "held until the window closes"
         outs = await asyncio.gather(*(r.future for r in rs))
@@ -362,7 +368,7 @@ def test_inline_full_batch_goes_before_the_window_closes() -> None:
         )
         rs = [request(value=i) for i in range(4)]
         for r in rs:
-            assert batcher.run_now(r.inputs, r.rows) is None
+            assert run_now(batcher, r.inputs, r.rows) is None
             batcher.submit(r)
         assert all(r.future.done() for r in rs), "four rows fill max_batch_size: no wait"
         assert model.batches == [4]
@@ -381,7 +387,7 @@ def test_inline_lonely_windows_return_to_running_at_once() -> None:
         held = 0
         for _ in range(5):
             r = request()
-            out = batcher.run_now(r.inputs, r.rows)
+            out = run_now(batcher, r.inputs, r.rows)
             if out is None:
                 held += 1
                 batcher.submit(r)
@@ -392,11 +398,11 @@ def test_inline_lonely_windows_return_to_running_at_once() -> None:
     run(body)
 
 
-def test_inline_run_now_refuses_while_draining() -> None:
+def test_inline_slot_refuses_while_draining() -> None:
     async def body() -> None:
         batcher = make_inline(POLICY, FakeModel(), LoopLoad())
         await batcher.drain()
         with pytest.raises(Unavailable, match="draining"):
-            batcher.run_now({"x": np.ones((1, 2), np.float32)}, 1)
+            run_now(batcher, {"x": np.ones((1, 2), np.float32)}, 1)
 
     run(body)
