@@ -96,7 +96,7 @@ def _from_raw(name: str, dt: dtypes.DType, shape: tuple[int, ...], raw: bytes) -
             f"input '{name}': raw data has {len(raw)} bytes, but shape {list(shape)} of "
             f"{dt.wire} needs {expected}; send exactly shape x element size bytes"
         )
-    return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
+    return np.ndarray(shape, dt.numpy, raw)  # a read-only view of the request's bytes
 
 
 def _from_contents(
@@ -161,7 +161,7 @@ def decode_request(request: pb.ModelInferRequest) -> InferRequest:
         model_version=request.model_version,
         id=request.id,
         inputs=decode_inputs(request),
-        outputs=[o.name for o in request.outputs],
+        outputs=[o.name for o in request.outputs] if len(request.outputs) else [],
         parameters=_parameters(request.parameters) if request.parameters else {},
     )
 

@@ -44,6 +44,8 @@ class InputValidator:
         self.inputs = tensor_specs(config.input)
         self._required = {n for n, spec in self.inputs.items() if not spec.optional}
         self.outputs = tensor_specs(config.output)
+        # Shapes without a -1 dimension compare as whole tuples.
+        self._fixed = {n: None if -1 in s.dims else s.dims for n, s in self.inputs.items()}
 
     def check(self, inputs: dict[str, np.ndarray]) -> int:
         """Validate ``inputs`` and return how many batch rows they carry."""
@@ -90,11 +92,19 @@ class InputValidator:
             )
 
     def _check_shape(self, spec: TensorSpec, shape: tuple[int, ...], rows: int) -> int:
-        expected = spec.metadata_shape(self.batched)
-        matches = len(shape) == len(expected) and all(
-            e == -1 or e == s for e, s in zip(expected, shape, strict=True)
-        )
+        fixed = self._fixed[spec.name]
+        if fixed is not None:  # no -1 dimension: one tuple comparison
+            if self.batched:
+                matches = len(shape) == len(fixed) + 1 and shape[1:] == fixed
+            else:
+                matches = shape == fixed
+        else:
+            expected = spec.metadata_shape(self.batched)
+            matches = len(shape) == len(expected) and all(
+                e == -1 or e == s for e, s in zip(expected, shape, strict=True)
+            )
         if not matches:
+            expected = spec.metadata_shape(self.batched)
             raise InvalidInput(
                 f"model '{self.model}' input '{spec.name}': shape {list(shape)} does not "
                 f"match the expected {expected} (-1: any size)"

@@ -39,6 +39,8 @@ def test_valid_request_counts_rows_and_optional_input_may_be_absent() -> None:
         ({**ok(), "a": np.zeros((2, 3), np.float64)}, "datatype FP64 does not match.*FP32"),
         ({**ok(), "a": np.zeros((2, 4), np.float32)}, r"shape \[2, 4\] does not match.*\[-1, 3\]"),
         ({**ok(), "a": np.zeros((2, 3, 1), np.float32)}, "does not match"),
+        ({**ok(), "a": np.zeros((3,), np.float32)}, r"shape \[3\] does not match"),
+        ({**ok(), "b": np.zeros((2,), np.int64)}, r"shape \[2\] does not match.*\[-1, -1\]"),
         (ok(rows=5), "exceeds max_batch_size 4"),
         (ok(rows=0), "empty"),
         ({**ok(), "b": np.zeros((3, 5), np.int64)}, "disagree on the batch size"),
