@@ -22,6 +22,7 @@ from warpserve.server.errors import (
 )
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.lifecycle.version import ModelVersion
+from warpserve.server.validation import InputValidator
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,7 @@ class DataPlane:
             return mv, None
         start = time.perf_counter_ns()
         try:
-            rows = validator.check(request.inputs)
-            if request.outputs:
-                validator.check_outputs(request.outputs)
+            rows = _checked_rows(validator, request)
             if request.parameters:
                 _queue_parameters(request.parameters, batcher.policy)  # checked, not needed
             outputs = batcher.run_inline(executor, request.inputs, rows)
@@ -104,9 +103,7 @@ class DataPlane:
             validator, batcher = mv.validator, mv.batcher
             if validator is None or batcher is None:
                 raise Unavailable(f"model '{mv.name}' version {mv.version} is not ready")
-            rows = validator.check(request.inputs)
-            if request.outputs:
-                validator.check_outputs(request.outputs)
+            rows = _checked_rows(validator, request)
             priority, timeout_us = _queue_parameters(request.parameters, batcher.policy)
             queued = self._queued(mv, request, rows, priority, timeout_us, deadline_s)
             batcher.submit(queued)
@@ -175,6 +172,14 @@ class DataPlane:
                 delta = np.abs(other.astype(np.float64) - array.astype(np.float64))
                 diff = max(diff, float(np.max(delta, initial=0.0)))
         shadow.stats.shadow_max_abs_diff = max(shadow.stats.shadow_max_abs_diff, diff)
+
+
+def _checked_rows(validator: InputValidator, request: InferRequest) -> int:
+    """Validate the request's inputs and requested outputs; return its batch rows."""
+    rows = validator.check(request.inputs)
+    if request.outputs:
+        validator.check_outputs(request.outputs)
+    return rows
 
 
 def _select(outputs: Outputs, requested: list[str], mv: ModelVersion) -> Outputs:

@@ -176,12 +176,15 @@ class DynamicBatcher:
 
     # -- queue bookkeeping ---------------------------------------------------------
 
-    def _leave_queue(self, request: QueuedRequest) -> None:
-        request.state = DONE
+    def _dequeue(self, request: QueuedRequest, state: int) -> None:
+        request.state = state
         self._queued[request.priority - 1] -= 1
         self._queued_rows -= request.rows
         if request.timer is not None:
             request.timer.cancel()
+
+    def _leave_queue(self, request: QueuedRequest) -> None:
+        self._dequeue(request, DONE)
         self._check_drained()
 
     def _expire(self, request: QueuedRequest) -> None:
@@ -282,11 +285,7 @@ class DynamicBatcher:
         return batch[:best] if best else batch
 
     def _take(self, request: QueuedRequest) -> None:
-        request.state = RUNNING
-        self._queued[request.priority - 1] -= 1
-        self._queued_rows -= request.rows
-        if request.timer is not None:
-            request.timer.cancel()
+        self._dequeue(request, RUNNING)
         request.queue_ns = time.monotonic_ns() - request.enqueued_ns
         self.stats.queue.add(request.queue_ns)
 

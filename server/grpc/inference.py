@@ -81,13 +81,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @maps_errors
     async def ModelInfer(self, request, context):
-        # Spelled out rather than awaiting _infer: a tiny model's request is served
-        # synchronously here, and every coroutine layer shows in its latency.
-        decoded = codec.decode_request(request)
-        mv, outputs = self.dataplane.infer_now(decoded)
-        if outputs is None:
-            _, outputs = await self.dataplane.infer(decoded, context.time_remaining(), mv)
-        return codec.encode_response(mv.name, str(mv.version), request.id, outputs.items())
+        return await self._infer(request, context.time_remaining())
 
     async def _infer(
         self, request: pb.ModelInferRequest, deadline_s: float | None
