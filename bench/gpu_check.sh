@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# GPU checks for a lent GPU machine: what needs a GPU, run once, summarised at the end.
+# Checks for a lent GPU machine: run once, summarised at the end.
 # Usage (from the repository root): bash bench/gpu_check.sh
+#
 # The GPU image has CUDA PyTorch and ONNX but only the CPU build of ONNX Runtime and no
-# TensorRT, so those paths are not checked here.
+# TensorRT, and it cannot reach a package index. Packages it lacks (grpcio-health-checking,
+# tritonclient, this project's grpcio/protobuf versions) travel as wheels in .whl/, made
+# with the `pip download` line in bench/README.md, and are installed into /tmp/site.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp}/gpu_check"
 mkdir -p "$out"
 summary=()
+py=python3
 
 step() {  # name, command...
   local name="$1"; shift
@@ -19,10 +23,23 @@ step() {  # name, command...
   fi
 }
 
-step device nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-step install pip install -q --no-deps -e .
-step gpu-tests python -m pytest -q -m gpu -p no:cacheprovider tests
-step serving-bench python bench/bench_serving.py --quick
+if compgen -G ".whl/*.whl" >/dev/null; then
+  step wheels $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+step device bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \
+  nproc; $py -c 'import sys, torch, onnxruntime, grpc; print(sys.version); \
+  print(\"torch\", torch.__version__, \"cuda\", torch.cuda.is_available()); \
+  print(\"onnxruntime\", onnxruntime.__version__, onnxruntime.get_available_providers()); \
+  print(\"grpcio\", grpc.__version__)'"
+step install $py -m pip install -q --no-deps --no-build-isolation -e .
+# The whole suite: GPU-marked tests run here instead of skipping, and the rest checks the
+# server on this image's Python, numpy and CUDA build of torch.
+step tests $py -m pytest -q -p no:cacheprovider tests
+step serving-bench $py bench/bench_serving.py --quick --out "$out/serving.json"
 
 printf '%s\n' "${summary[@]}"
-tail -n 25 "$out/serving-bench.log" 2>/dev/null
+tail -n 3 "$out/tests.log" 2>/dev/null
+tail -n 30 "$out/serving-bench.log" 2>/dev/null

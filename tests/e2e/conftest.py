@@ -64,7 +64,12 @@ def reference(x: np.ndarray) -> np.ndarray:
 
 
 def _config(
-    name: str, max_batch: int, inputs: str, outputs: str, batching: str | None = None
+    name: str,
+    max_batch: int,
+    inputs: str,
+    outputs: str,
+    batching: str | None = None,
+    extra: str = "",
 ) -> str:
     lines = [
         f'name: "{name}"',
@@ -76,6 +81,8 @@ def _config(
     ]
     if batching is not None:
         lines.append(f"dynamic_batching {{ {batching} }}")
+    if extra:
+        lines.append(extra)
     return "\n".join(lines) + "\n"
 
 
@@ -217,8 +224,14 @@ def write_test_models(repo: Path) -> None:
         _config(SLOW, SLOW_MAX_BATCH, IN4, OUT2, slow_batching),
         slow_affine_model(steps=4, size=384),
     )
+    # One intra-op thread: a run then takes about as long on a 16-core machine as on two
+    # cores (about 0.1 s), so requests really wait behind it everywhere.
+    one_thread = 'parameters { key: "intra_op_thread_count" value { string_value: "1" } }'
     _write(
-        repo, SLEEPY, _config(SLEEPY, 0, IN_ANY4, OUT_ANY2), slow_affine_model(steps=32, size=512)
+        repo,
+        SLEEPY,
+        _config(SLEEPY, 0, IN_ANY4, OUT_ANY2, extra=one_thread),
+        slow_affine_model(steps=32, size=512),
     )
 
 

@@ -172,7 +172,13 @@ def _sample(name: str, model: str = AFFINE, **extra: str) -> str:
 def test_metrics_after_requests(
     server: ServerProcess, client: grpcclient.InferenceServerClient
 ) -> None:
-    names = ["nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count"]
+    names = [
+        "nv_inference_request_success",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+        "nv_inference_compute_infer_duration_us",
+    ]
     failed = _sample("nv_inference_request_failure", reason="InvalidInput")
     before_text = metrics_text(server.metrics_port)
     before = {n: metric_value(before_text, _sample(n)) or 0.0 for n in names}
@@ -189,14 +195,16 @@ def test_metrics_after_requests(
     assert after["nv_inference_count"] == before["nv_inference_count"] + 6
     assert after["nv_inference_exec_count"] == before["nv_inference_exec_count"] + 3
     assert metric_value(text, failed) == before_failed + 1
+    for name in ["nv_inference_request_duration_us", "nv_inference_compute_infer_duration_us"]:
+        assert after[name] is not None and after[name] > before[name], name
+    # A tiny model run at once on an idle server never queues and gathers nothing, so
+    # these may stay at 0 (as on a fast machine); they must still be exported.
     for name in [
-        "nv_inference_request_duration_us",
         "nv_inference_queue_duration_us",
         "nv_inference_compute_input_duration_us",
-        "nv_inference_compute_infer_duration_us",
         "nv_inference_compute_output_duration_us",
     ]:
         value = metric_value(text, _sample(name))
-        assert value is not None and value > 0, name
+        assert value is not None and value >= 0, name
     assert metric_value(text, _sample("nv_inference_pending_request_count")) == 0
     assert metric_value(text, _sample("warpserve_model_version_active")) == 1
