@@ -25,7 +25,7 @@ max_batch_size: 8
 input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]
 output [ { name: "LOGITS" data_type: TYPE_FP32 dims: [ 1000 ] } ]
 dynamic_batching { }
-instance_group [ { count: 1 kind: KIND_CPU } ]
+instance_group [ { kind: KIND_CPU } ]
 """
 
 

@@ -98,6 +98,15 @@ class DynamicBatcher:
             return None
         return idle[-1]
 
+    def keep_only(self, executor: Executor) -> list[Executor]:
+        """Serve with ``executor`` alone, before any request arrives; returns the other
+        executors for the caller to close."""
+        assert not self.in_flight, "executors change only before serving"
+        dropped = [e for e in self.executors if e is not executor]
+        self.executors = [executor]
+        self._idle = [executor]
+        return dropped
+
     def run_inline(self, executor: Executor, inputs: dict[str, np.ndarray], rows: int) -> Outputs:
         """Run one request on the executor ``inline_slot`` gave, synchronously: nothing
         can arrive or drain meanwhile, so it needs no queue entry, future or in-flight

@@ -236,7 +236,7 @@ class ModelVersion:
         """
         assert self.batcher is not None and self.validator is not None
         executors = self.batcher.executors
-        if _execution_mode(self.config) != "auto" or len(executors) != 1:
+        if _execution_mode(self.config) != "auto":
             return
         rng = np.random.default_rng(1)
         one = _direct_request(self._random_inputs(1 if self.validator.batched else None, rng), 1)
@@ -248,16 +248,23 @@ class ModelVersion:
             full = _direct_request(self._random_inputs(limit, rng), limit)
             full_ns = await asyncio.to_thread(_median_run_ns, executors[0], full, 5)
         executors[0].inline = median_ns < INLINE_THRESHOLD_NS and full_ns < INLINE_BATCH_LIMIT_NS
+        dropped = []
         if executors[0].inline:
+            # Inline runs take turns on the one loop thread: a second instance could
+            # never run beside the first, so only the first stays loaded.
+            dropped = self.batcher.keep_only(executors[0])
+            for executor in dropped:
+                await asyncio.to_thread(executor.close)
             await self._use_single_threaded(executors[0])
         log.info(
             "model '%s' version %d: a batch-1 run takes %.0f us, a full batch %.0f us; "
-            "executing %s",
+            "executing %s%s",
             self.name,
             self.version,
             median_ns / 1000,
             full_ns / 1000,
             "inline on the event loop" if executors[0].inline else "on worker threads",
+            f" (1 of {len(dropped) + 1} configured instances)" if dropped else "",
         )
 
     async def _use_single_threaded(self, executor: Executor) -> None:

@@ -28,6 +28,10 @@ PLATFORM_FILES = {
     "pytorch_libtorch": "model.pt",
     "torch_aoti": "model.pt2",
 }
+# Triton's default instance count for a KIND_CPU group that sets none, and the
+# platforms it applies to (Triton: the ONNX Runtime and TensorFlow backends).
+DEFAULT_CPU_INSTANCES = 2
+CPU_PAIRED = frozenset({"onnxruntime_onnx"})
 BACKEND_PLATFORMS = {
     "onnxruntime": "onnxruntime_onnx",
     "tensorrt": "tensorrt_plan",
@@ -169,6 +173,26 @@ def validate(config: mc.ModelConfig, source: str) -> None:
         raise ModelLoadError(f"{source}: default_priority_level exceeds priority_levels")
 
 
+def default_instance_count(config: mc.ModelConfig, group: mc.ModelInstanceGroup) -> int:
+    """Triton's default for a group without a count: two instances on the CPU for the
+    backends that run well side by side (ONNX Runtime here), one otherwise. The two
+    split the cores between them (see the ONNX Runtime backend), so one batch computes
+    while the other's requests are decoded and answered."""
+    if group.kind == mc.ModelInstanceGroup.KIND_CPU and platform_of(config) in CPU_PAIRED:
+        return DEFAULT_CPU_INSTANCES
+    return 1
+
+
+def _gpu_available(platform: str) -> bool:
+    """Whether ``platform`` can run on a GPU here: KIND_AUTO (and a config without an
+    instance_group) resolves to KIND_GPU only then, as in Triton."""
+    if platform != "onnxruntime_onnx":
+        return False
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 def complete(config: mc.ModelConfig, version_dir: Path) -> mc.ModelConfig:
     """Return a completed, validated copy of ``config`` for the given version folder."""
     done = mc.ModelConfig()
@@ -183,9 +207,13 @@ def complete(config: mc.ModelConfig, version_dir: Path) -> mc.ModelConfig:
     if platform_of(done) == "onnxruntime_onnx" and path.is_file():
         complete_from_onnx(done, path)
     if not done.instance_group:
-        done.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+        done.instance_group.add(kind=mc.ModelInstanceGroup.KIND_AUTO)
     for group in done.instance_group:
-        group.count = max(group.count, 1)
+        if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
+            gpu = _gpu_available(platform_of(done))
+            group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+        if group.count < 1:
+            group.count = default_instance_count(done, group)
         if not group.name:
             group.name = done.name
     if not done.HasField("version_policy"):

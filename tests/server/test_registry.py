@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import threading
 import uuid
 from collections import Counter
@@ -537,6 +538,45 @@ def test_a_configured_thread_count_is_kept_for_inline_execution(tmp_path: Path) 
         assert executor.inline
         session = executor.instance.session
         assert session.get_session_options().intra_op_num_threads == 2
+        await registry.close()
+
+    asyncio.run(main())
+
+
+def test_a_tiny_model_keeps_one_of_its_default_instances_inline(tmp_path: Path) -> None:
+    # Triton's default gives an ONNX Runtime model two CPU instances; inline runs take
+    # turns on the loop thread, so the second is closed instead of idling.
+    async def main() -> None:
+        write_affine(tmp_path, MODEL, instances=0)
+        registry = ModelRegistry(ModelRepository(tmp_path))
+        await registry.load(MODEL)
+        mv = registry.resolve(MODEL)
+        assert [g.count for g in mv.config.instance_group] == [2]
+        assert mv.batcher is not None and len(mv.batcher.executors) == 1
+        assert mv.batcher.executors[0].inline
+        _, outputs = await DataPlane(registry).infer(InferRequest(MODEL, "", "", {"INPUT0": X}))
+        np.testing.assert_allclose(outputs["OUTPUT0"], expected(1), atol=1e-5)
+        await registry.close()
+
+    asyncio.run(main())
+
+
+def test_default_instances_on_worker_threads_split_the_cores(tmp_path: Path) -> None:
+    async def main() -> None:
+        write_affine(
+            tmp_path,
+            MODEL,
+            instances=0,
+            extra='parameters { key: "execution" value: { string_value: "thread" } }',
+        )
+        registry = ModelRegistry(ModelRepository(tmp_path))
+        await registry.load(MODEL)
+        batcher = registry.resolve(MODEL).batcher
+        assert batcher is not None and len(batcher.executors) == 2
+        threads = max(1, (os.cpu_count() or 1) // 2)
+        for executor in batcher.executors:
+            assert not executor.inline
+            assert executor.instance.session.get_session_options().intra_op_num_threads == threads
         await registry.close()
 
     asyncio.run(main())

@@ -13,7 +13,10 @@ from warpserve.server.repository import config as cfg
 from warpserve.server.repository.repository import INCOMPLETE_MARKER, ModelRepository
 
 
-def test_missing_config_is_completed_from_the_onnx_model(tmp_path: Path) -> None:
+def test_missing_config_is_completed_from_the_onnx_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cfg, "_gpu_available", lambda platform: False)
     write_affine(tmp_path, config=False)
     repo = ModelRepository(tmp_path)
     raw = repo.config("affine")
@@ -25,7 +28,32 @@ def test_missing_config_is_completed_from_the_onnx_model(tmp_path: Path) -> None
         ("INPUT0", mc.TYPE_FP32, [4])
     ]
     assert [t.name for t in done.output] == ["OUTPUT0"]
-    assert done.instance_group[0].count == 1
+    # Triton's default for ONNX Runtime on the CPU: two instances.
+    (group,) = done.instance_group
+    assert (group.kind, group.count) == (mc.ModelInstanceGroup.KIND_CPU, 2)
+
+
+def test_instance_groups_are_completed_as_triton_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def completed(groups: str, gpu: bool) -> list[tuple[int, int]]:
+        monkeypatch.setattr(cfg, "_gpu_available", lambda platform: gpu)
+        write_affine(tmp_path, extra=groups, instances=3)
+        config = ModelRepository(tmp_path).config("affine")
+        del config.instance_group[0]  # write_affine's own group
+        done = cfg.complete(config, tmp_path / "affine" / "1")
+        return [(g.kind, g.count) for g in done.instance_group]
+
+    cpu, gpu = mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_GPU
+    auto = "instance_group [{ kind: KIND_AUTO }]"
+    assert completed(auto, gpu=False) == [(cpu, 2)]
+    assert completed(auto, gpu=True) == [(gpu, 1)]  # as many as GPUs listed: one here
+    assert completed("", gpu=True) == [(gpu, 1)]  # no group at all: KIND_AUTO
+    assert completed("instance_group [{ kind: KIND_CPU }]", gpu=True) == [(cpu, 2)]
+    assert completed("instance_group [{ count: 3 kind: KIND_CPU }]", gpu=False) == [(cpu, 3)]
+    # Other backends keep Triton's plain default of one.
+    other = mc.ModelConfig(platform="pytorch_libtorch")
+    assert cfg.default_instance_count(other, mc.ModelInstanceGroup(kind=cpu)) == 1
 
 
 def test_unknown_triton_fields_are_skipped(tmp_path: Path) -> None:
