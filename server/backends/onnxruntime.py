@@ -58,8 +58,6 @@ class OnnxRuntimeInstance:
         # The binding's own run: InferenceSession.run re-validates names and looks up
         # fallbacks on every call, which costs a tiny model a fifth of its run time.
         self._run = getattr(session, "_sess", session).run
-        # Passed to every run: with None the binding builds default RunOptions per call.
-        self._run_options = ort.RunOptions()
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._text_inputs or len(inputs) != len(self._inputs):
@@ -67,7 +65,7 @@ class OnnxRuntimeInstance:
         else:
             feed = inputs
         try:
-            results = self._run(self._outputs, feed, self._run_options)
+            results = self._run(self._outputs, feed, None)
         except ort.capi.onnxruntime_pybind11_state.InvalidArgument as exc:
             raise InvalidInput(f"ONNX Runtime rejected the inputs: {exc}") from exc
         return dict(zip(self._outputs, results, strict=True))
