@@ -30,16 +30,20 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 
 step device bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \
-  nproc; $py -c 'import sys, torch, onnxruntime, grpc; print(sys.version); \
+  uname -r; nproc; $py -c 'import sys, torch, onnxruntime, grpc; print(sys.version); \
   print(\"torch\", torch.__version__, \"cuda\", torch.cuda.is_available()); \
   print(\"onnxruntime\", onnxruntime.__version__, onnxruntime.get_available_providers()); \
   print(\"grpcio\", grpc.__version__)'"
 step install $py -m pip install -q --no-deps --no-build-isolation -e .
 # The whole suite: GPU-marked tests run here instead of skipping, and the rest checks the
-# server on this image's Python, numpy and CUDA build of torch.
-step tests $py -m pytest -q -p no:cacheprovider tests
-step serving-bench $py bench/bench_serving.py --quick --out "$out/serving.json"
+# server on this image's Python, numpy and CUDA build of torch. Bounded per test and in
+# all, so a hang still leaves time for the benchmark; the servers' logs come back.
+step tests timeout 200 $py -m pytest -q -rfE -p no:cacheprovider --timeout 60 \
+  --durations 8 --basetemp /tmp/gpu-pytest tests
+find /tmp/gpu-pytest -name '*.log' -print0 2>/dev/null \
+  | tar czf "$out/server-logs.tgz" --null -T - 2>/dev/null
+step serving-bench timeout 200 $py bench/bench_serving.py --quick --out "$out/serving.json"
 
 printf '%s\n' "${summary[@]}"
-tail -n 3 "$out/tests.log" 2>/dev/null
+grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" 2>/dev/null | tail -n 12
 tail -n 30 "$out/serving-bench.log" 2>/dev/null
