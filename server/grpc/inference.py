@@ -120,8 +120,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task = asyncio.get_running_loop().create_task(one(request))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
-            while pending:
-                await asyncio.gather(*list(pending))
+            # Only this coroutine adds tasks, so one gather covers them all. (Looping
+            # until ``pending`` empties would spin forever on Python 3.12+, where
+            # gathering finished tasks returns without yielding to the loop, so the
+            # discard callbacks never run: the whole server would stall.)
+            await asyncio.gather(*pending)
             await responses.put(None)
 
         read_task = asyncio.get_running_loop().create_task(reader())
