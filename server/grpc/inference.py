@@ -17,6 +17,9 @@ from warpserve.server.grpc import reports
 from warpserve.server.grpc.status import maps_errors, status_of
 from warpserve.server.lifecycle.registry import ModelRegistry, parse_version
 
+# Requests of one ModelStreamInfer call read ahead of the answers its client has taken.
+STREAM_IN_FLIGHT = 256
+
 EXTENSIONS = ["classification", "model_repository", "statistics", "model_configuration"]
 
 
@@ -97,8 +100,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # Requests run concurrently; responses come back as they finish (as in Triton),
         # each carrying its request id. Errors travel in error_message, not as status.
+        # At most STREAM_IN_FLIGHT requests are read ahead of the answers the client has
+        # taken: a client that sends without reading is held back by gRPC's flow control
+        # instead of filling the server's memory.
         responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
@@ -116,21 +123,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
 
         async def reader() -> None:
-            async for request in request_iterator:
-                task = asyncio.get_running_loop().create_task(one(request))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            # Only this coroutine adds tasks, so one gather covers them all. (Looping
-            # until ``pending`` empties would spin forever on Python 3.12+, where
-            # gathering finished tasks returns without yielding to the loop, so the
-            # discard callbacks never run: the whole server would stall.)
-            await asyncio.gather(*pending)
-            await responses.put(None)
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()  # released once its answer is handed to gRPC
+                    task = asyncio.get_running_loop().create_task(one(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                # Only this coroutine adds tasks, so one gather covers them all. (Looping
+                # until ``pending`` empties would spin forever on Python 3.12+, where
+                # gathering finished tasks returns without yielding to the loop, so the
+                # discard callbacks never run: the whole server would stall.)
+                await asyncio.gather(*pending)
+            finally:
+                responses.put_nowait(None)
 
         read_task = asyncio.get_running_loop().create_task(reader())
         try:
             while (item := await responses.get()) is not None:
                 yield item
+                slots.release()
+            await read_task  # raises whatever ended the reading early
         finally:
             read_task.cancel()
             for task in list(pending):

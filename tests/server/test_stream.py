@@ -18,6 +18,7 @@ import pytest
 from tests.models import affine_reference, write_affine
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.server.dataplane import DataPlane
+from warpserve.server.grpc import inference
 from warpserve.server.grpc.inference import InferenceServicer
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.repository.repository import ModelRepository
@@ -80,3 +81,36 @@ def test_short_stream_ends_once_its_last_answer_is_out(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_stream_that_closes_at_once_ends(tmp_path: Path) -> None:
     assert asyncio.run(_stream(tmp_path, [])) == {}
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_does_not_read_is_not_read_ahead_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Requests are read at most STREAM_IN_FLIGHT ahead of the answers taken, so a client
+    # that only sends meets gRPC's flow control instead of growing the server's memory.
+    monkeypatch.setattr(inference, "STREAM_IN_FLIGHT", 4)
+    sent = 0
+
+    async def endless() -> AsyncIterator[pb.ModelInferRequest]:
+        nonlocal sent
+        x = np.ones((1, 4), dtype=np.float32)
+        while sent < 1000:
+            sent += 1
+            yield _request(f"r{sent}", x)
+
+    async def main() -> None:
+        write_affine(tmp_path, MODEL)
+        registry = ModelRegistry(ModelRepository(tmp_path))
+        await registry.load(MODEL)
+        stream = InferenceServicer(DataPlane(registry), registry).ModelStreamInfer(endless(), None)
+        first = await anext(stream)
+        assert not first.error_message
+        for _ in range(50):
+            await asyncio.sleep(0.001)  # the server gets every chance to read on
+        assert sent <= 4 + 1  # four read ahead, one taken
+        taken = 1 + len([answer async for answer in stream])
+        assert taken == sent == 1000  # and once the client reads, everything is answered
+        await registry.close()
+
+    asyncio.run(main())
