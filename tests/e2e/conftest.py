@@ -35,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.harness import ServerProcess, start_server
+from tests.e2e.harness import ServerProcess, answers, start_server
 from tests.models import affine_model, affine_reference, write_golden
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
@@ -264,6 +264,20 @@ def server(repo: Path, log_dir: Path) -> Iterator[ServerProcess]:
     process = start_server(repo, log_dir=log_dir)
     yield process
     process.stop()
+
+
+@pytest.fixture(autouse=True)
+def shared_server_still_answers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that used the shared server: it must still answer. A test that
+    stalls it fails here, by name, with the server's log, instead of every later test
+    timing out against it."""
+    yield
+    if "server" not in request.fixturenames:
+        return
+    shared: ServerProcess = request.getfixturevalue("server")
+    if not answers(shared.url):
+        log = shared.log()[-4000:]
+        pytest.fail(f"the shared server stopped answering during this test; its log ends:\n{log}")
 
 
 @pytest.fixture(scope="session")

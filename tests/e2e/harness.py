@@ -48,6 +48,16 @@ class ServerProcess:
         return self.process.returncode
 
 
+def answers(url: str, timeout: float = 5.0) -> bool:
+    """Whether the server at ``url`` still answers ServerLive within ``timeout`` seconds."""
+    with grpc.insecure_channel(url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            return bool(stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout).live)
+        except grpc.RpcError:
+            return False
+
+
 def _ready(url: str) -> bool:
     with grpc.insecure_channel(url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
