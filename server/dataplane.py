@@ -46,7 +46,7 @@ class DataPlane:
     def infer_now(self, request: InferRequest) -> tuple[ModelVersion, Outputs | None]:
         """Route ``request`` and, when its version can run it at once (a tiny model on a
         loop with idle time), serve it synchronously: no task switch, queue entry or
-        future. Otherwise the outputs are None; pass the version on to ``infer``."""
+        future. Otherwise the outputs are None and ``infer`` queues it."""
         if self.draining:
             raise Unavailable("the server is shutting down; send the request elsewhere")
         mv = self.registry.resolve(request.model_name, request.model_version, request.id)
@@ -71,19 +71,13 @@ class DataPlane:
         return mv, outputs
 
     async def infer(
-        self,
-        request: InferRequest,
-        deadline_s: float | None = None,
-        mv: ModelVersion | None = None,
+        self, request: InferRequest, deadline_s: float | None = None
     ) -> tuple[ModelVersion, Outputs]:
-        """Serve ``request`` through its version's queue. ``mv``: the version
-        ``infer_now`` routed it to and could not run it on at once."""
-        if mv is None:
-            mv, outputs = self.infer_now(request)
-            if outputs is not None:
-                return mv, outputs
-        elif self.draining:
-            raise Unavailable("the server is shutting down; send the request elsewhere")
+        """Serve ``request``: at once where ``infer_now`` can, else through its
+        version's queue."""
+        mv, outputs = self.infer_now(request)
+        if outputs is not None:
+            return mv, outputs
         self._in_flight += 1
         self._idle.clear()
         try:

@@ -134,14 +134,18 @@ def _serve_flags() -> set[str]:
     return {flag for action in serve._actions for flag in action.option_strings}
 
 
-def test_serve_help_lists_every_flag() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "warpserve.server.cli", "serve", "--help"],
+def _serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "warpserve.server.cli", "serve", *args],
         capture_output=True,
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_serve_help_lists_every_flag() -> None:
+    done = _serve_cli("--help")
     assert done.returncode == 0, done.stderr
     flags = _serve_flags()
     assert set(TRITON_FLAGS) <= flags
@@ -150,13 +154,7 @@ def test_serve_help_lists_every_flag() -> None:
 
 
 def test_unknown_flag_is_rejected() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "warpserve.server.cli", "serve", "--no-such-flag"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    done = _serve_cli("--no-such-flag")
     assert done.returncode == 2
     assert "--no-such-flag" in done.stderr
 

@@ -9,6 +9,7 @@ did on Python 3.12+, where gathering finished tasks does not yield to the loop).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -40,15 +41,20 @@ async def _requests(items: list[pb.ModelInferRequest]) -> AsyncIterator[pb.Model
         await asyncio.sleep(0)
 
 
-async def _stream(tmp_path: Path, requests: list[pb.ModelInferRequest]) -> dict[str, object]:
+@contextlib.asynccontextmanager
+async def _servicer(tmp_path: Path) -> AsyncIterator[InferenceServicer]:
     write_affine(tmp_path, MODEL)  # version 1: scale 1
     registry = ModelRegistry(ModelRepository(tmp_path))
     await registry.load(MODEL)
-    servicer = InferenceServicer(DataPlane(registry), registry)
     try:
-        answers = [a async for a in servicer.ModelStreamInfer(_requests(requests), None)]
+        yield InferenceServicer(DataPlane(registry), registry)
     finally:
         await registry.close()
+
+
+async def _stream(tmp_path: Path, requests: list[pb.ModelInferRequest]) -> dict[str, object]:
+    async with _servicer(tmp_path) as servicer:
+        answers = [a async for a in servicer.ModelStreamInfer(_requests(requests), None)]
     return {a.infer_response.id: a for a in answers}
 
 
@@ -100,17 +106,14 @@ def test_a_client_that_does_not_read_is_not_read_ahead_of(
             yield _request(f"r{sent}", x)
 
     async def main() -> None:
-        write_affine(tmp_path, MODEL)
-        registry = ModelRegistry(ModelRepository(tmp_path))
-        await registry.load(MODEL)
-        stream = InferenceServicer(DataPlane(registry), registry).ModelStreamInfer(endless(), None)
-        first = await anext(stream)
-        assert not first.error_message
-        for _ in range(50):
-            await asyncio.sleep(0.001)  # the server gets every chance to read on
-        assert sent <= 4 + 1  # four read ahead, one taken
-        taken = 1 + len([answer async for answer in stream])
-        assert taken == sent == 1000  # and once the client reads, everything is answered
-        await registry.close()
+        async with _servicer(tmp_path) as servicer:
+            stream = servicer.ModelStreamInfer(endless(), None)
+            first = await anext(stream)
+            assert not first.error_message
+            for _ in range(50):
+                await asyncio.sleep(0.001)  # the server gets every chance to read on
+            assert sent <= 4 + 1  # four read ahead, one taken
+            taken = 1 + len([answer async for answer in stream])
+            assert taken == sent == 1000  # and once the client reads, everything is answered
 
     asyncio.run(main())
