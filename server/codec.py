@@ -1,8 +1,11 @@
 """Wire tensors <-> numpy.
 
-Raw tensors are viewed with ``np.frombuffer`` (no copy beyond the one protobuf makes
-when the field is read); typed ``contents`` are converted; BYTES elements travel as
-4-byte little-endian length prefixes followed by the bytes, as in Triton.
+Raw tensors are numpy views of the bytes gRPC received: ``receive_infer`` finds the
+``raw_input_contents`` entries of a large request in its wire bytes and parses only the
+rest with protobuf, whose C parser would otherwise copy each tensor twice (into its arena,
+then into a new bytes object when the field is read). Typed ``contents`` are converted;
+BYTES elements travel as 4-byte little-endian length prefixes followed by the bytes, as
+in Triton.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.server import dtypes
@@ -34,6 +38,103 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+# ModelInferRequest.raw_input_contents: field 7, wire type 2 (length-delimited).
+_RAW_INPUT_TAG = (7 << 3) | 2
+# Below this size protobuf's two copies of the raw tensors cost less than finding them
+# in the wire bytes with Python.
+VIEW_RAW_FROM_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class ReceivedInfer:
+    """A ModelInferRequest as received. For a large request ``raw`` holds its
+    raw_input_contents as views of the received bytes and ``message`` holds the rest;
+    otherwise ``raw`` is None and the message is whole. ``error`` is set instead when
+    the bytes are not a ModelInferRequest."""
+
+    message: pb.ModelInferRequest
+    raw: Sequence[memoryview] | None = None
+    error: str = ""
+
+    @property
+    def raw_input_contents(self) -> Sequence[Any]:
+        return self.message.raw_input_contents if self.raw is None else self.raw
+
+
+def receive_infer(data: bytes) -> ReceivedInfer:
+    """gRPC's request deserializer for ModelInfer and ModelStreamInfer.
+
+    It never raises: a deserializer that raises makes gRPC answer INTERNAL with no
+    detail, while a malformed request is the client's error (INVALID_ARGUMENT).
+    """
+    try:
+        if len(data) >= VIEW_RAW_FROM_BYTES:
+            split = _split_raw_inputs(data)
+            if split is not None:
+                head, raw = split
+                return ReceivedInfer(pb.ModelInferRequest.FromString(head), raw)
+        return ReceivedInfer(pb.ModelInferRequest.FromString(data))
+    except DecodeError as exc:
+        return ReceivedInfer(
+            pb.ModelInferRequest(),
+            error=f"the request is not a valid ModelInferRequest message ({exc}); "
+            "serialize it with the inference.GRPCInferenceService protobuf definitions",
+        )
+
+
+def _split_raw_inputs(data: bytes) -> tuple[bytes, list[memoryview]] | None:
+    """The message's bytes without its raw_input_contents fields, and those fields'
+    payloads as views of ``data``, in order. None when the top level holds anything but
+    well-formed varint, fixed-width and length-delimited fields; protobuf then parses the
+    whole message (and reports what is wrong with it)."""
+    view = memoryview(data)
+    rest: list[memoryview] = []
+    raw: list[memoryview] = []
+    kept_from = pos = 0
+    end = len(data)
+    try:
+        while pos < end:
+            field_start = pos
+            tag, pos = _varint(data, pos)
+            wire_type = tag & 7
+            if wire_type == 2:
+                length, pos = _varint(data, pos)
+                if pos + length > end:
+                    return None
+                if tag == _RAW_INPUT_TAG:
+                    rest.append(view[kept_from:field_start])
+                    raw.append(view[pos : pos + length])
+                    kept_from = pos + length
+                pos += length
+            elif wire_type == 0:
+                _, pos = _varint(data, pos)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            else:
+                return None  # groups; protobuf decides
+    except IndexError:
+        return None  # a varint runs past the end
+    if pos != end:
+        return None
+    rest.append(view[kept_from:])
+    return b"".join(rest), raw
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint longer than 10 bytes")
+
+
 def parameter_value(param: pb.InferParameter) -> Any:
     kind = param.WhichOneof("parameter_choice")
     return None if kind is None else getattr(param, kind)
@@ -49,7 +150,7 @@ def _element_count(name: str, shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
     """Parse ``count`` length-prefixed BYTES elements; reject anything malformed."""
     out = np.empty(count, dtype=np.object_)
     view = memoryview(raw)
@@ -86,7 +187,9 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _from_raw(name: str, dt: dtypes.DType, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
+def _from_raw(
+    name: str, dt: dtypes.DType, shape: tuple[int, ...], raw: bytes | memoryview
+) -> np.ndarray:
     count = _element_count(name, shape)
     if dt.wire == "BYTES":
         return deserialize_bytes(name, raw, count).reshape(shape)
@@ -126,8 +229,12 @@ def _check_contents_unused(name: str, contents: pb.InferTensorContents) -> None:
         )
 
 
-def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
-    raw = request.raw_input_contents
+def decode_inputs(
+    request: pb.ModelInferRequest, raw: Sequence[Any] | None = None
+) -> dict[str, np.ndarray]:
+    """The request's input tensors; ``raw`` stands for its raw_input_contents when given."""
+    if raw is None:
+        raw = request.raw_input_contents
     tensors = request.inputs
     if raw and len(raw) != len(tensors):
         raise InvalidInput(
@@ -155,12 +262,15 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     return inputs
 
 
-def decode_request(request: pb.ModelInferRequest) -> InferRequest:
+def decode_request(received: ReceivedInfer) -> InferRequest:
+    if received.error:
+        raise InvalidInput(received.error)
+    request = received.message
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
         id=request.id,
-        inputs=decode_inputs(request),
+        inputs=decode_inputs(request, received.raw),
         outputs=[o.name for o in request.outputs] if len(request.outputs) else [],
         parameters=_parameters(request.parameters) if request.parameters else {},
     )

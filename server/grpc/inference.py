@@ -83,19 +83,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     @maps_errors
-    async def ModelInfer(self, request, context):
+    async def ModelInfer(self, request: codec.ReceivedInfer, context):
         return await self._infer(request, context.time_remaining())
 
     async def _infer(
-        self, request: pb.ModelInferRequest, deadline_s: float | None
+        self, request: codec.ReceivedInfer, deadline_s: float | None
     ) -> pb.ModelInferResponse:
         decoded = codec.decode_request(request)
         mv, outputs = await self.dataplane.infer(decoded, deadline_s)
-        return codec.encode_response(mv.name, str(mv.version), request.id, outputs.items())
+        return codec.encode_response(mv.name, str(mv.version), decoded.id, outputs.items())
 
     async def ModelStreamInfer(
         self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        request_iterator: AsyncIterator[codec.ReceivedInfer],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # Requests run concurrently; responses come back as they finish (as in Triton),
@@ -107,16 +107,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         pending: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
 
-        async def one(request: pb.ModelInferRequest) -> None:
+        async def one(request: codec.ReceivedInfer) -> None:
             try:
                 reply = await self._infer(request, None)
                 await responses.put(pb.ModelStreamInferResponse(infer_response=reply))
             except Exception as exc:
                 _, message = status_of(exc)
                 failed = pb.ModelInferResponse(
-                    model_name=request.model_name,
-                    model_version=request.model_version,
-                    id=request.id,
+                    model_name=request.message.model_name,
+                    model_version=request.message.model_version,
+                    id=request.message.id,
                 )
                 await responses.put(
                     pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
@@ -147,3 +147,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             read_task.cancel()
             for task in list(pending):
                 task.cancel()
+
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the service as its generated code does, except that ModelInfer and
+    ModelStreamInfer take their requests through ``codec.receive_infer``: raw tensors
+    stay views of the bytes gRPC received instead of being copied twice by protobuf."""
+    captured = _CapturedHandlers()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, captured)
+    handlers = dict(captured.handlers)
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelInfer,
+        request_deserializer=codec.receive_infer,
+        response_serializer=pb.ModelInferResponse.SerializeToString,
+    )
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer,
+        request_deserializer=codec.receive_infer,
+        response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+class _CapturedHandlers:
+    """Stands in for a server to collect the generated code's method handlers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        assert service == SERVICE, service
+        self.handlers = handlers

@@ -12,11 +12,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import WarpserveError
 from warpserve.server.grpc.health import HealthReporter
-from warpserve.server.grpc.inference import InferenceServicer
+from warpserve.server.grpc.inference import InferenceServicer, add_inference_service
 from warpserve.server.lifecycle.poller import RepositoryPoller
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.metrics import serve_metrics
@@ -91,9 +90,7 @@ async def start_server(options: ServerOptions) -> RunningServer:
     dataplane = DataPlane(registry)
     health = HealthReporter()
     server = grpc.aio.server(options=_grpc_options(options))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, registry), server
-    )
+    add_inference_service(InferenceServicer(dataplane, registry), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     _add_admin(server, registry, options)
     port = server.add_insecure_port(f"{options.grpc_address}:{options.grpc_port}")

@@ -268,6 +268,24 @@ def test_bad_requests_through_tritonclient(
     assert_still_serving(server, stub)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x0a\x05af",  # a model name cut short
+        raw_request(AFFINE, _x()).SerializeToString()[:-3] + b"\x3a\xff\xff\x7f" + bytes(70000),
+    ],
+    ids=["small", "large"],
+)
+def test_bytes_that_are_not_a_request(
+    server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub, data: bytes
+) -> None:
+    with grpc.insecure_channel(server.url, options=channel_options()) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        code, message = failure(lambda: infer(data, timeout=10))
+    assert code == "INVALID_ARGUMENT" and "not a valid ModelInferRequest" in message, message
+    assert_still_serving(server, stub)
+
+
 def test_stream_bad_request_keeps_stream(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     x = rows(2, seed=4)
     requests = [_missing_input(), raw_request(AFFINE, x)]

@@ -22,6 +22,7 @@ from tests.e2e.conftest import (
     fp32_input,
     health,
     output_array,
+    raw_request,
     reference,
     rows,
 )
@@ -188,6 +189,28 @@ def test_infer_bytes(client: grpcclient.InferenceServerClient) -> None:
     tensor.set_data_from_numpy(text)
     result = client.infer(ECHO, [tensor])
     assert result.as_numpy("TEXT_OUT").tolist() == text.tolist()
+
+
+def test_large_requests_unary_and_streamed(
+    client: grpcclient.InferenceServerClient, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """Requests large enough that their raw tensors are served as views of the received
+    bytes (``codec.VIEW_RAW_FROM_BYTES``): numbers and BYTES, unary and streamed."""
+    x = rows(4096, seed=8)  # 64 KiB of FP32
+    assert_affine(client.infer(NOBATCH, [fp32_input(x)]), x)
+    text = np.array([[bytes([65 + i]) * 9000] for i in range(8)], dtype=np.object_)
+    tensor = grpcclient.InferInput("TEXT", [8, 1], "BYTES")
+    tensor.set_data_from_numpy(text)
+    assert client.infer(ECHO, [tensor]).as_numpy("TEXT_OUT").tolist() == text.tolist()
+    requests = [raw_request(NOBATCH, x * i) for i in range(3)]
+    for i, request in enumerate(requests):
+        request.id = str(i)
+    answers = {a.infer_response.id: a for a in stub.ModelStreamInfer(iter(requests), timeout=10)}
+    for i in range(3):
+        assert not answers[str(i)].error_message
+        np.testing.assert_allclose(
+            output_array(answers[str(i)].infer_response), reference(x * i), rtol=1e-5, atol=1e-4
+        )
 
 
 def test_requested_outputs_subset(client: grpcclient.InferenceServerClient, run_aio: Any) -> None:

@@ -133,5 +133,86 @@ def test_parameters_are_decoded() -> None:
     req = raw_request({"x": np.zeros((1, 2), np.float32)})
     req.parameters["priority"].int64_param = 2
     req.parameters["tag"].string_param = "a"
-    decoded = codec.decode_request(req)
+    decoded = codec.decode_request(codec.receive_infer(req.SerializeToString()))
     assert decoded.parameters == {"priority": 2, "tag": "a"}
+
+
+def _sent(req: pb.ModelInferRequest) -> codec.ReceivedInfer:
+    return codec.receive_infer(req.SerializeToString())
+
+
+@pytest.mark.parametrize("rows", [1, 4096])  # under and over VIEW_RAW_FROM_BYTES
+def test_received_raw_tensors_view_the_wire_bytes(rows: int) -> None:
+    x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+    ids = np.arange(rows, dtype=np.int64).reshape(rows, 1)
+    req = raw_request({"x": x})
+    req.inputs.add(name="ids", datatype="INT64", shape=ids.shape)
+    req.raw_input_contents.append(ids.tobytes())
+    req.id = "r-1"
+    req.parameters["priority"].int64_param = 2
+    req.outputs.add(name="y")
+    data = req.SerializeToString()
+    received = codec.receive_infer(data)
+    large = len(data) >= codec.VIEW_RAW_FROM_BYTES
+    assert (received.raw is not None) == large
+    decoded = codec.decode_request(received)
+    np.testing.assert_array_equal(decoded.inputs["x"], x)
+    np.testing.assert_array_equal(decoded.inputs["ids"], ids)
+    assert (decoded.id, decoded.outputs, decoded.parameters) == ("r-1", ["y"], {"priority": 2})
+    if large:  # views of the received bytes themselves: no copy at all
+        for array in decoded.inputs.values():
+            assert not array.flags.writeable
+            assert np.shares_memory(array, np.frombuffer(data, np.uint8))
+
+
+def test_received_fields_in_any_order_and_unknown_fields_are_kept() -> None:
+    # A sender may interleave fields and add ones this server does not know; only the
+    # raw tensors leave the message, in their order, and the rest parses as before.
+    big = np.arange(8192, dtype=np.float32).reshape(2, 4096)
+    small = np.array([[7]], dtype=np.int32)
+    head = pb.ModelInferRequest(model_name="m", id="a")
+    head.inputs.add(name="big", datatype="FP32", shape=big.shape)
+    head.inputs.add(name="small", datatype="INT32", shape=small.shape)
+
+    def field(number: int, payload: bytes) -> bytes:
+        return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+    unknown = _varint((99 << 3) | 0) + _varint(300) + _varint((98 << 3) | 5) + b"\0" * 4
+    data = (
+        field(7, big.tobytes())
+        + head.SerializeToString()
+        + unknown
+        + field(7, small.tobytes())
+        + field(3, b"b")  # a later id wins, as protobuf specifies
+    )
+    received = codec.receive_infer(data)
+    assert received.raw is not None and len(received.raw) == 2
+    decoded = codec.decode_request(received)
+    np.testing.assert_array_equal(decoded.inputs["big"], big)
+    np.testing.assert_array_equal(decoded.inputs["small"], small)
+    assert decoded.id == "b" and decoded.model_name == "m"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x3a\xff\xff\x01" + b"\0" * 20000,  # a raw entry longer than the message
+        b"\x0a\x02m" + b"\x3a" + b"\xff" * 20000,  # a length varint that never ends
+        b"\x0a\x03abc" * 6000 + b"\x0b",  # a group start: left to protobuf, which fails
+        b"\x0a\x05ab",  # short and truncated
+    ],
+)
+def test_malformed_request_bytes_are_invalid_input(data: bytes) -> None:
+    received = codec.receive_infer(data)
+    assert received.error and received.raw is None
+    with pytest.raises(InvalidInput, match="not a valid ModelInferRequest"):
+        codec.decode_request(received)

@@ -18,6 +18,7 @@ import pytest
 
 from tests.models import affine_reference, write_affine
 from warpserve.protos import grpc_service_pb2 as pb
+from warpserve.server.codec import ReceivedInfer, receive_infer
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.grpc import inference
 from warpserve.server.grpc.inference import InferenceServicer
@@ -27,15 +28,16 @@ from warpserve.server.repository.repository import ModelRepository
 MODEL = "affine"
 
 
-def _request(rid: str, x: np.ndarray | None) -> pb.ModelInferRequest:
+def _request(rid: str, x: np.ndarray | None) -> ReceivedInfer:
+    """The request as gRPC hands it to the servicer."""
     request = pb.ModelInferRequest(model_name=MODEL, id=rid)
     if x is not None:  # None: no inputs at all, which the model rejects
         request.inputs.add(name="INPUT0", datatype="FP32", shape=list(x.shape))
         request.raw_input_contents.append(x.tobytes())
-    return request
+    return receive_infer(request.SerializeToString())
 
 
-async def _requests(items: list[pb.ModelInferRequest]) -> AsyncIterator[pb.ModelInferRequest]:
+async def _requests(items: list[ReceivedInfer]) -> AsyncIterator[ReceivedInfer]:
     for item in items:
         yield item
         await asyncio.sleep(0)
@@ -52,7 +54,7 @@ async def _servicer(tmp_path: Path) -> AsyncIterator[InferenceServicer]:
         await registry.close()
 
 
-async def _stream(tmp_path: Path, requests: list[pb.ModelInferRequest]) -> dict[str, object]:
+async def _stream(tmp_path: Path, requests: list[ReceivedInfer]) -> dict[str, object]:
     async with _servicer(tmp_path) as servicer:
         answers = [a async for a in servicer.ModelStreamInfer(_requests(requests), None)]
     return {a.infer_response.id: a for a in answers}
@@ -98,7 +100,7 @@ def test_a_client_that_does_not_read_is_not_read_ahead_of(
     monkeypatch.setattr(inference, "STREAM_IN_FLIGHT", 4)
     sent = 0
 
-    async def endless() -> AsyncIterator[pb.ModelInferRequest]:
+    async def endless() -> AsyncIterator[ReceivedInfer]:
         nonlocal sent
         x = np.ones((1, 4), dtype=np.float32)
         while sent < 1000:
