@@ -54,7 +54,9 @@ async def _servicer(tmp_path: Path) -> AsyncIterator[InferenceServicer]:
         await registry.close()
 
 
-async def _stream(tmp_path: Path, requests: list[ReceivedInfer]) -> dict[str, object]:
+async def _stream(
+    tmp_path: Path, requests: list[ReceivedInfer]
+) -> dict[str, pb.ModelStreamInferResponse]:
     async with _servicer(tmp_path) as servicer:
         answers = [a async for a in servicer.ModelStreamInfer(_requests(requests), None)]
     return {a.infer_response.id: a for a in answers}
