@@ -14,7 +14,7 @@ import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -45,8 +45,7 @@ _RAW_INPUT_TAG = (7 << 3) | 2
 VIEW_RAW_FROM_BYTES = 16 * 1024
 
 
-@dataclass(frozen=True)
-class ReceivedInfer:
+class ReceivedInfer(NamedTuple):
     """A ModelInferRequest as received. For a large request ``raw`` holds its
     raw_input_contents as views of the received bytes and ``message`` holds the rest;
     otherwise ``raw`` is None and the message is whole. ``error`` is set instead when
@@ -276,20 +275,74 @@ def decode_request(received: ReceivedInfer) -> InferRequest:
     )
 
 
+# ModelInferResponse.raw_output_contents: field 6, length-delimited.
+_RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])
+# ModelStreamInferResponse.infer_response: field 2, length-delimited.
+_STREAM_REPLY_TAG = bytes([(2 << 3) | 2])
+# Outputs from this size are sent from their own memory rather than copied first.
+_VIEW_OUTPUT_FROM_BYTES = 4096
+_ONE_BYTE_VARINTS = [bytes([value]) for value in range(0x80)]
+
+
 def encode_response(
     model_name: str,
     model_version: str,
     request_id: str,
     outputs: Iterable[tuple[str, np.ndarray]],
-) -> pb.ModelInferResponse:
+) -> bytes:
+    """A serialized ModelInferResponse (what ModelInfer answers with)."""
+    return b"".join(_response_parts(model_name, model_version, request_id, outputs))
+
+
+def encode_stream_response(
+    model_name: str,
+    model_version: str,
+    request_id: str,
+    outputs: Iterable[tuple[str, np.ndarray]],
+) -> bytes:
+    """A serialized ModelStreamInferResponse carrying a successful reply."""
+    parts = _response_parts(model_name, model_version, request_id, outputs)
+    size = sum(len(part) for part in parts)
+    return b"".join([_STREAM_REPLY_TAG, _encode_varint(size), *parts])
+
+
+def _response_parts(
+    model_name: str,
+    model_version: str,
+    request_id: str,
+    outputs: Iterable[tuple[str, np.ndarray]],
+) -> list[bytes | memoryview]:
+    """The response's bytes in pieces: protobuf serializes everything but the raw output
+    tensors, which follow as raw_output_contents fields holding the arrays' own memory.
+    (Appending them to the message would copy each one into it and again out of it when
+    serialized; here the only copy is the join into the reply.)"""
     response = pb.ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request_id
     )
+    parts: list[bytes | memoryview] = [b""]
     for name, array in outputs:
         dt = dtypes.from_numpy(array.dtype)
         response.outputs.add(name=name, datatype=dt.wire, shape=array.shape)
-        if dt.wire == "BYTES":
-            response.raw_output_contents.append(serialize_bytes(array))
-        else:
-            response.raw_output_contents.append(array.tobytes())  # C order, any layout
-    return response
+        data = serialize_bytes(array) if dt.wire == "BYTES" else _c_order_bytes(array)
+        parts += (_RAW_OUTPUT_TAG, _encode_varint(len(data)), data)
+    parts[0] = response.SerializeToString()
+    return parts
+
+
+def _c_order_bytes(array: np.ndarray) -> bytes | memoryview:
+    """The array's elements in C order: a flat byte view of a large C-contiguous array,
+    a copy otherwise (for a small array, one call costs less than making the view)."""
+    if array.nbytes < _VIEW_OUTPUT_FROM_BYTES:
+        return array.tobytes()
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+
+
+def _encode_varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE_VARINTS[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

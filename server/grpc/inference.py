@@ -83,44 +83,45 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     @maps_errors
-    async def ModelInfer(self, request: codec.ReceivedInfer, context):
-        return await self._infer(request, context.time_remaining())
-
-    async def _infer(
-        self, request: codec.ReceivedInfer, deadline_s: float | None
-    ) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: codec.ReceivedInfer, context) -> bytes:
         decoded = codec.decode_request(request)
-        mv, outputs = await self.dataplane.infer(decoded, deadline_s)
+        mv, outputs = await self.dataplane.infer(decoded, context.time_remaining())
         return codec.encode_response(mv.name, str(mv.version), decoded.id, outputs.items())
+
+    async def _stream_reply(self, request: codec.ReceivedInfer) -> bytes:
+        """One streamed request's serialized ModelStreamInferResponse; errors in-band."""
+        try:
+            decoded = codec.decode_request(request)
+            mv, outputs = await self.dataplane.infer(decoded, None)
+            return codec.encode_stream_response(
+                mv.name, str(mv.version), decoded.id, outputs.items()
+            )
+        except Exception as exc:
+            _, message = status_of(exc)
+            failed = pb.ModelInferResponse(
+                model_name=request.message.model_name,
+                model_version=request.message.model_version,
+                id=request.message.id,
+            )
+            reply = pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+            return reply.SerializeToString()
 
     async def ModelStreamInfer(
         self,
         request_iterator: AsyncIterator[codec.ReceivedInfer],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    ) -> AsyncIterator[bytes]:
         # Requests run concurrently; responses come back as they finish (as in Triton),
         # each carrying its request id. Errors travel in error_message, not as status.
         # At most STREAM_IN_FLIGHT requests are read ahead of the answers the client has
         # taken: a client that sends without reading is held back by gRPC's flow control
         # instead of filling the server's memory.
-        responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        responses: asyncio.Queue[bytes | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
 
         async def one(request: codec.ReceivedInfer) -> None:
-            try:
-                reply = await self._infer(request, None)
-                await responses.put(pb.ModelStreamInferResponse(infer_response=reply))
-            except Exception as exc:
-                _, message = status_of(exc)
-                failed = pb.ModelInferResponse(
-                    model_name=request.message.model_name,
-                    model_version=request.message.model_version,
-                    id=request.message.id,
-                )
-                await responses.put(
-                    pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
-                )
+            await responses.put(await self._stream_reply(request))
 
         async def reader() -> None:
             try:
@@ -153,21 +154,22 @@ SERVICE = "inference.GRPCInferenceService"
 
 
 def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
-    """Register the service as its generated code does, except that ModelInfer and
-    ModelStreamInfer take their requests through ``codec.receive_infer``: raw tensors
-    stay views of the bytes gRPC received instead of being copied twice by protobuf."""
+    """Register the service as its generated code does, except for ModelInfer and
+    ModelStreamInfer: they take their requests through ``codec.receive_infer`` (raw
+    tensors stay views of the bytes gRPC received) and answer with bytes the codec
+    serialized (raw output tensors are not copied through a protobuf message)."""
     captured = _CapturedHandlers()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, captured)
     handlers = dict(captured.handlers)
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
         servicer.ModelInfer,
         request_deserializer=codec.receive_infer,
-        response_serializer=pb.ModelInferResponse.SerializeToString,
+        response_serializer=None,  # serialized by the codec
     )
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
         servicer.ModelStreamInfer,
         request_deserializer=codec.receive_infer,
-        response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+        response_serializer=None,
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)

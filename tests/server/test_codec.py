@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from warpserve.protos import grpc_service_pb2 as pb
-from warpserve.server import codec
+from warpserve.server import codec, dtypes
 from warpserve.server.errors import InvalidInput
 
 
@@ -121,12 +121,38 @@ def test_negative_dimension() -> None:
 def test_encode_response_raw_and_bytes() -> None:
     y = np.arange(4, dtype=np.int64).reshape(2, 2)
     s = np.array([[b"a"], [b"bc"]], dtype=np.object_)
-    resp = codec.encode_response("m", "3", "id-1", [("y", y), ("s", s)])
+    resp = pb.ModelInferResponse.FromString(
+        codec.encode_response("m", "3", "id-1", [("y", y), ("s", s)])
+    )
     assert [o.datatype for o in resp.outputs] == ["INT64", "BYTES"]
     assert list(resp.outputs[0].shape) == [2, 2]
     assert np.frombuffer(resp.raw_output_contents[0], np.int64).tolist() == [0, 1, 2, 3]
     assert codec.deserialize_bytes("s", resp.raw_output_contents[1], 2).tolist() == [b"a", b"bc"]
     assert resp.id == "id-1" and resp.model_version == "3"
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not C-contiguous
+        np.arange(300_000, dtype=np.float16).reshape(1000, 300),  # a multi-byte length
+        np.array([True, False]),
+        np.zeros((0, 3), np.int8),
+        np.array(7, np.int32),  # 0-d
+        np.array([[1.5, -2.0]], dtype=dtypes.BY_WIRE["BF16"].numpy),
+    ],
+    ids=["transposed", "large", "bool", "empty", "scalar", "bf16"],
+)
+def test_encoded_outputs_equal_protobufs_own_serialization(array: np.ndarray) -> None:
+    want = pb.ModelInferResponse(model_name="m", model_version="1", id="r")
+    want.outputs.add(name="y", datatype=dtypes.from_numpy(array.dtype).wire, shape=array.shape)
+    want.raw_output_contents.append(array.tobytes())
+    got = codec.encode_response("m", "1", "r", [("y", array)])
+    assert got == want.SerializeToString()
+    stream = pb.ModelStreamInferResponse.FromString(
+        codec.encode_stream_response("m", "1", "r", [("y", array)])
+    )
+    assert stream.infer_response == want and not stream.error_message
 
 
 def test_parameters_are_decoded() -> None:
@@ -135,10 +161,6 @@ def test_parameters_are_decoded() -> None:
     req.parameters["tag"].string_param = "a"
     decoded = codec.decode_request(codec.receive_infer(req.SerializeToString()))
     assert decoded.parameters == {"priority": 2, "tag": "a"}
-
-
-def _sent(req: pb.ModelInferRequest) -> codec.ReceivedInfer:
-    return codec.receive_infer(req.SerializeToString())
 
 
 @pytest.mark.parametrize("rows", [1, 4096])  # under and over VIEW_RAW_FROM_BYTES

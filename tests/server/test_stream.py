@@ -58,7 +58,8 @@ async def _stream(
     tmp_path: Path, requests: list[ReceivedInfer]
 ) -> dict[str, pb.ModelStreamInferResponse]:
     async with _servicer(tmp_path) as servicer:
-        answers = [a async for a in servicer.ModelStreamInfer(_requests(requests), None)]
+        sent = [a async for a in servicer.ModelStreamInfer(_requests(requests), None)]
+    answers = [pb.ModelStreamInferResponse.FromString(a) for a in sent]
     return {a.infer_response.id: a for a in answers}
 
 
@@ -113,7 +114,7 @@ def test_a_client_that_does_not_read_is_not_read_ahead_of(
         async with _servicer(tmp_path) as servicer:
             stream = servicer.ModelStreamInfer(endless(), None)
             first = await anext(stream)
-            assert not first.error_message
+            assert not pb.ModelStreamInferResponse.FromString(first).error_message
             for _ in range(50):
                 await asyncio.sleep(0.001)  # the server gets every chance to read on
             assert sent <= 4 + 1  # four read ahead, one taken
