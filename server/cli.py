@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from warpserve import __version__
+from warpserve.server.busypoll import DEFAULT_WINDOW_US
 from warpserve.server.options import ServerOptions
 
 
@@ -23,6 +24,16 @@ def _bool(value: str) -> bool:
     if value.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
+    return number
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -126,6 +137,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="the asyncio event loop under the gRPC server: uvloop (libuv; less per-request "
         "overhead) or the standard library's; auto takes uvloop when it is installed",
     )
+    p.add_argument(
+        "--busy-poll-us",
+        type=_non_negative_int,
+        default=DEFAULT_WINDOW_US,
+        metavar="US",
+        help="after each request, the event loop polls without sleeping for up to this many "
+        "microseconds (never while a model runs on a worker thread): a thread woken from "
+        "sleep runs on cold caches, which costs small models much of their latency. Uses up "
+        f"to one core while requests keep coming; 0 turns it off (default {DEFAULT_WINDOW_US})",
+    )
     p.add_argument("--log-verbose", type=int, default=0, help="0: info; 1 or more: debug logging")
     p.set_defaults(func=_serve)
 
@@ -149,6 +170,7 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         rollback_grace_secs=args.rollback_grace_secs,
         admin_token=load_token(args.admin_token_file),
         log_verbose=args.log_verbose,
+        busy_poll_us=args.busy_poll_us,
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from warpserve.server.batching.policy import BatchingPolicy
 from warpserve.server.batching.request import Outputs, QueuedRequest, signature_of
+from warpserve.server.busypoll import BusyPoller
 from warpserve.server.codec import InferRequest
 from warpserve.server.errors import (
     InvalidInput,
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, poller: BusyPoller | None = None) -> None:
         self.registry = registry
+        self._poller = poller
         self.draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -75,6 +77,8 @@ class DataPlane:
     ) -> tuple[ModelVersion, Outputs]:
         """Serve ``request``: at once where ``infer_now`` can, else through its
         version's queue."""
+        if self._poller:
+            self._poller.arm()
         mv, outputs = self.infer_now(request)
         if outputs is not None:
             return mv, outputs

@@ -28,6 +28,7 @@ from warpserve.server.batching.executor import BatchResult, Executor
 from warpserve.server.batching.loopload import LoopLoad
 from warpserve.server.batching.policy import BatchingPolicy
 from warpserve.server.batching.request import DONE, QUEUED, RUNNING, Outputs, QueuedRequest
+from warpserve.server.busypoll import BusyPoller
 from warpserve.server.errors import DeadlineExceeded, QueueFull, Unavailable
 from warpserve.server.stats import VersionStats
 
@@ -50,6 +51,7 @@ class DynamicBatcher:
         *,
         hook: Hook | None = None,
         load: LoopLoad | None = None,
+        poller: BusyPoller | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -66,7 +68,10 @@ class DynamicBatcher:
         self._hook = hook
         self._tick_pending = False
         self._queued_rows = 0
-        self._load = load or LoopLoad()
+        self._poller = poller
+        if load is None:
+            load = LoopLoad(cpu_ns=poller.busy_cpu_ns) if poller else LoopLoad()
+        self._load = load
         self._saturated = False  # at the last arrival (inline executors only)
         self._holding: asyncio.TimerHandle | None = None  # an inline batch being collected
 
@@ -308,8 +313,17 @@ class DynamicBatcher:
             self._finish(executor, batch, executor.run(batch))
             return
         loop = asyncio.get_running_loop()
+        if self._poller:
+            self._poller.thread_started()
         task = loop.run_in_executor(executor.pool, executor.run, batch)
-        task.add_done_callback(lambda fut: self._finish(executor, batch, fut.result()))
+        task.add_done_callback(lambda fut: self._thread_done(executor, batch, fut))
+
+    def _thread_done(
+        self, executor: Executor, batch: list[QueuedRequest], done: asyncio.Future[BatchResult]
+    ) -> None:
+        if self._poller:
+            self._poller.thread_finished()
+        self._finish(executor, batch, done.result())
 
     def _finish(self, executor: Executor, batch: list[QueuedRequest], result: BatchResult) -> None:
         if result.executions:

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from warpserve.server.busypoll import BusyPoller
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import WarpserveError
 from warpserve.server.grpc.health import HealthReporter
@@ -86,8 +87,9 @@ async def _load_startup_models(registry: ModelRegistry, options: ServerOptions) 
 async def start_server(options: ServerOptions) -> RunningServer:
     assert options.model_repository is not None
     repository = ModelRepository(options.model_repository)
-    registry = ModelRegistry(repository, grace_period_s=options.rollback_grace_secs)
-    dataplane = DataPlane(registry)
+    poller = BusyPoller(options.busy_poll_us)
+    registry = ModelRegistry(repository, grace_period_s=options.rollback_grace_secs, poller=poller)
+    dataplane = DataPlane(registry, poller)
     health = HealthReporter()
     server = grpc.aio.server(options=_grpc_options(options))
     add_inference_service(InferenceServicer(dataplane, registry), server)

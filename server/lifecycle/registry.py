@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.busypoll import BusyPoller
 from warpserve.server.errors import (
     FailedPrecondition,
     InvalidInput,
@@ -62,12 +63,14 @@ class ModelRegistry:
         *,
         grace_period_s: float = 300.0,
         hook: LifecycleHook | None = None,
+        poller: BusyPoller | None = None,
     ) -> None:
         self.repository = repository
         self.grace_period_s = grace_period_s
         self.models: dict[str, ServedModel] = {}
         self.events = RegistryEvents()
         self.hook = hook  # named points for tests; versions loaded later pick it up
+        self.poller = poller  # the loop's busy polling, told when batches run on threads
         self._closing = False
 
     # -- lookups -----------------------------------------------------------------------
@@ -180,7 +183,14 @@ class ModelRegistry:
             self._drop_if_empty(served)
             raise
         fresh = [
-            ModelVersion(served.name, f.version, f.path, _copy(config), hook=self.hook)
+            ModelVersion(
+                served.name,
+                f.version,
+                f.path,
+                _copy(config),
+                hook=self.hook,
+                poller=self.poller,
+            )
             for f in folders
             if not is_serving(served.versions.get(f.version))
         ]

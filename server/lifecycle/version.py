@@ -21,6 +21,7 @@ from warpserve.server.batching.batcher import DynamicBatcher, Hook
 from warpserve.server.batching.executor import Executor
 from warpserve.server.batching.policy import from_config
 from warpserve.server.batching.request import Outputs, QueuedRequest
+from warpserve.server.busypoll import BusyPoller
 from warpserve.server.errors import ModelLoadError, WarpserveError
 from warpserve.server.repository import config as cfg
 from warpserve.server.stats import VersionStats
@@ -110,6 +111,7 @@ class ModelVersion:
         config: mc.ModelConfig,
         *,
         hook: LifecycleHook | None = None,
+        poller: BusyPoller | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -121,6 +123,7 @@ class ModelVersion:
         self.validator: InputValidator | None = None
         self.batcher: DynamicBatcher | None = None
         self._hook = hook
+        self._poller = poller
         self._retiring: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -185,6 +188,7 @@ class ModelVersion:
             executors,
             self.stats,
             hook=sync_points(self._hook),
+            poller=self._poller,
         )
 
     async def _warm_up_and_verify(self) -> None:

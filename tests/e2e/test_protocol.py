@@ -3,7 +3,10 @@ tritonclient.grpc (sync) and tritonclient.grpc.aio, plus grpc.health.v1.Health."
 
 from __future__ import annotations
 
+import os
 import queue
+import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -211,6 +214,26 @@ def test_large_requests_unary_and_streamed(
         np.testing.assert_allclose(
             output_array(answers[str(i)].infer_response), reference(x * i), rtol=1e-5, atol=1e-4
         )
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_idle_server_leaves_the_cpu_alone(
+    server: ServerProcess, client: grpcclient.InferenceServerClient
+) -> None:
+    """The event loop busy-polls after requests (--busy-poll-us, 1 ms by default), then
+    sleeps: a server nobody calls takes no CPU."""
+    for _ in range(50):
+        assert_affine(client.infer(AFFINE, [fp32_input(rows(1, seed=1))]), rows(1, seed=1))
+    time.sleep(0.2)
+    before = _cpu_seconds(server.process.pid)
+    time.sleep(1.0)
+    assert _cpu_seconds(server.process.pid) - before < 0.1
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of every thread of process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_requested_outputs_subset(client: grpcclient.InferenceServerClient, run_aio: Any) -> None:

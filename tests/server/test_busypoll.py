@@ -1,0 +1,121 @@
+"""BusyPoller: the loop polls for a bounded window after activity, never beside a
+worker thread, and its idle polling is not counted as load."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from tests.server.batching.test_batcher import POLICY, FakeModel, request, until
+from warpserve.server.batching.batcher import DynamicBatcher
+from warpserve.server.batching.executor import Executor
+from warpserve.server.busypoll import BusyPoller
+from warpserve.server.stats import VersionStats
+
+
+async def _idle_for(seconds: float) -> None:
+    """Let the loop run for ``seconds`` with nothing of its own to do."""
+    await asyncio.sleep(seconds)
+
+
+def test_polls_for_the_window_after_activity_and_then_sleeps() -> None:
+    async def main() -> None:
+        poller = BusyPoller(window_us=200_000)
+        poller.arm()
+        assert poller.spinning
+        cpu0 = time.thread_time()
+        await _idle_for(0.020)
+        assert poller.spinning, "still inside the 200 ms window"
+        await _idle_for(0.400)
+        assert not poller.spinning, "the window has passed: the loop sleeps again"
+        polled = time.thread_time() - cpu0
+        assert polled > 0.050  # it really kept the CPU, for about the window
+        cpu1 = time.thread_time()
+        await _idle_for(0.100)
+        assert time.thread_time() - cpu1 < 0.020  # and after the window it does not
+
+    asyncio.run(main())
+
+
+def test_each_arm_extends_the_window() -> None:
+    async def main() -> None:
+        poller = BusyPoller(window_us=150_000)
+        poller.arm()
+        for _ in range(4):
+            await _idle_for(0.050)
+            assert poller.spinning  # 200 ms after the first arm, but 50 ms after the last
+            poller.arm()
+        await _idle_for(0.400)
+        assert not poller.spinning
+
+    asyncio.run(main())
+
+
+def test_zero_window_never_polls() -> None:
+    async def main() -> None:
+        poller = BusyPoller(window_us=0)
+        poller.arm()
+        assert not poller.spinning
+        cpu0 = time.thread_time()
+        await _idle_for(0.100)
+        assert time.thread_time() - cpu0 < 0.020
+
+    asyncio.run(main())
+
+
+def test_a_negative_window_is_refused() -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        BusyPoller(window_us=-1)
+
+
+def test_no_polling_while_a_worker_thread_runs_a_batch() -> None:
+    async def main() -> None:
+        poller = BusyPoller(window_us=100_000)
+        poller.arm()
+        poller.thread_started()
+        await _idle_for(0.010)
+        assert not poller.spinning, "a busy worker thread stops it"
+        poller.arm()  # a request arriving meanwhile does not start it either
+        assert not poller.spinning
+        poller.thread_finished()  # the batch is done: poll for the next request
+        assert poller.spinning
+        await _idle_for(0.300)
+        assert not poller.spinning
+
+    asyncio.run(main())
+
+
+def test_idle_polling_is_not_counted_as_busy_cpu() -> None:
+    async def main() -> None:
+        poller = BusyPoller(window_us=100_000)
+        busy0, cpu0 = poller.busy_cpu_ns(), time.thread_time_ns()
+        poller.arm()
+        await _idle_for(0.150)
+        cpu = time.thread_time_ns() - cpu0
+        busy = poller.busy_cpu_ns() - busy0
+        assert cpu > 10_000_000  # the loop polled on the CPU ...
+        assert busy < cpu / 3  # ... and most of that time counts as idle
+
+    asyncio.run(main())
+
+
+def test_the_batcher_reports_its_worker_thread_batches() -> None:
+    async def main() -> None:
+        poller = BusyPoller(window_us=100_000)
+        gate = threading.Event()
+        model = FakeModel(gate)
+        executor = Executor(model, batched=True, label="0")
+        batcher = DynamicBatcher("fake", POLICY, [executor], VersionStats(), poller=poller)
+        queued = request()
+        batcher.submit(queued)
+        await until(lambda: model.running == 1)
+        assert poller.threads_busy == 1 and not poller.spinning  # no polling beside it
+        gate.set()
+        await queued.future
+        assert poller.threads_busy == 0
+        assert poller.spinning  # the batch finished: polling for the next request
+
+    asyncio.run(asyncio.wait_for(main(), 20))
