@@ -45,6 +45,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 READY_TIMEOUT_S = 120.0
 FRAUD_MODEL = "fraud_scorer"
 RESNET_MODEL = "resnet18"
+NO_POLL = "no-busy-poll"  # warpserve with --busy-poll-us 0: the loop sleeps when idle
 
 
 # ------------------------------------------------------------------ processes
@@ -121,7 +122,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def serve_warpserve(
-    repo: Path, log_dir: Path, model: str
+    repo: Path, log_dir: Path, model: str, *flags: str, name: str = "warpserve"
 ) -> contextlib.AbstractContextManager[str]:
     port = free_port()
     command = [
@@ -135,8 +136,9 @@ def serve_warpserve(
         "0",
         "--metrics-port",
         "0",
+        *flags,
     ]
-    return running(command, port, "warpserve", log_dir, model)
+    return running(command, port, name, log_dir, model)
 
 
 def serve_ceiling(
@@ -214,7 +216,8 @@ def bench_fraud(
     duration, warmup = durations
     # The uvloop ceiling only where uvloop is installed (warpserve then runs on it too).
     with_uvloop = importlib.util.find_spec("uvloop") is not None
-    names = ("ceiling", "ceiling-uvloop", "warpserve") if with_uvloop else ("ceiling", "warpserve")
+    ceilings = ["ceiling", "ceiling-uvloop"] if with_uvloop else ["ceiling"]
+    names = (*ceilings, "warpserve", NO_POLL)
     results: dict[tuple[str, int], list[BenchResult]] = {
         (name, level): [] for name in names for level in levels
     }
@@ -222,6 +225,9 @@ def bench_fraud(
         url = stack.enter_context(serve_warpserve(repo, log_dir, FRAUD_MODEL))
         urls = {
             "warpserve": url,
+            NO_POLL: stack.enter_context(
+                serve_warpserve(repo, log_dir, FRAUD_MODEL, "--busy-poll-us", "0", name=NO_POLL)
+            ),
             "ceiling": stack.enter_context(serve_ceiling(url, log_dir, FRAUD_MODEL)),
         }
         if with_uvloop:
@@ -244,16 +250,20 @@ def bench_fraud(
         "p99_ms_at_highest_load": max(r.p99_ms for r in results["warpserve", high]),
         "highest_load_concurrency": high,
     }
-    for ceiling, suffix in (("ceiling", ""), ("ceiling-uvloop", "_vs_uvloop_ceiling")):
+    for ours, ceiling, suffix in (
+        ("warpserve", "ceiling", ""),
+        ("warpserve", "ceiling-uvloop", "_vs_uvloop_ceiling"),
+        (NO_POLL, "ceiling", "_without_busy_poll"),
+    ):
         if ceiling not in names:
             continue
         throughput = [
             _ratio(o.throughput_rps, c.throughput_rps)
-            for o, c in zip(results["warpserve", high], results[ceiling, high], strict=True)
+            for o, c in zip(results[ours, high], results[ceiling, high], strict=True)
         ]
         latency = [
             _ratio(o.p50_ms, c.p50_ms)
-            for o, c in zip(results["warpserve", low], results[ceiling, low], strict=True)
+            for o, c in zip(results[ours, low], results[ceiling, low], strict=True)
         ]
         report[f"throughput_ratio_at_{high}{suffix}"] = _median(throughput)
         report[f"throughput_ratios_at_{high}{suffix}_per_round"] = throughput
