@@ -43,6 +43,10 @@ _RAW_INPUT_TAG = (7 << 3) | 2
 # Below this size protobuf's two copies of the raw tensors cost less than finding them
 # in the wire bytes with Python.
 VIEW_RAW_FROM_BYTES = 16 * 1024
+# A request has a handful of top-level fields (one per tensor or parameter); past this
+# many the scan stops and protobuf's C parser takes the message, so that no request can
+# keep the event loop in a Python loop for long.
+MAX_SCANNED_FIELDS = 1024
 
 
 class ReceivedInfer(NamedTuple):
@@ -54,10 +58,6 @@ class ReceivedInfer(NamedTuple):
     message: pb.ModelInferRequest
     raw: Sequence[memoryview] | None = None
     error: str = ""
-
-    @property
-    def raw_input_contents(self) -> Sequence[Any]:
-        return self.message.raw_input_contents if self.raw is None else self.raw
 
 
 def receive_infer(data: bytes) -> ReceivedInfer:
@@ -92,7 +92,9 @@ def _split_raw_inputs(data: bytes) -> tuple[bytes, list[memoryview]] | None:
     kept_from = pos = 0
     end = len(data)
     try:
-        while pos < end:
+        for _ in range(MAX_SCANNED_FIELDS):
+            if pos >= end:
+                break
             field_start = pos
             tag, pos = _varint(data, pos)
             wire_type = tag & 7
@@ -113,6 +115,8 @@ def _split_raw_inputs(data: bytes) -> tuple[bytes, list[memoryview]] | None:
                 pos += 4
             else:
                 return None  # groups; protobuf decides
+        else:
+            return None  # more fields than a request has: protobuf parses it
     except IndexError:
         return None  # a varint runs past the end
     if pos != end:

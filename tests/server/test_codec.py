@@ -215,6 +215,22 @@ def test_received_fields_in_any_order_and_unknown_fields_are_kept() -> None:
     assert decoded.id == "b" and decoded.model_name == "m"
 
 
+def test_a_request_of_many_small_fields_is_left_to_protobuf() -> None:
+    # Scanning field by field in Python is bounded: a large message made of tiny fields
+    # goes to protobuf's C parser whole, and still decodes.
+    x = np.ones((1, 4), np.float32)
+    req = raw_request({"x": x})
+    for i in range(codec.MAX_SCANNED_FIELDS + 10):
+        req.parameters[f"parameter-{i}"].int64_param = i
+    data = req.SerializeToString()
+    assert len(data) >= codec.VIEW_RAW_FROM_BYTES
+    received = codec.receive_infer(data)
+    assert received.raw is None and not received.error
+    decoded = codec.decode_request(received)
+    np.testing.assert_array_equal(decoded.inputs["x"], x)
+    assert decoded.parameters["parameter-1033"] == 1033
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:
