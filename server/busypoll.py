@@ -50,8 +50,7 @@ class BusyPoller:
         self._until = now + self.window_ns
         if self.spinning or self.threads_busy:
             return
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self.spinning = True
         self._last = now
         self._loop.call_soon(self._spin)
