@@ -12,8 +12,9 @@ finishes on a worker thread the loop polls without sleeping (a callback that sch
 itself, which makes the loop poll its sockets with a zero timeout) for up to the
 configured window, and then sleeps as before. It never spins while a model runs on a
 worker thread, whose core it would take: only the loop's own idle time goes into
-polling. The cost is up to one core while requests keep arriving within the window;
-``--busy-poll-us 0`` turns it off.
+polling. The cost is up to one core while requests keep arriving within the window, so
+it is on by default only where the process may use two cores or more (its affinity and
+cgroup quota, see ``cpus``); ``--busy-poll-us 0`` turns it off.
 
 The time spent polling with nothing to do is counted (``idle_ns``), so that what
 measures the loop's utilisation (``LoopLoad``) can leave it out: a polling loop is on
@@ -25,9 +26,19 @@ from __future__ import annotations
 import asyncio
 import time
 
+from warpserve.server.cpus import usable_cores
+
 DEFAULT_WINDOW_US = 1000
+# Polling takes a core; below this many the loop would take it from the model's threads
+# and gRPC's own, or (under a cgroup quota) get the process throttled.
+MIN_CORES = 2
 # A pass through the loop that took less than this did nothing but poll.
 IDLE_PASS_NS = 20_000
+
+
+def default_window_us() -> int:
+    """DEFAULT_WINDOW_US where the process may use MIN_CORES or more cores, else 0."""
+    return DEFAULT_WINDOW_US if usable_cores() >= MIN_CORES else 0
 
 
 class BusyPoller:

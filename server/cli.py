@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from warpserve import __version__
-from warpserve.server.busypoll import DEFAULT_WINDOW_US
+from warpserve.server.busypoll import DEFAULT_WINDOW_US, MIN_CORES
 from warpserve.server.options import ServerOptions
 
 
@@ -140,12 +140,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--busy-poll-us",
         type=_non_negative_int,
-        default=DEFAULT_WINDOW_US,
+        default=None,
         metavar="US",
         help="after each request, the event loop polls without sleeping for up to this many "
         "microseconds (never while a model runs on a worker thread): a thread woken from "
         "sleep runs on cold caches, which costs small models much of their latency. Uses up "
-        f"to one core while requests keep coming; 0 turns it off (default {DEFAULT_WINDOW_US})",
+        "to one core while requests keep coming; 0 turns it off. Default: "
+        f"{DEFAULT_WINDOW_US} where the process may use {MIN_CORES} cores or more (CPU "
+        "affinity and cgroup quota), else 0",
     )
     p.add_argument("--log-verbose", type=int, default=0, help="0: info; 1 or more: debug logging")
     p.set_defaults(func=_serve)

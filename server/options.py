@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from warpserve.server.busypoll import DEFAULT_WINDOW_US
-
 
 @dataclass
 class ServerOptions:
@@ -25,4 +23,4 @@ class ServerOptions:
     rollback_grace_secs: float = 300.0
     admin_token: str | None = None
     log_verbose: int = 0
-    busy_poll_us: int = DEFAULT_WINDOW_US  # 0: the event loop sleeps whenever it is idle
+    busy_poll_us: int | None = None  # None: busypoll.default_window_us(); 0: off

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.cpus import usable_cores
 from warpserve.server.errors import InvalidInput, ModelLoadError
 from warpserve.server.repository import config as cfg
 
@@ -31,7 +31,7 @@ def _providers(config: mc.ModelConfig) -> list[str]:
 
 def session_options(config: mc.ModelConfig, instances: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     # Instances run concurrently, so they share the cores rather than each taking all.
     options.intra_op_num_threads = _param(
         config, "intra_op_thread_count", max(1, cores // max(instances, 1))

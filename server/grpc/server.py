@@ -12,7 +12,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from warpserve.server.busypoll import BusyPoller
+from warpserve.server.busypoll import BusyPoller, default_window_us
+from warpserve.server.cpus import usable_cores
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import WarpserveError
 from warpserve.server.grpc.health import HealthReporter
@@ -87,7 +88,15 @@ async def _load_startup_models(registry: ModelRegistry, options: ServerOptions) 
 async def start_server(options: ServerOptions) -> RunningServer:
     assert options.model_repository is not None
     repository = ModelRepository(options.model_repository)
-    poller = BusyPoller(options.busy_poll_us)
+    window_us = options.busy_poll_us
+    if window_us is None:
+        window_us = default_window_us()
+    poller = BusyPoller(window_us)
+    log.info(
+        "busy polling: %s (--busy-poll-us; %d usable cores)",
+        f"up to {window_us} us after each request" if window_us else "off",
+        usable_cores(),
+    )
     registry = ModelRegistry(repository, grace_period_s=options.rollback_grace_secs, poller=poller)
     dataplane = DataPlane(registry, poller)
     health = HealthReporter()

@@ -10,9 +10,10 @@ import time
 import pytest
 
 from tests.server.batching.test_batcher import POLICY, FakeModel, request, until
+from warpserve.server import busypoll
 from warpserve.server.batching.batcher import DynamicBatcher
 from warpserve.server.batching.executor import Executor
-from warpserve.server.busypoll import BusyPoller
+from warpserve.server.busypoll import DEFAULT_WINDOW_US, BusyPoller
 from warpserve.server.stats import VersionStats
 
 
@@ -119,3 +120,11 @@ def test_the_batcher_reports_its_worker_thread_batches() -> None:
         assert poller.spinning  # the batch finished: polling for the next request
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+@pytest.mark.parametrize(("cores", "window"), [(1, 0), (2, DEFAULT_WINDOW_US), (64, 1000)])
+def test_default_window_polls_only_with_a_core_to_spare(
+    monkeypatch: pytest.MonkeyPatch, cores: int, window: int
+) -> None:
+    monkeypatch.setattr(busypoll, "usable_cores", lambda: cores)
+    assert busypoll.default_window_us() == window

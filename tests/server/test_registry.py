@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 import threading
 import uuid
 from collections import Counter
@@ -24,6 +23,7 @@ import pytest
 
 from tests.models import affine_model, affine_reference, write_affine, write_golden
 from warpserve.server.codec import InferRequest
+from warpserve.server.cpus import usable_cores
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import (
     FailedPrecondition,
@@ -573,7 +573,7 @@ def test_default_instances_on_worker_threads_split_the_cores(tmp_path: Path) -> 
         await registry.load(MODEL)
         batcher = registry.resolve(MODEL).batcher
         assert batcher is not None and len(batcher.executors) == 2
-        threads = max(1, (os.cpu_count() or 1) // 2)
+        threads = max(1, usable_cores() // 2)
         for executor in batcher.executors:
             assert not executor.inline
             assert executor.instance.session.get_session_options().intra_op_num_threads == threads
