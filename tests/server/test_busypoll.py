@@ -4,8 +4,10 @@ worker thread, and its idle polling is not counted as load."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -17,54 +19,58 @@ from warpserve.server.busypoll import DEFAULT_WINDOW_US, BusyPoller
 from warpserve.server.stats import VersionStats
 
 
+def on_a_loop(test: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+    """Run the async test on a fresh event loop, bounded to 20 s."""
+
+    @functools.wraps(test)
+    def run() -> None:
+        asyncio.run(asyncio.wait_for(test(), 20))
+
+    return run
+
+
 async def _idle_for(seconds: float) -> None:
     """Let the loop run for ``seconds`` with nothing of its own to do."""
     await asyncio.sleep(seconds)
 
 
-def test_polls_for_the_window_after_activity_and_then_sleeps() -> None:
-    async def main() -> None:
-        poller = BusyPoller(window_us=200_000)
+@on_a_loop
+async def test_polls_for_the_window_after_activity_and_then_sleeps() -> None:
+    poller = BusyPoller(window_us=200_000)
+    poller.arm()
+    assert poller.spinning
+    cpu0 = time.thread_time()
+    await _idle_for(0.020)
+    assert poller.spinning, "still inside the 200 ms window"
+    await _idle_for(0.400)
+    assert not poller.spinning, "the window has passed: the loop sleeps again"
+    polled = time.thread_time() - cpu0
+    assert polled > 0.050  # it really kept the CPU, for about the window
+    cpu1 = time.thread_time()
+    await _idle_for(0.100)
+    assert time.thread_time() - cpu1 < 0.020  # and after the window it does not
+
+
+@on_a_loop
+async def test_each_arm_extends_the_window() -> None:
+    poller = BusyPoller(window_us=150_000)
+    poller.arm()
+    for _ in range(4):
+        await _idle_for(0.050)
+        assert poller.spinning  # 200 ms after the first arm, but 50 ms after the last
         poller.arm()
-        assert poller.spinning
-        cpu0 = time.thread_time()
-        await _idle_for(0.020)
-        assert poller.spinning, "still inside the 200 ms window"
-        await _idle_for(0.400)
-        assert not poller.spinning, "the window has passed: the loop sleeps again"
-        polled = time.thread_time() - cpu0
-        assert polled > 0.050  # it really kept the CPU, for about the window
-        cpu1 = time.thread_time()
-        await _idle_for(0.100)
-        assert time.thread_time() - cpu1 < 0.020  # and after the window it does not
-
-    asyncio.run(main())
+    await _idle_for(0.400)
+    assert not poller.spinning
 
 
-def test_each_arm_extends_the_window() -> None:
-    async def main() -> None:
-        poller = BusyPoller(window_us=150_000)
-        poller.arm()
-        for _ in range(4):
-            await _idle_for(0.050)
-            assert poller.spinning  # 200 ms after the first arm, but 50 ms after the last
-            poller.arm()
-        await _idle_for(0.400)
-        assert not poller.spinning
-
-    asyncio.run(main())
-
-
-def test_zero_window_never_polls() -> None:
-    async def main() -> None:
-        poller = BusyPoller(window_us=0)
-        poller.arm()
-        assert not poller.spinning
-        cpu0 = time.thread_time()
-        await _idle_for(0.100)
-        assert time.thread_time() - cpu0 < 0.020
-
-    asyncio.run(main())
+@on_a_loop
+async def test_zero_window_never_polls() -> None:
+    poller = BusyPoller(window_us=0)
+    poller.arm()
+    assert not poller.spinning
+    cpu0 = time.thread_time()
+    await _idle_for(0.100)
+    assert time.thread_time() - cpu0 < 0.020
 
 
 def test_a_negative_window_is_refused() -> None:
@@ -72,54 +78,48 @@ def test_a_negative_window_is_refused() -> None:
         BusyPoller(window_us=-1)
 
 
-def test_no_polling_while_a_worker_thread_runs_a_batch() -> None:
-    async def main() -> None:
-        poller = BusyPoller(window_us=100_000)
-        poller.arm()
-        poller.thread_started()
-        await _idle_for(0.010)
-        assert not poller.spinning, "a busy worker thread stops it"
-        poller.arm()  # a request arriving meanwhile does not start it either
-        assert not poller.spinning
-        poller.thread_finished()  # the batch is done: poll for the next request
-        assert poller.spinning
-        await _idle_for(0.300)
-        assert not poller.spinning
-
-    asyncio.run(main())
+@on_a_loop
+async def test_no_polling_while_a_worker_thread_runs_a_batch() -> None:
+    poller = BusyPoller(window_us=100_000)
+    poller.arm()
+    poller.thread_started()
+    await _idle_for(0.010)
+    assert not poller.spinning, "a busy worker thread stops it"
+    poller.arm()  # a request arriving meanwhile does not start it either
+    assert not poller.spinning
+    poller.thread_finished()  # the batch is done: poll for the next request
+    assert poller.spinning
+    await _idle_for(0.300)
+    assert not poller.spinning
 
 
-def test_idle_polling_is_not_counted_as_busy_cpu() -> None:
-    async def main() -> None:
-        poller = BusyPoller(window_us=100_000)
-        busy0, cpu0 = poller.busy_cpu_ns(), time.thread_time_ns()
-        poller.arm()
-        await _idle_for(0.150)
-        cpu = time.thread_time_ns() - cpu0
-        busy = poller.busy_cpu_ns() - busy0
-        assert cpu > 10_000_000  # the loop polled on the CPU ...
-        assert busy < cpu / 3  # ... and most of that time counts as idle
-
-    asyncio.run(main())
+@on_a_loop
+async def test_idle_polling_is_not_counted_as_busy_cpu() -> None:
+    poller = BusyPoller(window_us=100_000)
+    busy0, cpu0 = poller.busy_cpu_ns(), time.thread_time_ns()
+    poller.arm()
+    await _idle_for(0.150)
+    cpu = time.thread_time_ns() - cpu0
+    busy = poller.busy_cpu_ns() - busy0
+    assert cpu > 10_000_000  # the loop polled on the CPU ...
+    assert busy < cpu / 3  # ... and most of that time counts as idle
 
 
-def test_the_batcher_reports_its_worker_thread_batches() -> None:
-    async def main() -> None:
-        poller = BusyPoller(window_us=100_000)
-        gate = threading.Event()
-        model = FakeModel(gate)
-        executor = Executor(model, batched=True, label="0")
-        batcher = DynamicBatcher("fake", POLICY, [executor], VersionStats(), poller=poller)
-        queued = request()
-        batcher.submit(queued)
-        await until(lambda: model.running == 1)
-        assert poller.threads_busy == 1 and not poller.spinning  # no polling beside it
-        gate.set()
-        await queued.future
-        assert poller.threads_busy == 0
-        assert poller.spinning  # the batch finished: polling for the next request
-
-    asyncio.run(asyncio.wait_for(main(), 20))
+@on_a_loop
+async def test_the_batcher_reports_its_worker_thread_batches() -> None:
+    poller = BusyPoller(window_us=100_000)
+    gate = threading.Event()
+    model = FakeModel(gate)
+    executor = Executor(model, batched=True, label="0")
+    batcher = DynamicBatcher("fake", POLICY, [executor], VersionStats(), poller=poller)
+    queued = request()
+    batcher.submit(queued)
+    await until(lambda: model.running == 1)
+    assert poller.threads_busy == 1 and not poller.spinning  # no polling beside it
+    gate.set()
+    await queued.future
+    assert poller.threads_busy == 0
+    assert poller.spinning  # the batch finished: polling for the next request
 
 
 @pytest.mark.parametrize(("cores", "window"), [(1, 0), (2, DEFAULT_WINDOW_US), (64, 1000)])
