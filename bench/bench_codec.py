@@ -24,7 +24,7 @@ import argparse
 import json
 import platform
 import statistics
-import time
+import timeit
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,20 +44,10 @@ SIZES = {
 
 def _time_per_call(fn: Callable[[], object], budget_s: float) -> float:
     """Seconds per call: the best of five timed loops, each about budget_s / 5 long."""
-    fn()
-    start = time.perf_counter()
-    calls = 0
-    while calls < 3 or time.perf_counter() - start < budget_s / 20:
-        fn()
-        calls += 1
-    per_loop = max(1, int(calls * 4))  # about budget_s / 5 each
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(per_loop):
-            fn()
-        best = min(best, (time.perf_counter() - start) / per_loop)
-    return best
+    timer = timeit.Timer(fn)
+    calls, elapsed = timer.autorange()  # enough calls for at least 0.2 s
+    per_loop = max(1, round(calls * budget_s / 5 / elapsed))
+    return min(timer.repeat(5, per_loop)) / per_loop
 
 
 def _request_bytes(x: np.ndarray) -> bytes:
