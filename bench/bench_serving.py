@@ -6,7 +6,8 @@
    and our p99 at the highest load.
 2. ResNet-18 at 224x224, 8 concurrent batch-1 requests: warpserve images/s against ONNX
    Runtime run in-process at its best batch size among 1, 2, 4, 8, measured just before
-   each configuration.
+   each configuration. The default configuration is measured twice: with the images in
+   the requests, and with them in system shared memory (``--shared-memory system``).
 
 Prints a table and writes bench/results/serving.json. Timings are reported, never asserted.
 
@@ -286,8 +287,19 @@ def _measure(
     warmup: float,
     batch_size: int,
     label: str,
+    shared_memory: str = "none",
 ) -> BenchResult:
-    result = asyncio.run(measure(url, model, concurrency, duration, batch_size, warmup_s=warmup))
+    result = asyncio.run(
+        measure(
+            url,
+            model,
+            concurrency,
+            duration,
+            batch_size,
+            warmup_s=warmup,
+            shared_memory=shared_memory,
+        )
+    )
     print(f"{label:>10} {format_row(result)}", flush=True)
     return result
 
@@ -302,11 +314,14 @@ def bench_resnet(
     model_path = write_resnet18(repo) / "1" / "model.onnx"
     one = ("kind: KIND_CPU", "count: 1 kind: KIND_CPU")
     fill = ("dynamic_batching { }", FILL)
-    configs = {
+    repos = {
         "default": repo,
         "one instance": _variant_repo(repo, work / "resnet-repo-one", one),
         "one, wait-for-8": _variant_repo(repo, work / "resnet-repo-fill", one, fill),
     }
+    # name: (repository, how the load generator passes the images)
+    configs = {name: (name, "none") for name in repos}
+    configs["default, shm"] = ("default", "system")
     session = _in_process_session(model_path)
     ours: dict[str, list[BenchResult]] = {name: [] for name in configs}
     beside: dict[str, list[float]] = {name: [] for name in configs}
@@ -314,8 +329,10 @@ def bench_resnet(
     rng = np.random.default_rng(0)
     with contextlib.ExitStack() as stack:
         urls = {
-            name: stack.enter_context(serve_warpserve(config_repo, log_dir, RESNET_MODEL))
-            for name, config_repo in configs.items()
+            name: stack.enter_context(
+                serve_warpserve(config_repo, log_dir, RESNET_MODEL, "--allow-client-shm")
+            )
+            for name, config_repo in repos.items()
         }
         # Each round sweeps the in-process batch sizes, then measures every configuration
         # right after a run of the in-process ceiling at that round's best batch size.
@@ -327,10 +344,12 @@ def bench_resnet(
             ceilings.append(sweep)
             best_now = max(sweep, key=lambda b: sweep[b])
             feed = {"INPUT": rng.standard_normal((best_now, 3, 224, 224)).astype(np.float32)}
-            for name, url in urls.items():
+            for name, (served, shm) in configs.items():
                 runs, elapsed = _run_for(session, feed, duration / 2)
                 beside[name].append(runs * best_now / elapsed)
-                ours[name].append(_measure(url, RESNET_MODEL, 8, duration, warmup, 1, name))
+                ours[name].append(
+                    _measure(urls[served], RESNET_MODEL, 8, duration, warmup, 1, name, shm)
+                )
     # The best batch size is the one with the highest median over the rounds.
     best = max((1, 2, 4, 8), key=lambda b: statistics.median(c[b] for c in ceilings))
     report: dict[str, Any] = {

@@ -149,6 +149,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         f"{DEFAULT_WINDOW_US} where the process may use {MIN_CORES} cores or more (CPU "
         "affinity and cgroup quota), else 0",
     )
+    p.add_argument(
+        "--allow-client-shm",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="let clients register system shared memory regions (objects under /dev/shm) "
+        "and pass tensors through them instead of the request, as with Triton's flag of "
+        "this name: for clients on this host, saves copying large tensors through gRPC. Any "
+        "client that reaches the gRPC port can then read and write shared memory objects "
+        "this server's user can open, so it is off by default",
+    )
     p.add_argument("--log-verbose", type=int, default=0, help="0: info; 1 or more: debug logging")
     p.set_defaults(func=_serve)
 
@@ -173,6 +186,7 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         admin_token=load_token(args.admin_token_file),
         log_verbose=args.log_verbose,
         busy_poll_us=args.busy_poll_us,
+        allow_client_shm=args.allow_client_shm,
     )
 
 

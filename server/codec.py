@@ -21,7 +21,8 @@ from google.protobuf.message import DecodeError
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.server import dtypes
-from warpserve.server.errors import InvalidInput
+from warpserve.server.errors import InvalidInput, PermissionDenied
+from warpserve.server.shm import DISABLED_MESSAGE, OutputTarget, SharedMemoryRegions
 
 _LEN = struct.Struct("<I")
 
@@ -36,6 +37,8 @@ class InferRequest:
     inputs: dict[str, np.ndarray]
     outputs: list[str] = field(default_factory=list)  # empty: every output
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Requested outputs the client wants written into its shared memory.
+    output_targets: dict[str, OutputTarget] = field(default_factory=dict)
 
 
 # ModelInferRequest.raw_input_contents: field 7, wire type 2 (length-delimited).
@@ -232,20 +235,74 @@ def _check_contents_unused(name: str, contents: pb.InferTensorContents) -> None:
         )
 
 
+# Tensor parameters of the shared-memory extension.
+SHM_REGION = "shared_memory_region"
+SHM_OFFSET = "shared_memory_offset"
+SHM_BYTE_SIZE = "shared_memory_byte_size"
+
+
+def _shm_location(
+    tensor: str, params: Mapping[str, pb.InferParameter]
+) -> tuple[str, int, int] | None:
+    """(region, offset, byte_size) when the tensor's parameters place it in shared
+    memory, None when they do not."""
+    if SHM_REGION not in params:
+        if SHM_BYTE_SIZE in params or SHM_OFFSET in params:
+            raise InvalidInput(
+                f"tensor '{tensor}' sets a shared memory offset or byte size but no "
+                f"'{SHM_REGION}'; name the region too"
+            )
+        return None
+    region = params[SHM_REGION]
+    if region.WhichOneof("parameter_choice") != "string_param" or not region.string_param:
+        raise InvalidInput(f"tensor '{tensor}': '{SHM_REGION}' must be a region name string")
+    if SHM_BYTE_SIZE not in params:
+        raise InvalidInput(
+            f"tensor '{tensor}' names shared memory region '{region.string_param}' but no "
+            f"'{SHM_BYTE_SIZE}'; give both"
+        )
+    offset = _shm_int(tensor, params[SHM_OFFSET], SHM_OFFSET) if SHM_OFFSET in params else 0
+    return region.string_param, offset, _shm_int(tensor, params[SHM_BYTE_SIZE], SHM_BYTE_SIZE)
+
+
+def _shm_int(tensor: str, param: pb.InferParameter, key: str) -> int:
+    value = parameter_value(param)
+    if param.WhichOneof("parameter_choice") not in ("int64_param", "uint64_param") or value < 0:
+        raise InvalidInput(f"tensor '{tensor}': '{key}' must be an integer >= 0")
+    return int(value)
+
+
+def _regions(shm: SharedMemoryRegions | None) -> SharedMemoryRegions:
+    if shm is None:
+        raise PermissionDenied(DISABLED_MESSAGE)
+    return shm
+
+
 def decode_inputs(
-    request: pb.ModelInferRequest, raw: Sequence[Any] | None = None
+    request: pb.ModelInferRequest,
+    raw: Sequence[Any] | None = None,
+    shm: SharedMemoryRegions | None = None,
 ) -> dict[str, np.ndarray]:
-    """The request's input tensors; ``raw`` stands for its raw_input_contents when given."""
+    """The request's input tensors; ``raw`` stands for its raw_input_contents when given.
+    Inputs placed in shared memory are views of ``shm``'s regions; raw entries belong,
+    in order, to the other inputs (as in Triton)."""
     if raw is None:
         raw = request.raw_input_contents
     tensors = request.inputs
-    if raw and len(raw) != len(tensors):
+    locations = [
+        _shm_location(tensor.name, tensor.parameters) if tensor.parameters else None
+        for tensor in tensors
+    ]
+    in_request = len(tensors) - sum(location is not None for location in locations)
+    if raw and len(raw) != in_request:
+        which = "inputs" if in_request == len(tensors) else "inputs outside shared memory"
         raise InvalidInput(
-            f"request has {len(tensors)} inputs but {len(raw)} "
-            "raw_input_contents entries; send one raw entry per input, in order"
+            f"request has {in_request} {which} but {len(raw)} raw_input_contents entries; "
+            f"send one raw entry per input, in order (none for inputs in shared memory)"
         )
     inputs: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(tensors):
+    next_raw = 0
+    for tensor, location in zip(tensors, locations, strict=True):
         name = tensor.name
         if name in inputs:
             raise InvalidInput(f"input '{name}' appears more than once; send it once")
@@ -256,26 +313,56 @@ def decode_inputs(
                 f"of {', '.join(dtypes.BY_WIRE)}"
             )
         shape = tuple(tensor.shape)
-        if raw:
+        if location is not None:
+            if tensor.HasField("contents") and tensor.contents.ListFields():
+                raise InvalidInput(
+                    f"input '{name}' is in shared memory and also sets typed contents; "
+                    "use one or the other"
+                )
+            region, offset, byte_size = location
+            data = _regions(shm).region(name, region).read(name, offset, byte_size)
+            inputs[name] = _from_raw(name, dt, shape, data)
+        elif raw:
             if tensor.HasField("contents"):
                 _check_contents_unused(name, tensor.contents)
-            inputs[name] = _from_raw(name, dt, shape, raw[i])
+            inputs[name] = _from_raw(name, dt, shape, raw[next_raw])
+            next_raw += 1
         else:
             inputs[name] = _from_contents(name, dt, shape, tensor.contents)
     return inputs
 
 
-def decode_request(received: ReceivedInfer) -> InferRequest:
+def _output_targets(
+    request: pb.ModelInferRequest, shm: SharedMemoryRegions | None
+) -> dict[str, OutputTarget]:
+    targets: dict[str, OutputTarget] = {}
+    for output in request.outputs:
+        location = _shm_location(output.name, output.parameters) if output.parameters else None
+        if location is not None:
+            region, offset, byte_size = location
+            targets[output.name] = (
+                _regions(shm).region(output.name, region).target(output.name, offset, byte_size)
+            )
+    return targets
+
+
+def decode_request(received: ReceivedInfer, shm: SharedMemoryRegions | None = None) -> InferRequest:
     if received.error:
         raise InvalidInput(received.error)
     request = received.message
+    outputs: list[str] = []
+    targets: dict[str, OutputTarget] = {}
+    if len(request.outputs):
+        outputs = [o.name for o in request.outputs]
+        targets = _output_targets(request, shm)
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
         id=request.id,
-        inputs=decode_inputs(request, received.raw),
-        outputs=[o.name for o in request.outputs] if len(request.outputs) else [],
+        inputs=decode_inputs(request, received.raw, shm),
+        outputs=outputs,
         parameters=_parameters(request.parameters) if request.parameters else {},
+        output_targets=targets,
     )
 
 
@@ -293,9 +380,11 @@ def encode_response(
     model_version: str,
     request_id: str,
     outputs: Iterable[tuple[str, np.ndarray]],
+    targets: Mapping[str, OutputTarget] | None = None,
 ) -> bytes:
-    """A serialized ModelInferResponse (what ModelInfer answers with)."""
-    return b"".join(_response_parts(model_name, model_version, request_id, outputs))
+    """A serialized ModelInferResponse (what ModelInfer answers with). Outputs named in
+    ``targets`` are written into the client's shared memory instead."""
+    return b"".join(_response_parts(model_name, model_version, request_id, outputs, targets))
 
 
 def encode_stream_response(
@@ -303,9 +392,10 @@ def encode_stream_response(
     model_version: str,
     request_id: str,
     outputs: Iterable[tuple[str, np.ndarray]],
+    targets: Mapping[str, OutputTarget] | None = None,
 ) -> bytes:
     """A serialized ModelStreamInferResponse carrying a successful reply."""
-    parts = _response_parts(model_name, model_version, request_id, outputs)
+    parts = _response_parts(model_name, model_version, request_id, outputs, targets)
     size = sum(len(part) for part in parts)
     return b"".join([_STREAM_REPLY_TAG, _encode_varint(size), *parts])
 
@@ -315,11 +405,13 @@ def _response_parts(
     model_version: str,
     request_id: str,
     outputs: Iterable[tuple[str, np.ndarray]],
+    targets: Mapping[str, OutputTarget] | None,
 ) -> list[bytes | memoryview]:
     """The response's bytes in pieces: protobuf serializes everything but the raw output
     tensors, which follow as raw_output_contents fields holding the arrays' own memory.
     (Appending them to the message would copy each one into it and again out of it when
-    serialized; here the only copy is the join into the reply.)"""
+    serialized; here the only copy is the join into the reply.) An output written to
+    shared memory keeps an empty raw entry, so entries still line up with outputs."""
     response = pb.ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request_id
     )
@@ -328,6 +420,11 @@ def _response_parts(
         dt = dtypes.from_numpy(array.dtype)
         response.outputs.add(name=name, datatype=dt.wire, shape=array.shape)
         data = serialize_bytes(array) if dt.wire == "BYTES" else _c_order_bytes(array)
+        target = targets.get(name) if targets else None
+        if target is not None:
+            target.write(data)
+            parts += (_RAW_OUTPUT_TAG, _ONE_BYTE_VARINTS[0])
+            continue
         parts += (_RAW_OUTPUT_TAG, _encode_varint(len(data)), data)
     parts[0] = response.SerializeToString()
     return parts

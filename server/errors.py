@@ -62,7 +62,8 @@ class Unauthenticated(WarpserveError):
 
 
 class PermissionDenied(WarpserveError):
-    """An admin call whose credentials are wrong."""
+    """An admin call whose credentials are wrong, or a feature the server was started
+    without (client shared memory)."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
 
@@ -71,3 +72,27 @@ class FailedPrecondition(WarpserveError):
     """The call is valid but the model is not in a state that allows it."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NotFound(WarpserveError):
+    """A named object other than a model (a shared memory region) does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(WarpserveError):
+    """A name is already taken (a shared memory region registered twice)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ResourceExhausted(WarpserveError):
+    """A server-wide limit is reached (registered shared memory regions)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unimplemented(WarpserveError):
+    """A protocol feature this server does not provide."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED

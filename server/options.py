@@ -24,3 +24,4 @@ class ServerOptions:
     admin_token: str | None = None
     log_verbose: int = 0
     busy_poll_us: int | None = None  # None: busypoll.default_window_us(); 0: off
+    allow_client_shm: bool = False  # clients may register system shared memory regions

@@ -12,10 +12,11 @@ from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server import codec
 from warpserve.server.dataplane import DataPlane
-from warpserve.server.errors import InvalidInput
+from warpserve.server.errors import InvalidInput, Unimplemented
 from warpserve.server.grpc import reports
 from warpserve.server.grpc.status import maps_errors, status_of
 from warpserve.server.lifecycle.registry import ModelRegistry, parse_version
+from warpserve.server.shm import SharedMemoryRegions
 
 # Requests of one ModelStreamInfer call read ahead of the answers its client has taken.
 STREAM_IN_FLIGHT = 256
@@ -23,10 +24,22 @@ STREAM_IN_FLIGHT = 256
 EXTENSIONS = ["classification", "model_repository", "statistics", "model_configuration"]
 
 
+NO_CUDA_SHM = (
+    "CUDA shared memory is not supported by this server; register system shared memory "
+    "(SystemSharedMemoryRegister) or send tensors in the request"
+)
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, registry: ModelRegistry) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        registry: ModelRegistry,
+        shm: SharedMemoryRegions | None = None,
+    ) -> None:
         self.dataplane = dataplane
         self.registry = registry
+        self.shm = shm if shm is not None else SharedMemoryRegions(allowed=False)
         self.live = True
 
     async def ServerLive(self, request, context):
@@ -43,8 +56,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=self.registry.is_ready(request.name, request.version))
 
     async def ServerMetadata(self, request, context):
+        extensions = [*EXTENSIONS, "system_shared_memory"] if self.shm.allowed else EXTENSIONS
         return pb.ServerMetadataResponse(
-            name="warpserve", version=__version__, extensions=EXTENSIONS
+            name="warpserve", version=__version__, extensions=extensions
         )
 
     @maps_errors
@@ -83,18 +97,56 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     @maps_errors
+    async def SystemSharedMemoryStatus(self, request, context):
+        reply = pb.SystemSharedMemoryStatusResponse()
+        for region in self.shm.status(request.name):
+            reply.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name,
+                    key=region.key,
+                    offset=region.offset,
+                    byte_size=region.byte_size,
+                )
+            )
+        return reply
+
+    @maps_errors
+    async def SystemSharedMemoryRegister(self, request, context):
+        self.shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @maps_errors
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self.shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @maps_errors
+    async def CudaSharedMemoryStatus(self, request, context):
+        raise Unimplemented(NO_CUDA_SHM)
+
+    @maps_errors
+    async def CudaSharedMemoryRegister(self, request, context):
+        raise Unimplemented(NO_CUDA_SHM)
+
+    @maps_errors
+    async def CudaSharedMemoryUnregister(self, request, context):
+        raise Unimplemented(NO_CUDA_SHM)
+
+    @maps_errors
     async def ModelInfer(self, request: codec.ReceivedInfer, context) -> bytes:
-        decoded = codec.decode_request(request)
+        decoded = codec.decode_request(request, self.shm)
         mv, outputs = await self.dataplane.infer(decoded, context.time_remaining())
-        return codec.encode_response(mv.name, str(mv.version), decoded.id, outputs.items())
+        return codec.encode_response(
+            mv.name, str(mv.version), decoded.id, outputs.items(), decoded.output_targets
+        )
 
     async def _stream_reply(self, request: codec.ReceivedInfer) -> bytes:
         """One streamed request's serialized ModelStreamInferResponse; errors in-band."""
         try:
-            decoded = codec.decode_request(request)
+            decoded = codec.decode_request(request, self.shm)
             mv, outputs = await self.dataplane.infer(decoded, None)
             return codec.encode_stream_response(
-                mv.name, str(mv.version), decoded.id, outputs.items()
+                mv.name, str(mv.version), decoded.id, outputs.items(), decoded.output_targets
             )
         except Exception as exc:
             _, message = status_of(exc)

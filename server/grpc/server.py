@@ -23,6 +23,7 @@ from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.metrics import serve_metrics
 from warpserve.server.options import ServerOptions
 from warpserve.server.repository.repository import ModelRepository
+from warpserve.server.shm import SharedMemoryRegions
 
 log = logging.getLogger("warpserve")
 
@@ -101,7 +102,10 @@ async def start_server(options: ServerOptions) -> RunningServer:
     dataplane = DataPlane(registry, poller)
     health = HealthReporter()
     server = grpc.aio.server(options=_grpc_options(options))
-    add_inference_service(InferenceServicer(dataplane, registry), server)
+    shm = SharedMemoryRegions(allowed=options.allow_client_shm)
+    if shm.allowed:
+        log.info("client shared memory: on (--allow-client-shm); regions map from %s", shm.root)
+    add_inference_service(InferenceServicer(dataplane, registry, shm), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     _add_admin(server, registry, options)
     port = server.add_insecure_port(f"{options.grpc_address}:{options.grpc_port}")

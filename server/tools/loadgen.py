@@ -4,18 +4,26 @@ Requests are shaped from the model's metadata, serialized once, and sent as raw 
 through a ``grpc.aio`` channel with no (de)serializer, so the client spends as little CPU
 per call as Python allows: on a 2-core machine the client competes with the server it
 measures, and every microsecond it saves is one the server gets.
+
+With ``--shared-memory system`` (perf_analyzer's option) the tensors travel through a
+POSIX shared memory object registered with the server instead of inside the requests:
+what a client on the server's host can do to skip copying large tensors through gRPC.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from multiprocessing import shared_memory
 from typing import Any, TextIO
 
 import grpc
@@ -27,6 +35,8 @@ from warpserve.server.tools.shaping import (
     BenchError,
     RequestPool,
     build_pool,
+    build_requests,
+    move_to_region,
 )
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -38,6 +48,8 @@ CHANNEL_OPTIONS = [
 DEFAULT_WARMUP_S = 2.0
 CALL_TIMEOUT_S = 60.0
 METADATA_TIMEOUT_S = 10.0
+# perf_analyzer's default room for each output in shared memory.
+DEFAULT_OUTPUT_SHM_BYTES = 100 * 1024
 TABLE_COLUMNS = (
     f"{'concurrency':>11} {'req/s':>10} {'rows/s':>10} {'p50 ms':>8} "
     f"{'p90 ms':>8} {'p99 ms':>8} {'errors':>7}"
@@ -138,8 +150,13 @@ def _describe_metadata_error(e: grpc.aio.AioRpcError, model: str) -> str:
 
 
 async def prepare(
-    channel: grpc.aio.Channel, model: str, batch_size: int, version: str = ""
+    channel: grpc.aio.Channel,
+    model: str,
+    batch_size: int,
+    version: str = "",
+    region: ClientRegion | None = None,
 ) -> RequestPool:
+    """The pool of requests; with ``region``, their tensors go through its shared memory."""
     if batch_size < 1:
         raise BenchError(f"--batch-size must be at least 1, got {batch_size}", exit_code=2)
     metadata, max_batch = await fetch_model(channel, model, version)
@@ -150,7 +167,78 @@ async def prepare(
             f"max_batch_size {max_batch}; use at most {max_batch}",
             exit_code=2,
         )
-    return build_pool(metadata, batch_size, batched=batched, version=version)
+    if region is None:
+        return build_pool(metadata, batch_size, batched=batched, version=version)
+    requests = build_requests(metadata, batch_size, batched=batched, version=version)
+    outputs = [output.name for output in metadata.outputs]
+    payloads = await region.hold(channel, requests, outputs)
+    return RequestPool(metadata.name, version, batch_size, payloads)
+
+
+_region_ids = itertools.count()
+
+
+class ClientRegion:
+    """A POSIX shared memory object holding a request pool's tensors, registered with
+    the server as one region for as long as the benchmark runs."""
+
+    def __init__(self, output_bytes: int = DEFAULT_OUTPUT_SHM_BYTES) -> None:
+        self.output_bytes = output_bytes
+        self.name = f"warpserve-bench-{os.getpid()}-{next(_region_ids)}"
+        self._block: shared_memory.SharedMemory | None = None
+        self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
+
+    async def hold(
+        self,
+        channel: grpc.aio.Channel,
+        requests: Sequence[pb.ModelInferRequest],
+        outputs: Sequence[str],
+    ) -> list[bytes]:
+        """Move the requests' tensors into a new object, register it; the payloads."""
+        data = move_to_region(requests, outputs, self.output_bytes, self.name)
+        self._block = shared_memory.SharedMemory(create=True, size=len(data))
+        buf = self._block.buf
+        assert buf is not None  # None only after close()
+        buf[: len(data)] = data
+        del buf  # close() refuses while a view is alive
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        register = pb.SystemSharedMemoryRegisterRequest(
+            name=self.name, key="/" + self._block.name, offset=0, byte_size=len(data)
+        )
+        try:
+            await stub.SystemSharedMemoryRegister(register, timeout=METADATA_TIMEOUT_S)
+        except grpc.aio.AioRpcError as e:
+            raise BenchError(_describe_register_error(e)) from e
+        self._stub = stub
+        return [request.SerializeToString() for request in requests]
+
+    async def release(self) -> None:
+        if self._stub is not None:
+            # A server that went away has nothing left to unregister.
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self._stub.SystemSharedMemoryUnregister(
+                    pb.SystemSharedMemoryUnregisterRequest(name=self.name),
+                    timeout=METADATA_TIMEOUT_S,
+                )
+            self._stub = None
+        if self._block is not None:
+            self._block.close()
+            self._block.unlink()
+            self._block = None
+
+
+def _describe_register_error(e: grpc.aio.AioRpcError) -> str:
+    if e.code() == grpc.StatusCode.PERMISSION_DENIED:
+        return (
+            "the server does not take client shared memory; start it with "
+            "--allow-client-shm, or leave out --shared-memory"
+        )
+    if e.code() == grpc.StatusCode.NOT_FOUND:
+        return (
+            "the server cannot open this machine's shared memory: --shared-memory needs "
+            f"the server on the same host ({e.details()})"
+        )
+    return f"registering shared memory failed: {e.code().name}: {e.details()}"
 
 
 # --------------------------------------------------------------------- the closed loop
@@ -268,11 +356,17 @@ async def measure(
     version: str = "",
     warmup_s: float = DEFAULT_WARMUP_S,
     progress: Callable[[Progress], None] | None = None,
+    shared_memory: str = "none",
 ) -> BenchResult:
     """Benchmark one concurrency level; raises BenchError when the model is unusable."""
+    region = ClientRegion() if shared_memory == "system" else None
     async with open_channel(url) as channel:
-        pool = await prepare(channel, model, batch_size, version)
-        return await run_load(channel, pool, concurrency, duration_s, warmup_s, progress)
+        try:
+            pool = await prepare(channel, model, batch_size, version, region)
+            return await run_load(channel, pool, concurrency, duration_s, warmup_s, progress)
+        finally:
+            if region is not None:
+                await region.release()
 
 
 # --------------------------------------------------------------------- command line
@@ -349,6 +443,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows per request; needs max_batch_size >= N (default 1)",
     )
     parser.add_argument(
+        "--shared-memory",
+        choices=("none", "system"),
+        default="none",
+        help="system: pass tensors through a POSIX shared memory object registered with "
+        "the server (which must run on this host with --allow-client-shm) instead of "
+        "inside each request, as perf_analyzer's option of this name (default none)",
+    )
+    parser.add_argument(
+        "--output-shared-memory-size",
+        type=_positive_int,
+        default=DEFAULT_OUTPUT_SHM_BYTES,
+        metavar="BYTES",
+        help="with --shared-memory system, the room reserved for each output of each "
+        f"request (default {DEFAULT_OUTPUT_SHM_BYTES})",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON document instead of a table"
     )
 
@@ -376,16 +486,23 @@ async def _run_levels(
     args: argparse.Namespace, progress: Callable[[Progress], None]
 ) -> list[BenchResult]:
     results = []
+    region = None
+    if args.shared_memory == "system":
+        region = ClientRegion(args.output_shared_memory_size)
     async with open_channel(args.url) as channel:
-        pool = await prepare(channel, args.model, args.batch_size, args.model_version)
-        if not args.json:
-            print(_table_header(args), flush=True)
-        for level in args.concurrency:
-            result = await run_load(channel, pool, level, args.duration, args.warmup, progress)
-            _clear_progress(sys.stderr)
+        try:
+            pool = await prepare(channel, args.model, args.batch_size, args.model_version, region)
             if not args.json:
-                print(format_row(result), flush=True)
-            results.append(result)
+                print(_table_header(args), flush=True)
+            for level in args.concurrency:
+                result = await run_load(channel, pool, level, args.duration, args.warmup, progress)
+                _clear_progress(sys.stderr)
+                if not args.json:
+                    print(format_row(result), flush=True)
+                results.append(result)
+        finally:
+            if region is not None:
+                await region.release()
     return results
 
 
@@ -393,6 +510,7 @@ def _table_header(args: argparse.Namespace) -> str:
     title = (
         f"model {args.model}{'/' + args.model_version if args.model_version else ''}"
         f" at {parse_url(args.url)}, batch {args.batch_size}, {args.duration:g}s per level"
+        + (", tensors in shared memory" if args.shared_memory == "system" else "")
     )
     return f"{title}\n{TABLE_COLUMNS}"
 
@@ -411,6 +529,7 @@ def _json_report(args: argparse.Namespace, results: list[BenchResult]) -> dict[s
         "model": args.model,
         "version": args.model_version,
         "batch_size": args.batch_size,
+        "shared_memory": args.shared_memory,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "results": [r.to_json() for r in results],

@@ -58,7 +58,21 @@ def shape_requests(
     batched: bool | None = None,
     version: str = "",
 ) -> bytes:
-    """One serialized ModelInferRequest with random inputs shaped from ``metadata``.
+    """One serialized ModelInferRequest with random inputs shaped from ``metadata``."""
+    return shaped_request(
+        metadata, batch_size, rng, batched=batched, version=version
+    ).SerializeToString()
+
+
+def shaped_request(
+    metadata: pb.ModelMetadataResponse,
+    batch_size: int,
+    rng: np.random.Generator,
+    *,
+    batched: bool | None = None,
+    version: str = "",
+) -> pb.ModelInferRequest:
+    """A ModelInferRequest with random inputs shaped from ``metadata``.
 
     ``batched`` says whether each input's leading dim is the batch dim (the model's
     ``max_batch_size > 0``); ``None`` guesses it from a leading -1 on every input.
@@ -77,7 +91,7 @@ def shape_requests(
         shape = _concrete_shape(list(tensor.shape), batch_size if batched else None)
         request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=shape)
         request.raw_input_contents.append(_random_raw(tensor.datatype, shape, rng))
-    return request.SerializeToString()
+    return request
 
 
 def _concrete_shape(shape: list[int], batch_size: int | None) -> list[int]:
@@ -126,9 +140,62 @@ def build_pool(
     size: int = POOL_SIZE,
     seed: int = 0,
 ) -> RequestPool:
+    requests = build_requests(
+        metadata, batch_size, batched=batched, version=version, size=size, seed=seed
+    )
+    payloads = [request.SerializeToString() for request in requests]
+    return RequestPool(metadata.name, version, batch_size, payloads)
+
+
+def build_requests(
+    metadata: pb.ModelMetadataResponse,
+    batch_size: int,
+    *,
+    batched: bool | None = None,
+    version: str = "",
+    size: int = POOL_SIZE,
+    seed: int = 0,
+) -> list[pb.ModelInferRequest]:
     rng = np.random.default_rng(seed)
-    payloads = [
-        shape_requests(metadata, batch_size, rng, batched=batched, version=version)
+    return [
+        shaped_request(metadata, batch_size, rng, batched=batched, version=version)
         for _ in range(size)
     ]
-    return RequestPool(metadata.name, version, batch_size, payloads)
+
+
+# Tensors in a shared memory region start on cache-line boundaries.
+_ALIGN = 64
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // _ALIGN) * _ALIGN
+
+
+def move_to_region(
+    requests: Sequence[pb.ModelInferRequest],
+    outputs: Sequence[str],
+    output_bytes: int,
+    region: str,
+) -> bytearray:
+    """Rewrite ``requests`` to pass every tensor through the shared memory region
+    ``region`` (Triton's shared-memory parameters) and return the region's contents:
+    each request's input data, then room for each of its outputs (``output_bytes``
+    apiece). Requests get ranges of their own, so concurrent ones never share memory."""
+    block = bytearray()
+
+    def reserve(params: Any, size: int) -> int:
+        offset = _aligned(len(block))
+        block.extend(bytes(offset - len(block) + size))
+        params["shared_memory_region"].string_param = region
+        params["shared_memory_byte_size"].int64_param = size
+        params["shared_memory_offset"].int64_param = offset
+        return offset
+
+    for request in requests:
+        for tensor, data in zip(request.inputs, request.raw_input_contents, strict=True):
+            offset = reserve(tensor.parameters, len(data))
+            block[offset : offset + len(data)] = data
+        del request.raw_input_contents[:]
+        for name in outputs:
+            reserve(request.outputs.add(name=name).parameters, output_bytes)
+    return block

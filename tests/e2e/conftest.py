@@ -260,8 +260,9 @@ def repo(e2e_tmp: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def server(repo: Path, log_dir: Path) -> Iterator[ServerProcess]:
-    """One server for the tests that leave its state alone."""
-    process = start_server(repo, log_dir=log_dir)
+    """One server for the tests that leave its state alone (shared memory regions they
+    register, they unregister)."""
+    process = start_server(repo, "--allow-client-shm", log_dir=log_dir)
     yield process
     process.stop()
 

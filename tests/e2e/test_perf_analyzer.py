@@ -125,6 +125,10 @@ def test_perf_analyzer_affine(
             id="streaming-batch2",
         ),
         pytest.param(["-m", ECHO], id="bytes"),
+        pytest.param(
+            ["-m", AFFINE, "-b", "4", "--shared-memory", "system"], id="system-shared-memory"
+        ),
+        pytest.param(["-m", ECHO, "--shared-memory", "system"], id="bytes-shared-memory"),
     ],
 )
 def test_perf_analyzer_variants(

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.server import codec, dtypes
-from warpserve.server.errors import InvalidInput
+from warpserve.server.errors import InvalidInput, PermissionDenied
+from warpserve.server.shm import SharedMemoryRegions
 
 
 def raw_request(arrays: dict[str, np.ndarray], datatype: str = "FP32") -> pb.ModelInferRequest:
@@ -254,3 +257,156 @@ def test_malformed_request_bytes_are_invalid_input(data: bytes) -> None:
     assert received.error and received.raw is None
     with pytest.raises(InvalidInput, match="not a valid ModelInferRequest"):
         codec.decode_request(received)
+
+
+# --- shared memory ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shm_object(tmp_path: Path) -> tuple[SharedMemoryRegions, Path]:
+    """A 4 KiB object (a plain file standing in for /dev/shm) registered as 'in' (its
+    first 2 KiB) and 'out' (the rest)."""
+    (tmp_path / "obj").write_bytes(bytes(4096))
+    regions = SharedMemoryRegions(allowed=True, root=tmp_path)
+    regions.register("in", "/obj", 0, 2048)
+    regions.register("out", "/obj", 2048, 2048)
+    return regions, tmp_path / "obj"
+
+
+def place(params: Any, region: str, byte_size: int, offset: int | None = None) -> None:
+    """What tritonclient's ``set_shared_memory`` writes."""
+    params["shared_memory_region"].string_param = region
+    params["shared_memory_byte_size"].int64_param = byte_size
+    if offset is not None:
+        params["shared_memory_offset"].int64_param = offset
+
+
+def test_inputs_in_shared_memory_mix_with_raw_ones(
+    shm_object: tuple[SharedMemoryRegions, Path],
+) -> None:
+    regions, path = shm_object
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.array([[7, 8]], dtype=np.int64)
+    c = np.array([1.5], dtype=np.float32)
+    data = bytearray(path.read_bytes())
+    data[64:88] = a.tobytes()
+    path.write_bytes(bytes(data))
+    req = pb.ModelInferRequest(model_name="m")
+    place(req.inputs.add(name="a", datatype="FP32", shape=[2, 3]).parameters, "in", 24, 64)
+    req.inputs.add(name="b", datatype="INT64", shape=[1, 2])
+    req.inputs.add(name="c", datatype="FP32", shape=[1])
+    req.raw_input_contents.extend([b.tobytes(), c.tobytes()])  # for b and c, in order
+    inputs = codec.decode_inputs(req, shm=regions)
+    np.testing.assert_array_equal(inputs["a"], a)
+    assert not inputs["a"].flags.writeable
+    np.testing.assert_array_equal(inputs["b"], b)
+    np.testing.assert_array_equal(inputs["c"], c)
+    req.raw_input_contents.append(c.tobytes())
+    with pytest.raises(InvalidInput, match="2 inputs outside shared memory but 3 raw"):
+        codec.decode_inputs(req, shm=regions)
+
+
+def test_bytes_input_in_shared_memory(shm_object: tuple[SharedMemoryRegions, Path]) -> None:
+    regions, path = shm_object
+    text = codec.serialize_bytes(np.array([b"cat", b""], dtype=np.object_))
+    path.write_bytes(text + path.read_bytes()[len(text) :])
+    req = pb.ModelInferRequest()
+    place(req.inputs.add(name="t", datatype="BYTES", shape=[2]).parameters, "in", len(text))
+    assert codec.decode_inputs(req, shm=regions)["t"].tolist() == [b"cat", b""]
+
+
+def _byte_size_as_text(params: Any) -> None:
+    place(params, "in", 8)
+    params["shared_memory_byte_size"].CopyFrom(pb.InferParameter(string_param="8"))
+
+
+def _also_contents(tensor: Any) -> None:
+    place(tensor.parameters, "in", 8)
+    tensor.contents.fp32_contents.extend([1, 2])
+
+
+def _shm_input(configure: Any) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest()
+    tensor = req.inputs.add(name="x", datatype="FP32", shape=[2])
+    configure(tensor)
+    return req
+
+
+@pytest.mark.parametrize(
+    "configure, error, message",
+    [
+        (lambda t: place(t.parameters, "in", 4), InvalidInput, "has 4 bytes, but shape"),
+        (lambda t: place(t.parameters, "in", 8, 2044), InvalidInput, "lie outside"),
+        (lambda t: place(t.parameters, "gone", 8), InvalidInput, "'gone', which is not"),
+        (
+            lambda t: t.parameters["shared_memory_region"].CopyFrom(
+                pb.InferParameter(string_param="in")
+            ),
+            InvalidInput,
+            "no 'shared_memory_byte_size'",
+        ),
+        (
+            lambda t: t.parameters["shared_memory_byte_size"].CopyFrom(
+                pb.InferParameter(int64_param=8)
+            ),
+            InvalidInput,
+            "but no 'shared_memory_region'",
+        ),
+        (lambda t: _byte_size_as_text(t.parameters), InvalidInput, "must be an integer"),
+        (lambda t: place(t.parameters, "in", 8, 0), None, ""),  # an explicit zero offset
+        (lambda t: _also_contents(t), InvalidInput, "also sets typed contents"),
+    ],
+)
+def test_bad_shared_memory_inputs(
+    shm_object: tuple[SharedMemoryRegions, Path],
+    configure: Any,
+    error: type[Exception] | None,
+    message: str,
+) -> None:
+    regions, _ = shm_object
+    req = _shm_input(configure)
+    if error is None:
+        assert codec.decode_inputs(req, shm=regions)["x"].tolist() == [0.0, 0.0]
+        return
+    with pytest.raises(error, match=message):
+        codec.decode_inputs(req, shm=regions)
+
+
+def test_shared_memory_needs_the_server_flag() -> None:
+    req = _shm_input(lambda t: place(t.parameters, "in", 8))
+    with pytest.raises(PermissionDenied, match="--allow-client-shm"):
+        codec.decode_inputs(req)
+    off = SharedMemoryRegions(allowed=False)
+    with pytest.raises(PermissionDenied, match="--allow-client-shm"):
+        codec.decode_inputs(req, shm=off)
+
+
+def test_outputs_go_to_shared_memory_with_an_empty_raw_entry(
+    shm_object: tuple[SharedMemoryRegions, Path],
+) -> None:
+    regions, path = shm_object
+    req = pb.ModelInferRequest(model_name="m", id="7")
+    req.inputs.add(name="x", datatype="FP32", shape=[1]).contents.fp32_contents.append(1.0)
+    place(req.outputs.add(name="big").parameters, "out", 1024, 16)
+    req.outputs.add(name="small")
+    decoded = codec.decode_request(codec.ReceivedInfer(req), regions)
+    assert decoded.outputs == ["big", "small"] and list(decoded.output_targets) == ["big"]
+    big = np.arange(256, dtype=np.float32).reshape(16, 16)  # 1 KiB, sent from its memory
+    small = np.array([3], dtype=np.int32)
+    reply = pb.ModelInferResponse.FromString(
+        codec.encode_response(
+            "m", "1", "7", [("big", big), ("small", small)], decoded.output_targets
+        )
+    )
+    assert [(o.name, o.datatype, list(o.shape)) for o in reply.outputs] == [
+        ("big", "FP32", [16, 16]),
+        ("small", "INT32", [1]),
+    ]
+    assert reply.raw_output_contents == [b"", small.tobytes()]
+    written = np.frombuffer(path.read_bytes()[2048 + 16 : 2048 + 16 + 1024], np.float32)
+    np.testing.assert_array_equal(written, big.reshape(-1))
+    # A range too small for the output fails the request, naming the size it needs.
+    place(req.outputs[0].parameters, "out", 100, 16)
+    decoded = codec.decode_request(codec.ReceivedInfer(req), regions)
+    with pytest.raises(InvalidInput, match=r"'big' needs 1024 bytes .* holds 100"):
+        codec.encode_stream_response("m", "1", "7", [("big", big)], decoded.output_targets)

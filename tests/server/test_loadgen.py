@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import socket
 import threading
@@ -17,6 +18,9 @@ import pytest
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+from warpserve.server import codec
+from warpserve.server.grpc.status import maps_errors
+from warpserve.server.shm import SHM_ROOT, SharedMemoryRegions
 from warpserve.server.tools import loadgen, shaping
 
 SHORT = {"duration_s": 0.3, "warmup_s": 0.05}
@@ -52,6 +56,10 @@ class FakeState:
     in_flight: int = 0
     max_in_flight: int = 0
     seen: int = 0
+    # Client shared memory, served by the server's own region registry and codec.
+    regions: SharedMemoryRegions = field(default_factory=lambda: SharedMemoryRegions(False))
+    keys: list[str] = field(default_factory=list)
+    decoded: list[codec.InferRequest] = field(default_factory=list)
 
 
 class FakeServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -70,11 +78,24 @@ class FakeServicer(pb_grpc.GRPCInferenceServiceServicer):
         response.config.max_batch_size = self.state.max_batch_size
         return response
 
+    @maps_errors
+    async def SystemSharedMemoryRegister(self, request, context):
+        self.state.regions.register(request.name, request.key, request.offset, request.byte_size)
+        self.state.keys.append(request.key)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @maps_errors
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self.state.regions.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     async def ModelInfer(self, request, context):
         s = self.state
         s.seen += 1
         if len(s.requests) < 50:
             s.requests.append(request)
+            if s.regions.allowed:
+                s.decoded.append(codec.decode_request(codec.ReceivedInfer(request), s.regions))
         s.in_flight += 1
         s.max_in_flight = max(s.max_in_flight, s.in_flight)
         try:
@@ -190,6 +211,60 @@ def test_bytes_elements_carry_length_prefixes() -> None:
         lengths.append(n)
         offset += 4 + n
     assert offset == len(raw) and len(lengths) == 3
+
+
+def test_tensors_through_shared_memory() -> None:
+    """--shared-memory system: the requests carry no tensor bytes, and the server's own
+    codec finds each input, and room for each output, in the registered region."""
+    if not SHM_ROOT.is_dir():
+        pytest.skip(f"{SHM_ROOT} does not exist on this system")
+    state = FakeState(MIXED, regions=SharedMemoryRegions(allowed=True))
+    with fake_server(state) as url:
+        result = asyncio.run(
+            loadgen.measure(url, "mixed", 2, batch_size=3, shared_memory="system", **SHORT)
+        )
+    assert result.requests > 0 and result.errors == 0
+    assert state.decoded
+    for request, decoded in zip(state.requests, state.decoded, strict=True):
+        assert not request.raw_input_contents
+        assert {t.name: list(t.shape) for t in request.inputs} == {
+            name: list(decoded.inputs[name].shape) for name in decoded.inputs
+        }
+        assert decoded.inputs["DENSE"].shape == (3, 4) and decoded.inputs["TEXT"].shape == (3, 2)
+        assert list(decoded.output_targets) == ["OUT"]
+        assert decoded.output_targets["OUT"].byte_size == loadgen.DEFAULT_OUTPUT_SHM_BYTES
+    assert state.regions.status("") == []  # unregistered at the end
+    assert state.keys and not (SHM_ROOT / state.keys[0].lstrip("/")).exists()  # unlinked
+
+
+def test_shared_memory_on_a_server_without_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with fake_server(FakeState(MIXED)) as url:
+        code = loadgen.run(_args("-u", url, "-m", "mixed", "--shared-memory", "system"))
+    assert code == 1
+    assert "--allow-client-shm" in capsys.readouterr().err
+
+
+def test_region_layout() -> None:
+    requests = shaping.build_requests(MIXED, 2, batched=True, size=2)
+    raw = [list(r.raw_input_contents) for r in requests]
+    block = shaping.move_to_region(requests, ["OUT", "EXTRA"], 100, "r")
+    for request, data in zip(requests, raw, strict=True):
+        assert not request.raw_input_contents
+        for tensor, expected in zip(request.inputs, data, strict=True):
+            params = tensor.parameters
+            offset = params["shared_memory_offset"].int64_param
+            size = params["shared_memory_byte_size"].int64_param
+            assert params["shared_memory_region"].string_param == "r"
+            assert offset % 64 == 0 and size == len(expected)
+            assert block[offset : offset + size] == expected
+        assert [o.name for o in request.outputs] == ["OUT", "EXTRA"]
+    ranges = sorted(
+        (p["shared_memory_offset"].int64_param, p["shared_memory_byte_size"].int64_param)
+        for r in requests
+        for p in [*(t.parameters for t in r.inputs), *(o.parameters for o in r.outputs)]
+    )
+    assert all(a + n <= b for (a, n), (b, _) in itertools.pairwise(ranges))  # none overlap
+    assert ranges[-1][0] + ranges[-1][1] == len(block)
 
 
 # ------------------------------------------------------------------ the closed loop
