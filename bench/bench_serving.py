@@ -5,9 +5,10 @@
    Reports throughput(ours)/throughput(ceiling) at 32 and p50(ours)/p50(ceiling) at 1,
    and our p99 at the highest load.
 2. ResNet-18 at 224x224, 8 concurrent batch-1 requests: warpserve images/s against ONNX
-   Runtime run in-process at its best batch size among 1, 2, 4, 8, measured just before
-   each configuration. The default configuration is measured twice: with the images in
-   the requests, and with them in system shared memory (``--shared-memory system``).
+   Runtime run in-process at its best batch size among 1, 2, 4, 8, in runs that alternate
+   with the served ones every few seconds. The default configuration is measured twice:
+   with the images in the requests, and in system shared memory (``--shared-memory
+   system``).
 
 Prints a table and writes bench/results/serving.json. Timings are reported, never asserted.
 
@@ -304,8 +305,15 @@ def _measure(
     return result
 
 
+RESNET_CONFIGS = ("default", "one instance", "one, wait-for-8", "default, shm")
+
+
 def bench_resnet(
-    work: Path, log_dir: Path, durations: tuple[float, float], rounds: int = 3
+    work: Path,
+    log_dir: Path,
+    durations: tuple[float, float],
+    rounds: int = 3,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     from resnet import write_resnet18
 
@@ -322,8 +330,12 @@ def bench_resnet(
     # name: (repository, how the load generator passes the images)
     configs = {name: (name, "none") for name in repos}
     configs["default, shm"] = ("default", "system")
+    assert list(configs) == list(RESNET_CONFIGS)
+    if only:
+        configs = {name: configs[name] for name in only}
+        repos = {name: repos[name] for name in {served for served, _ in configs.values()}}
     session = _in_process_session(model_path)
-    ours: dict[str, list[BenchResult]] = {name: [] for name in configs}
+    ours: dict[str, list[list[BenchResult]]] = {name: [] for name in configs}
     beside: dict[str, list[float]] = {name: [] for name in configs}
     ceilings: list[dict[int, float]] = []
     rng = np.random.default_rng(0)
@@ -335,21 +347,28 @@ def bench_resnet(
             for name, config_repo in repos.items()
         }
         # Each round sweeps the in-process batch sizes, then measures every configuration
-        # right after a run of the in-process ceiling at that round's best batch size.
-        # The ceiling never runs beside a loaded server, so the two never share the CPUs,
-        # and each ratio compares runs seconds apart: this VM's speed drifts by a third
-        # within minutes, which a ratio against a sweep made earlier in the round takes in.
+        # in segments that alternate with runs of the in-process ceiling at that round's
+        # best batch size. The ceiling never runs beside a loaded server, so the two never
+        # share the CPUs, and the two sides interleave every few seconds: this VM's speed
+        # drifts by a third within seconds to minutes, which a ceiling measured once per
+        # configuration (or once per round) takes into the ratio.
+        segment = duration / SEGMENTS
         for _ in range(rounds):
             sweep = in_process_sweep(session, duration / 2, warmup / 2)
             ceilings.append(sweep)
             best_now = max(sweep, key=lambda b: sweep[b])
             feed = {"INPUT": rng.standard_normal((best_now, 3, 224, 224)).astype(np.float32)}
             for name, (served, shm) in configs.items():
-                runs, elapsed = _run_for(session, feed, duration / 2)
-                beside[name].append(runs * best_now / elapsed)
-                ours[name].append(
-                    _measure(urls[served], RESNET_MODEL, 8, duration, warmup, 1, name, shm)
-                )
+                images = seconds = 0.0
+                parts = []
+                for _ in range(SEGMENTS):
+                    runs, elapsed = _run_for(session, feed, segment / 2)
+                    images, seconds = images + runs * best_now, seconds + elapsed
+                    parts.append(
+                        _measure(urls[served], RESNET_MODEL, 8, segment, warmup / 2, 1, name, shm)
+                    )
+                beside[name].append(images / seconds)
+                ours[name].append(parts)
     # The best batch size is the one with the highest median over the rounds.
     best = max((1, 2, 4, 8), key=lambda b: statistics.median(c[b] for c in ceilings))
     report: dict[str, Any] = {
@@ -360,14 +379,25 @@ def bench_resnet(
         "configs": list(configs),
     }
     for name in configs:
-        ratios = [_ratio(r.rows_per_s, c) for r, c in zip(ours[name], beside[name], strict=True)]
+        rates = [_images_per_s(parts) for parts in ours[name]]
+        ratios = [_ratio(s, c) for s, c in zip(rates, beside[name], strict=True)]
         report[name] = {
-            "results": [r.to_json() for r in ours[name]],
+            "segments": [[r.to_json() for r in parts] for parts in ours[name]],
+            "images_per_s": rates,
             "in_process_beside_images_per_s": beside[name],
             "throughput_ratio": _median(ratios),
             "throughput_ratios_per_round": ratios,
         }
     return report
+
+
+# Served and in-process runs alternate this many times per configuration and round.
+SEGMENTS = 3
+
+
+def _images_per_s(parts: list[BenchResult]) -> float:
+    """Images/s over a round's segments: all images over all measured seconds."""
+    return sum(p.rows_per_s * p.duration_s for p in parts) / sum(p.duration_s for p in parts)
 
 
 # The default is Triton's for ONNX Runtime on the CPU: two instances, the cores split
@@ -471,11 +501,11 @@ def print_summary(report: dict[str, Any]) -> None:
         best = [c[b] for c in resnet["in_process_images_per_s"]]
         print(f"  resnet18 in-process batch {b} (best), images/s per round: {_fmts(best, '.1f')}")
         for name in resnet["configs"]:
-            images = [r["rows_per_s"] for r in resnet[name]["results"]]
+            images = resnet[name]["images_per_s"]
             print(
                 f"  resnet18 {name:<14} ratio {_fmt(resnet[name]['throughput_ratio'])}  "
                 f"(rounds: {_fmts(resnet[name]['throughput_ratios_per_round'])}; "
-                f"images/s {_fmts(images, '.1f')}; in-process just before: "
+                f"images/s {_fmts(images, '.1f')}; in-process between: "
                 f"{_fmts(resnet[name]['in_process_beside_images_per_s'], '.1f')})"
             )
 
@@ -498,7 +528,7 @@ def _run_benchmarks(
                 fraud_repository(args.repo, work), work, [1, 32], durations, args.rounds
             )
         if args.only in (None, "resnet"):
-            report["resnet"] = bench_resnet(work, work, durations, args.rounds)
+            report["resnet"] = bench_resnet(work, work, durations, args.rounds, args.resnet_config)
 
 
 def main() -> int:
@@ -508,6 +538,12 @@ def main() -> int:
     parser.add_argument("--only", choices=["fraud", "resnet"])
     parser.add_argument(
         "--rounds", type=int, default=3, help="alternating ceiling/warpserve rounds"
+    )
+    parser.add_argument(
+        "--resnet-config",
+        action="append",
+        choices=RESNET_CONFIGS,
+        help="measure only this ResNet configuration (repeat for several; default: all)",
     )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "serving.json")
     args = parser.parse_args()

@@ -39,6 +39,9 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     # Requested outputs the client wants written into its shared memory.
     output_targets: dict[str, OutputTarget] = field(default_factory=dict)
+    # Some inputs are views of client shared memory, which the client may reuse as soon
+    # as it has its answer: anything that reads them later must copy them first.
+    shared_inputs: bool = False
 
 
 # ModelInferRequest.raw_input_contents: field 7, wire type 2 (length-delimited).
@@ -363,6 +366,7 @@ def decode_request(received: ReceivedInfer, shm: SharedMemoryRegions | None = No
         outputs=outputs,
         parameters=_parameters(request.parameters) if request.parameters else {},
         output_targets=targets,
+        shared_inputs=any(SHM_REGION in tensor.parameters for tensor in request.inputs),
     )
 
 

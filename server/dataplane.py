@@ -6,6 +6,7 @@ Servicers decode, call this, encode. Every error leaves here as a WarpserveError
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -153,6 +154,9 @@ class DataPlane:
         shadow = served.versions.get(target) if target is not None else None
         if shadow is None or not shadow.ready or shadow is mv:
             return
+        if request.shared_inputs:  # the mirror runs after the client may reuse its memory
+            copies = {name: np.array(array) for name, array in request.inputs.items()}
+            request = dataclasses.replace(request, inputs=copies, shared_inputs=False)
         task = asyncio.get_running_loop().create_task(self._shadow(shadow, request, outputs))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)

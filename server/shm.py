@@ -47,7 +47,8 @@ class Region:
         self.name, self.key, self.offset, self.byte_size = name, key, offset, byte_size
         path = root / _checked_key(key)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO planted under the key cannot hold the event loop in open().
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise NotFound(
                 f"no shared memory object '{key}' exists; create it (shm_open) before "

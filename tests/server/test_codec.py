@@ -301,6 +301,7 @@ def test_inputs_in_shared_memory_mix_with_raw_ones(
     assert not inputs["a"].flags.writeable
     np.testing.assert_array_equal(inputs["b"], b)
     np.testing.assert_array_equal(inputs["c"], c)
+    assert codec.decode_request(codec.ReceivedInfer(req), regions).shared_inputs
     req.raw_input_contents.append(c.tobytes())
     with pytest.raises(InvalidInput, match="2 inputs outside shared memory but 3 raw"):
         codec.decode_inputs(req, shm=regions)
@@ -391,6 +392,7 @@ def test_outputs_go_to_shared_memory_with_an_empty_raw_entry(
     req.outputs.add(name="small")
     decoded = codec.decode_request(codec.ReceivedInfer(req), regions)
     assert decoded.outputs == ["big", "small"] and list(decoded.output_targets) == ["big"]
+    assert not decoded.shared_inputs
     big = np.arange(256, dtype=np.float32).reshape(16, 16)  # 1 KiB, sent from its memory
     small = np.array([3], dtype=np.int32)
     reply = pb.ModelInferResponse.FromString(

@@ -483,6 +483,31 @@ def test_shadow_answers_are_never_returned_but_are_counted(tmp_path: Path) -> No
     asyncio.run(main())
 
 
+def test_a_shadow_copies_inputs_that_live_in_client_shared_memory(tmp_path: Path) -> None:
+    """The client may overwrite its shared memory once answered; the mirrored request,
+    which runs later, must hold its own copy."""
+
+    async def main() -> None:
+        registry, dp = await start(tmp_path)
+        add_version(tmp_path, 2)
+        await registry.load(MODEL, [2], activate=False)
+        registry.set_shadow(MODEL, 2, 100)
+        mirrored: list[InferRequest] = []
+        dp._shadow = lambda shadow, request, outputs: _record(mirrored, request)
+        for shared in (True, False):
+            x = X.copy()
+            await dp.infer(InferRequest(MODEL, "", "", {"INPUT0": x}, shared_inputs=shared))
+            await until(lambda: len(mirrored) == 1)
+            assert np.shares_memory(mirrored.pop().inputs["INPUT0"], x) is not shared
+        await registry.close()
+
+    asyncio.run(main())
+
+
+async def _record(into: list[InferRequest], request: InferRequest) -> None:
+    into.append(request)
+
+
 def test_rollout_validates_its_arguments(tmp_path: Path) -> None:
     async def main() -> None:
         registry, _ = await start(tmp_path)

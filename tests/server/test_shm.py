@@ -84,6 +84,7 @@ def test_register_status_unregister(root: Path, regions: SharedMemoryRegions) ->
         ("r", "/ob\0j", 0, 8, InvalidInput, "not a shared memory object name"),
         ("r", "/link", 0, 8, InvalidInput, "cannot open"),
         ("r", "/folder", 0, 8, InvalidInput, "cannot open"),
+        ("r", "/fifo", 0, 8, InvalidInput, "is not a shared memory object"),
     ],
 )
 def test_bad_registrations(
@@ -100,6 +101,7 @@ def test_bad_registrations(
     secret = make_object(root.parent, "secret", b"x" * 64)
     (root / "link").symlink_to(secret)  # keys never follow links out of the shm folder
     (root / "folder").mkdir()
+    os.mkfifo(root / "fifo")
     with pytest.raises(error, match=message):
         regions.register(name, key, offset, size)
     assert regions.status("") == []
