@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import importlib.util
 import json
@@ -334,11 +335,11 @@ def bench_resnet(
     if only:
         configs = {name: configs[name] for name in only}
         repos = {name: repos[name] for name in {served for served, _ in configs.values()}}
-    session = _in_process_session(model_path)
+    arrangements = _in_process_arrangements(model_path)
     ours: dict[str, list[list[BenchResult]]] = {name: [] for name in configs}
     beside: dict[str, list[float]] = {name: [] for name in configs}
-    ceilings: list[dict[int, float]] = []
-    rng = np.random.default_rng(0)
+    ceilings: list[dict[str, float]] = []
+    best_per_round: list[str] = []
     with contextlib.ExitStack() as stack:
         urls = {
             name: stack.enter_context(
@@ -346,36 +347,42 @@ def bench_resnet(
             )
             for name, config_repo in repos.items()
         }
-        # Each round sweeps the in-process batch sizes, then measures every configuration
-        # in segments that alternate with runs of the in-process ceiling at that round's
-        # best batch size. The ceiling never runs beside a loaded server, so the two never
-        # share the CPUs, and the two sides interleave every few seconds: this VM's speed
-        # drifts by a third within seconds to minutes, which a ceiling measured once per
-        # configuration (or once per round) takes into the ratio.
+        # Each round sweeps the in-process arrangements and batch sizes, then measures
+        # every configuration in segments that alternate with runs of that round's best
+        # in-process arrangement and batch size. The ceiling never runs beside a loaded
+        # server, so the two never share the CPUs, and the two sides interleave every few
+        # seconds: this VM's speed drifts by a third within seconds to minutes, which a
+        # ceiling measured once per configuration (or once per round) takes into the ratio.
+        # The sweep only picks the arrangement; the ratio uses the runs in between, so a
+        # sweep result that was high by chance does not lower it.
         segment = duration / SEGMENTS
         for _ in range(rounds):
-            sweep = in_process_sweep(session, duration / 2, warmup / 2)
+            sweep = in_process_sweep(arrangements, duration / 4, warmup / 2)
             ceilings.append(sweep)
-            best_now = max(sweep, key=lambda b: sweep[b])
-            feed = {"INPUT": rng.standard_normal((best_now, 3, 224, 224)).astype(np.float32)}
+            best_now = max(sweep, key=lambda key: sweep[key])
+            best_per_round.append(best_now)
+            arrangement, batch = _parse_key(best_now)
             for name, (served, shm) in configs.items():
                 images = seconds = 0.0
                 parts = []
                 for _ in range(SEGMENTS):
-                    runs, elapsed = _run_for(session, feed, segment / 2)
-                    images, seconds = images + runs * best_now, seconds + elapsed
+                    rate, elapsed = _run_arrangement(
+                        arrangements[arrangement], batch, segment / 2, warm_first=True
+                    )
+                    images, seconds = images + rate * elapsed, seconds + elapsed
                     parts.append(
                         _measure(urls[served], RESNET_MODEL, 8, segment, warmup / 2, 1, name, shm)
                     )
                 beside[name].append(images / seconds)
                 ours[name].append(parts)
-    # The best batch size is the one with the highest median over the rounds.
-    best = max((1, 2, 4, 8), key=lambda b: statistics.median(c[b] for c in ceilings))
+    # The best in-process setting: the highest median over the rounds.
+    best = max(ceilings[0], key=lambda key: statistics.median(c[key] for c in ceilings))
     report: dict[str, Any] = {
         "model": RESNET_MODEL,
         "rounds": rounds,
-        "in_process_images_per_s": [{str(b): v for b, v in c.items()} for c in ceilings],
-        "in_process_best_batch": best,
+        "in_process_images_per_s": ceilings,
+        "in_process_best": best,
+        "in_process_best_per_round": best_per_round,
         "configs": list(configs),
     }
     for name in configs:
@@ -424,30 +431,52 @@ def _variant_repo(repo: Path, target: Path, *edits: tuple[str, str]) -> Path:
     return target
 
 
-def _in_process_session(model_path: Path) -> Any:
+# In-process arrangements of ONNX Runtime, as the server's instance groups arrange it:
+# one session with every core, or one session per core run side by side in threads.
+ONE_SESSION, SESSION_PER_CORE = "one session", "a session per core"
+
+
+def _in_process_arrangements(model_path: Path) -> dict[str, list[Any]]:
+    """The sessions of each arrangement, with the options warpserve's ONNX Runtime
+    backend gives one instance, or one of ``cores`` instances, of resnet18's config: the
+    ceiling runs the same kernels the same way."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(
-        str(model_path), _server_session_options(), providers=["CPUExecutionProvider"]
-    )
+    def session(instances: int) -> Any:
+        options = _server_session_options(instances)
+        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+    cores = _usable_cores()
+    arrangements = {ONE_SESSION: [session(1)]}
+    if cores > 1:
+        arrangements[SESSION_PER_CORE] = [session(cores) for _ in range(cores)]
+    return arrangements
 
 
-def in_process_sweep(session: Any, duration: float, warmup: float) -> dict[int, float]:
-    """Images/s of ONNX Runtime in this process at batch 1, 2, 4, 8."""
-    rng = np.random.default_rng(0)
+def _key(arrangement: str, batch: int) -> str:
+    return f"{arrangement}, batch {batch}"
+
+
+def _parse_key(key: str) -> tuple[str, int]:
+    arrangement, batch = key.rsplit(", batch ", 1)
+    return arrangement, int(batch)
+
+
+def in_process_sweep(
+    arrangements: dict[str, list[Any]], duration: float, warmup: float
+) -> dict[str, float]:
+    """Images/s of ONNX Runtime in this process, each arrangement at batch 1, 2, 4, 8."""
     sweep = {}
-    for batch in (1, 2, 4, 8):
-        feed = {"INPUT": rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)}
-        _run_for(session, feed, warmup)
-        runs, elapsed = _run_for(session, feed, duration)
-        sweep[batch] = runs * batch / elapsed
-        print(f"{'in-process':>10} batch {batch}: {sweep[batch]:8.1f} images/s", flush=True)
+    for arrangement, sessions in arrangements.items():
+        for batch in (1, 2, 4, 8):
+            _run_arrangement(sessions, batch, warmup)
+            key = _key(arrangement, batch)
+            sweep[key] = _run_arrangement(sessions, batch, duration)[0]
+            print(f"{'in-process':>10} {key}: {sweep[key]:8.1f} images/s", flush=True)
     return sweep
 
 
-def _server_session_options() -> Any:
-    """The options warpserve's ONNX Runtime backend picks for resnet18's config (one
-    instance: intra-op threads = cores), so the ceiling runs the same kernels the same way."""
+def _server_session_options(instances: int) -> Any:
     import onnxruntime as ort
     from google.protobuf import text_format
     from resnet import CONFIG_PBTXT
@@ -458,9 +487,41 @@ def _server_session_options() -> Any:
         from warpserve.server.backends.onnxruntime import session_options
     except ImportError:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
+        options.intra_op_num_threads = max(1, (os.cpu_count() or 1) // instances)
         return options
-    return session_options(text_format.Parse(CONFIG_PBTXT, mc.ModelConfig()), 1)
+    return session_options(text_format.Parse(CONFIG_PBTXT, mc.ModelConfig()), instances)
+
+
+def _usable_cores() -> int:
+    try:
+        from warpserve.server.cpus import usable_cores
+    except ImportError:
+        return os.cpu_count() or 1
+    return usable_cores()
+
+
+def _run_arrangement(
+    sessions: list[Any], batch: int, seconds: float, warm_first: bool = False
+) -> tuple[float, float]:
+    """Images/s of the sessions running side by side for ``seconds`` (the sum of each
+    one's rate over its own runs), and the seconds it took. ``warm_first``: one
+    unmeasured run each first, as a thread woken from sleep runs on cold caches."""
+    rng = np.random.default_rng(batch)
+    feed = {"INPUT": rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)}
+
+    def rate(session: Any) -> float:
+        if warm_first:
+            session.run(None, feed)
+        runs, elapsed = _run_for(session, feed, seconds)
+        return runs * batch / elapsed
+
+    start = time.perf_counter()
+    if len(sessions) == 1:
+        total = rate(sessions[0])
+    else:
+        with concurrent.futures.ThreadPoolExecutor(len(sessions)) as pool:
+            total = sum(pool.map(rate, sessions))
+    return total, time.perf_counter() - start
 
 
 def _run_for(session: Any, feed: dict[str, np.ndarray], seconds: float) -> tuple[int, float]:
@@ -497,9 +558,9 @@ def print_summary(report: dict[str, Any]) -> None:
         )
     resnet = report.get("resnet")
     if resnet:
-        b = str(resnet["in_process_best_batch"])
+        b = resnet["in_process_best"]
         best = [c[b] for c in resnet["in_process_images_per_s"]]
-        print(f"  resnet18 in-process batch {b} (best), images/s per round: {_fmts(best, '.1f')}")
+        print(f"  resnet18 in-process, {b} (best), images/s per round: {_fmts(best, '.1f')}")
         for name in resnet["configs"]:
             images = resnet[name]["images_per_s"]
             print(
