@@ -289,24 +289,27 @@ def decode_inputs(
     """The request's input tensors; ``raw`` stands for its raw_input_contents when given.
     Inputs placed in shared memory are views of ``shm``'s regions; raw entries belong,
     in order, to the other inputs (as in Triton)."""
+    return _decode_inputs(request, raw, shm)[0]
+
+
+def _decode_inputs(
+    request: pb.ModelInferRequest,
+    raw: Sequence[Any] | None,
+    shm: SharedMemoryRegions | None,
+) -> tuple[dict[str, np.ndarray], bool]:
+    """The inputs, and whether any of them is a view of client shared memory."""
     if raw is None:
         raw = request.raw_input_contents
     tensors = request.inputs
-    locations = [
-        _shm_location(tensor.name, tensor.parameters) if tensor.parameters else None
-        for tensor in tensors
-    ]
-    in_request = len(tensors) - sum(location is not None for location in locations)
-    if raw and len(raw) != in_request:
-        which = "inputs" if in_request == len(tensors) else "inputs outside shared memory"
-        raise InvalidInput(
-            f"request has {in_request} {which} but {len(raw)} raw_input_contents entries; "
-            f"send one raw entry per input, in order (none for inputs in shared memory)"
-        )
     inputs: dict[str, np.ndarray] = {}
     next_raw = 0
-    for tensor, location in zip(tensors, locations, strict=True):
+    shared = False
+    for tensor in tensors:
         name = tensor.name
+        params = tensor.parameters
+        location = _shm_location(name, params) if params else None
+        if raw and location is None and next_raw == len(raw):
+            raise _raw_count_error(tensors, len(raw))
         if name in inputs:
             raise InvalidInput(f"input '{name}' appears more than once; send it once")
         dt = dtypes.from_wire(tensor.datatype)
@@ -325,6 +328,7 @@ def decode_inputs(
             region, offset, byte_size = location
             data = _regions(shm).region(name, region).read(name, offset, byte_size)
             inputs[name] = _from_raw(name, dt, shape, data)
+            shared = True
         elif raw:
             if tensor.HasField("contents"):
                 _check_contents_unused(name, tensor.contents)
@@ -332,7 +336,20 @@ def decode_inputs(
             next_raw += 1
         else:
             inputs[name] = _from_contents(name, dt, shape, tensor.contents)
-    return inputs
+    if raw and next_raw != len(raw):
+        raise _raw_count_error(tensors, len(raw))
+    return inputs, shared
+
+
+def _raw_count_error(
+    tensors: Sequence[pb.ModelInferRequest.InferInputTensor], raw: int
+) -> InvalidInput:
+    in_request = sum(SHM_REGION not in tensor.parameters for tensor in tensors)
+    which = "inputs" if in_request == len(tensors) else "inputs outside shared memory"
+    return InvalidInput(
+        f"request has {in_request} {which} but {raw} raw_input_contents entries; "
+        "send one raw entry per input, in order (none for inputs in shared memory)"
+    )
 
 
 def _output_targets(
@@ -358,15 +375,16 @@ def decode_request(received: ReceivedInfer, shm: SharedMemoryRegions | None = No
     if len(request.outputs):
         outputs = [o.name for o in request.outputs]
         targets = _output_targets(request, shm)
+    inputs, shared = _decode_inputs(request, received.raw, shm)
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
         id=request.id,
-        inputs=decode_inputs(request, received.raw, shm),
+        inputs=inputs,
         outputs=outputs,
         parameters=_parameters(request.parameters) if request.parameters else {},
         output_targets=targets,
-        shared_inputs=any(SHM_REGION in tensor.parameters for tensor in request.inputs),
+        shared_inputs=shared,
     )
 
 
