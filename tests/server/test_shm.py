@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from warpserve.server import cli
 from warpserve.server.errors import (
     AlreadyExists,
     InvalidInput,
@@ -206,3 +207,17 @@ def test_a_real_posix_shared_memory_object(posix_object: shared_memory.SharedMem
     assert bytes(buf[8:16]) == b"served!!"
     del buf
     regions.unregister("")
+
+
+@pytest.mark.parametrize(
+    "argv, allowed",
+    [
+        ([], False),
+        (["--allow-client-shm"], True),
+        (["--allow-client-shm=true"], True),  # Triton's spelling
+        (["--allow-client-shm", "false"], False),
+    ],
+)
+def test_the_serve_flag(argv: list[str], allowed: bool) -> None:
+    args = cli.build_parser().parse_args(["serve", *argv])
+    assert cli._options(args).allow_client_shm is allowed
