@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import importlib.util
 import json
@@ -315,6 +314,7 @@ def bench_resnet(
     rounds: int = 3,
     only: list[str] | None = None,
 ) -> dict[str, Any]:
+    import in_process
     from resnet import write_resnet18
 
     duration, warmup = durations
@@ -334,14 +334,14 @@ def bench_resnet(
     if only:
         configs = {name: configs[name] for name in only}
         repos = {name: repos[name] for name in {served for served, _ in configs.values()}}
-    arrangements = _in_process_arrangements(model_path)
+    arrangements = in_process.arrangements(model_path)
     ours: dict[str, list[list[BenchResult]]] = {name: [] for name in configs}
     # beside[config][arrangement]: in-process images/s per round, from the runs that
     # alternated with that configuration's segments.
     beside: dict[str, dict[str, list[float]]] = {
         name: {arrangement: [] for arrangement in arrangements} for name in configs
     }
-    ceilings: list[dict[str, float]] = []
+    ceilings: list[dict[tuple[str, int], float]] = []
     best_per_round: list[dict[str, str]] = []
     with contextlib.ExitStack() as stack:
         urls = {
@@ -360,20 +360,20 @@ def bench_resnet(
         # result that was high by chance does not lower them.
         segment = duration / SEGMENTS
         for _ in range(rounds):
-            sweep = in_process_sweep(arrangements, duration / 4, warmup / 2)
+            sweep = in_process.sweep(arrangements, duration / 4, warmup / 2)
             ceilings.append(sweep)
             batches = {
-                arrangement: max((1, 2, 4, 8), key=lambda b: sweep[_key(arrangement, b)])
+                arrangement: max(in_process.BATCHES, key=lambda b: sweep[arrangement, b])
                 for arrangement in arrangements
             }
-            best_per_round.append({a: _key(a, b) for a, b in batches.items()})
+            best_per_round.append({a: in_process.label(a, b) for a, b in batches.items()})
             for name, (served, shm) in configs.items():
                 images = {arrangement: 0.0 for arrangement in arrangements}
                 seconds = dict(images)
                 parts = []
                 for _ in range(SEGMENTS):
                     for arrangement, sessions in arrangements.items():
-                        rate, elapsed = _run_arrangement(
+                        rate, elapsed = in_process.run(
                             sessions, batches[arrangement], segment / 2, warm_first=True
                         )
                         images[arrangement] += rate * elapsed
@@ -387,7 +387,9 @@ def bench_resnet(
     report: dict[str, Any] = {
         "model": RESNET_MODEL,
         "rounds": rounds,
-        "in_process_images_per_s": ceilings,
+        "in_process_images_per_s": [
+            {in_process.label(*key): rate for key, rate in sweep.items()} for sweep in ceilings
+        ],
         "in_process_best_batch_per_round": best_per_round,
         "configs": list(configs),
     }
@@ -396,7 +398,7 @@ def bench_resnet(
         # The ceiling: ONNX Runtime in-process, one session at its best batch size. The
         # stricter one also counts a session per core, side by side, and takes each
         # round's faster arrangement.
-        single = beside[name][ONE_SESSION]
+        single = beside[name][in_process.ONE_SESSION]
         fastest = [max(rnd) for rnd in zip(*beside[name].values(), strict=True)]
         ratios = [_ratio(s, c) for s, c in zip(rates, single, strict=True)]
         strict = [_ratio(s, c) for s, c in zip(rates, fastest, strict=True)]
@@ -443,108 +445,6 @@ def _variant_repo(repo: Path, target: Path, *edits: tuple[str, str]) -> Path:
             text = text.replace(old, new)
         config.write_text(text)
     return target
-
-
-# In-process arrangements of ONNX Runtime, as the server's instance groups arrange it:
-# one session with every core, or one session per core run side by side in threads.
-ONE_SESSION, SESSION_PER_CORE = "one session", "a session per core"
-
-
-def _in_process_arrangements(model_path: Path) -> dict[str, list[Any]]:
-    """The sessions of each arrangement, with the options warpserve's ONNX Runtime
-    backend gives one instance, or one of ``cores`` instances, of resnet18's config: the
-    ceiling runs the same kernels the same way."""
-    import onnxruntime as ort
-
-    def session(instances: int) -> Any:
-        options = _server_session_options(instances)
-        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-
-    cores = _usable_cores()
-    arrangements = {ONE_SESSION: [session(1)]}
-    if cores > 1:
-        arrangements[SESSION_PER_CORE] = [session(cores) for _ in range(cores)]
-    return arrangements
-
-
-def _key(arrangement: str, batch: int) -> str:
-    return f"{arrangement}, batch {batch}"
-
-
-def _parse_key(key: str) -> tuple[str, int]:
-    arrangement, batch = key.rsplit(", batch ", 1)
-    return arrangement, int(batch)
-
-
-def in_process_sweep(
-    arrangements: dict[str, list[Any]], duration: float, warmup: float
-) -> dict[str, float]:
-    """Images/s of ONNX Runtime in this process, each arrangement at batch 1, 2, 4, 8."""
-    sweep = {}
-    for arrangement, sessions in arrangements.items():
-        for batch in (1, 2, 4, 8):
-            _run_arrangement(sessions, batch, warmup)
-            key = _key(arrangement, batch)
-            sweep[key] = _run_arrangement(sessions, batch, duration)[0]
-            print(f"{'in-process':>10} {key}: {sweep[key]:8.1f} images/s", flush=True)
-    return sweep
-
-
-def _server_session_options(instances: int) -> Any:
-    import onnxruntime as ort
-    from google.protobuf import text_format
-    from resnet import CONFIG_PBTXT
-
-    from warpserve.protos import model_config_pb2 as mc
-
-    try:
-        from warpserve.server.backends.onnxruntime import session_options
-    except ImportError:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, (os.cpu_count() or 1) // instances)
-        return options
-    return session_options(text_format.Parse(CONFIG_PBTXT, mc.ModelConfig()), instances)
-
-
-def _usable_cores() -> int:
-    try:
-        from warpserve.server.cpus import usable_cores
-    except ImportError:
-        return os.cpu_count() or 1
-    return usable_cores()
-
-
-def _run_arrangement(
-    sessions: list[Any], batch: int, seconds: float, warm_first: bool = False
-) -> tuple[float, float]:
-    """Images/s of the sessions running side by side for ``seconds`` (the sum of each
-    one's rate over its own runs), and the seconds it took. ``warm_first``: one
-    unmeasured run each first, as a thread woken from sleep runs on cold caches."""
-    rng = np.random.default_rng(batch)
-    feed = {"INPUT": rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)}
-
-    def rate(session: Any) -> float:
-        if warm_first:
-            session.run(None, feed)
-        runs, elapsed = _run_for(session, feed, seconds)
-        return runs * batch / elapsed
-
-    start = time.perf_counter()
-    if len(sessions) == 1:
-        total = rate(sessions[0])
-    else:
-        with concurrent.futures.ThreadPoolExecutor(len(sessions)) as pool:
-            total = sum(pool.map(rate, sessions))
-    return total, time.perf_counter() - start
-
-
-def _run_for(session: Any, feed: dict[str, np.ndarray], seconds: float) -> tuple[int, float]:
-    start = time.perf_counter()
-    runs = 0
-    while runs == 0 or time.perf_counter() - start < seconds:
-        session.run(None, feed)
-        runs += 1
-    return runs, time.perf_counter() - start
 
 
 def _ratio(ours: float, ceiling: float) -> float | None:

@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import itertools
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from multiprocessing import shared_memory
 from typing import Any, TextIO
 
 import grpc
@@ -31,12 +27,12 @@ import numpy as np
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+from warpserve.server.tools.client_shm import DEFAULT_OUTPUT_SHM_BYTES, ClientRegion
 from warpserve.server.tools.shaping import (
     BenchError,
     RequestPool,
     build_pool,
     build_requests,
-    move_to_region,
 )
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -48,8 +44,6 @@ CHANNEL_OPTIONS = [
 DEFAULT_WARMUP_S = 2.0
 CALL_TIMEOUT_S = 60.0
 METADATA_TIMEOUT_S = 10.0
-# perf_analyzer's default room for each output in shared memory.
-DEFAULT_OUTPUT_SHM_BYTES = 100 * 1024
 TABLE_COLUMNS = (
     f"{'concurrency':>11} {'req/s':>10} {'rows/s':>10} {'p50 ms':>8} "
     f"{'p90 ms':>8} {'p99 ms':>8} {'errors':>7}"
@@ -173,72 +167,6 @@ async def prepare(
     outputs = [output.name for output in metadata.outputs]
     payloads = await region.hold(channel, requests, outputs)
     return RequestPool(metadata.name, version, batch_size, payloads)
-
-
-_region_ids = itertools.count()
-
-
-class ClientRegion:
-    """A POSIX shared memory object holding a request pool's tensors, registered with
-    the server as one region for as long as the benchmark runs."""
-
-    def __init__(self, output_bytes: int = DEFAULT_OUTPUT_SHM_BYTES) -> None:
-        self.output_bytes = output_bytes
-        self.name = f"warpserve-bench-{os.getpid()}-{next(_region_ids)}"
-        self._block: shared_memory.SharedMemory | None = None
-        self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
-
-    async def hold(
-        self,
-        channel: grpc.aio.Channel,
-        requests: Sequence[pb.ModelInferRequest],
-        outputs: Sequence[str],
-    ) -> list[bytes]:
-        """Move the requests' tensors into a new object, register it; the payloads."""
-        data = move_to_region(requests, outputs, self.output_bytes, self.name)
-        self._block = shared_memory.SharedMemory(create=True, size=len(data))
-        buf = self._block.buf
-        assert buf is not None  # None only after close()
-        buf[: len(data)] = data
-        del buf  # close() refuses while a view is alive
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        register = pb.SystemSharedMemoryRegisterRequest(
-            name=self.name, key="/" + self._block.name, offset=0, byte_size=len(data)
-        )
-        try:
-            await stub.SystemSharedMemoryRegister(register, timeout=METADATA_TIMEOUT_S)
-        except grpc.aio.AioRpcError as e:
-            raise BenchError(_describe_register_error(e)) from e
-        self._stub = stub
-        return [request.SerializeToString() for request in requests]
-
-    async def release(self) -> None:
-        if self._stub is not None:
-            # A server that went away has nothing left to unregister.
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await self._stub.SystemSharedMemoryUnregister(
-                    pb.SystemSharedMemoryUnregisterRequest(name=self.name),
-                    timeout=METADATA_TIMEOUT_S,
-                )
-            self._stub = None
-        if self._block is not None:
-            self._block.close()
-            self._block.unlink()
-            self._block = None
-
-
-def _describe_register_error(e: grpc.aio.AioRpcError) -> str:
-    if e.code() == grpc.StatusCode.PERMISSION_DENIED:
-        return (
-            "the server does not take client shared memory; start it with "
-            "--allow-client-shm, or leave out --shared-memory"
-        )
-    if e.code() == grpc.StatusCode.NOT_FOUND:
-        return (
-            "the server cannot open this machine's shared memory: --shared-memory needs "
-            f"the server on the same host ({e.details()})"
-        )
-    return f"registering shared memory failed: {e.code().name}: {e.details()}"
 
 
 # --------------------------------------------------------------------- the closed loop

@@ -21,7 +21,7 @@ from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server import codec
 from warpserve.server.grpc.status import maps_errors
 from warpserve.server.shm import SHM_ROOT, SharedMemoryRegions
-from warpserve.server.tools import loadgen, shaping
+from warpserve.server.tools import client_shm, loadgen, shaping
 
 SHORT = {"duration_s": 0.3, "warmup_s": 0.05}
 
@@ -247,7 +247,7 @@ def test_shared_memory_on_a_server_without_it(capsys: pytest.CaptureFixture[str]
 def test_region_layout() -> None:
     requests = shaping.build_requests(MIXED, 2, batched=True, size=2)
     raw = [list(r.raw_input_contents) for r in requests]
-    block = shaping.move_to_region(requests, ["OUT", "EXTRA"], 100, "r")
+    block = client_shm.move_to_region(requests, ["OUT", "EXTRA"], 100, "r")
     for request, data in zip(requests, raw, strict=True):
         assert not request.raw_input_contents
         for tensor, expected in zip(request.inputs, data, strict=True):
