@@ -249,7 +249,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
         return
     p = sub.add_parser(
         "models",
-        help="model lifecycle: status, load, unload, rollout, promote, rollback, split",
+        help=f"model lifecycle: {', '.join(models_cli.CALLS)}",
         description="Drive the admin API of a running warpserve.",
     )
     models_cli.add_arguments(p)

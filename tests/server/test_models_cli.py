@@ -17,6 +17,7 @@ from tests.models import write_affine, write_golden
 from warpserve.server.cli import main
 from warpserve.server.grpc.server import RunningServer, start_server
 from warpserve.server.options import ServerOptions
+from warpserve.server.tools import models_cli
 
 MODEL = "affine"
 TOKEN = "cli-token"
@@ -218,3 +219,13 @@ def test_event_loop_choice() -> None:
     assert event_loop_factory("asyncio") is None
     assert event_loop_factory("uvloop") is uvloop.new_event_loop
     assert event_loop_factory("auto") is uvloop.new_event_loop  # installed with warpserve
+
+
+def test_the_top_level_help_names_every_action(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    summary = " ".join(capsys.readouterr().out.split())  # argparse wraps the line
+    line = summary[summary.index("models model lifecycle:") :].split(" options:")[0]
+    assert "shadow" in models_cli.CALLS
+    for action in models_cli.CALLS:
+        assert f" {action}" in line, f"'warpserve --help' omits 'models {action}'"
