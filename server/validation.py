@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -71,16 +72,22 @@ class InputValidator:
                 )
 
     def _check_names(self, inputs: dict[str, np.ndarray]) -> None:
+        # A misnamed input is both unknown and missing: name the one sent and the one
+        # expected in one message, so the fix is visible without reading the config.
         missing = [n for n, s in self.inputs.items() if n not in inputs and not s.optional]
+        extra = [n for n in inputs if n not in self.inputs]
+        takes = f"it takes {sorted(self.inputs)}"
+        if extra:
+            lacks = f" and the request lacks {missing}" if missing else ""
+            raise InvalidInput(
+                f"model '{self.model}' has no input(s) {extra}, which the request sent; "
+                f"{takes}{lacks}{_did_you_mean(extra, missing)}"
+            )
         if missing:
+            sent = sorted(inputs) if inputs else "none"
             raise InvalidInput(
                 f"model '{self.model}' expects input(s) {missing} which the request lacks; "
-                f"it takes {sorted(self.inputs)}"
-            )
-        extra = [n for n in inputs if n not in self.inputs]
-        if extra:
-            raise InvalidInput(
-                f"model '{self.model}' has no input(s) {extra}; it takes {sorted(self.inputs)}"
+                f"the request sent {sent}, {takes}"
             )
 
     def _check_dtype(self, spec: TensorSpec, array: np.ndarray) -> None:
@@ -128,3 +135,16 @@ class InputValidator:
                 f"{batch} rows in '{spec.name}')"
             )
         return batch
+
+
+def _did_you_mean(sent: list[str], missing: list[str]) -> str:
+    """'did you mean' for each unknown name close to a missing one (case or a typo)."""
+    hints = []
+    for name in sent:
+        folded = {m.lower(): m for m in missing}
+        close = folded.get(name.lower()) or next(
+            iter(difflib.get_close_matches(name, missing, n=1, cutoff=0.6)), None
+        )
+        if close is not None:
+            hints.append(f"did you mean '{close}' for '{name}'?")
+    return "; " + " ".join(hints) if hints else ""

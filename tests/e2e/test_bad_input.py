@@ -54,6 +54,12 @@ def _extra_input() -> pb.ModelInferRequest:
     return request
 
 
+def _misnamed_input() -> pb.ModelInferRequest:
+    request = raw_request(AFFINE, _x())
+    request.inputs[0].name = "input0"
+    return request
+
+
 def _duplicated_input() -> pb.ModelInferRequest:
     request = raw_request(AFFINE, _x())
     request.inputs.add(name="INPUT0", datatype="FP32", shape=[2, 4])
@@ -132,6 +138,12 @@ CASES: list[tuple[str, Build, str, list[str]]] = [
     ),
     ("missing input", _missing_input, "INVALID_ARGUMENT", [AFFINE, "INPUT0", "lacks"]),
     ("extra input", _extra_input, "INVALID_ARGUMENT", [AFFINE, "EXTRA", "it takes"]),
+    (
+        "misnamed input",
+        _misnamed_input,
+        "INVALID_ARGUMENT",
+        ["'input0'", "lacks ['INPUT0']", "did you mean 'INPUT0'"],
+    ),
     ("duplicated input", _duplicated_input, "INVALID_ARGUMENT", ["INPUT0", "more than once"]),
     (
         "raw entries do not match inputs",

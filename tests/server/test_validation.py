@@ -62,3 +62,20 @@ def test_non_batching_model_takes_exact_dims() -> None:
     assert v.check({"a": np.zeros((2, 2), np.float32)}) == 1
     with pytest.raises(InvalidInput, match="does not match"):
         v.check({"a": np.zeros((1, 2, 2), np.float32)})
+
+
+def test_a_misnamed_input_names_what_was_sent_and_what_the_model_takes() -> None:
+    inputs = {"A": np.zeros((2, 3), np.float32), "b": np.zeros((2, 5), np.int64)}
+    with pytest.raises(InvalidInput) as info:
+        validator().check(inputs)
+    message = str(info.value)
+    assert "'A'" in message  # what the request sent
+    assert "lacks ['a']" in message  # what the model expected in its place
+    assert "did you mean 'a'" in message
+
+
+def test_a_request_without_inputs_says_so() -> None:
+    with pytest.raises(
+        InvalidInput, match=r"\['a', 'b'\] which the request lacks; the request sent none"
+    ):
+        validator().check({})
