@@ -6,11 +6,14 @@ pays nothing for metrics. ``warpserve_*`` families cover what Triton lacks.
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -149,10 +152,80 @@ class RegistryCollector(Collector):
         yield from (active, weight, state, rollouts, rollbacks)
 
 
+METRICS_PATH = "/metrics"
+ALLOWED = "GET, HEAD"
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def metrics_only(app: WSGIApp) -> WSGIApp:
+    """``app`` at /metrics for GET and HEAD; 404 on other paths, 405 for other methods.
+
+    prometheus_client's own app answers every path with the exposition (and 405 to
+    HEAD), which hides a mistyped scrape path from whoever configures the scraper.
+    """
+
+    def dispatch(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "")
+        if environ.get("PATH_INFO") != METRICS_PATH:
+            return _plain(start_response, "404 Not Found", f"metrics are at {METRICS_PATH}")
+        if method == "GET":
+            return app(environ, start_response)
+        if method == "HEAD":
+            return _head(app, environ, start_response)
+        return _plain(
+            start_response,
+            "405 Method Not Allowed",
+            f"{method} is not allowed on {METRICS_PATH}; use {ALLOWED}",
+            [("Allow", ALLOWED)],
+        )
+
+    return dispatch
+
+
+def _head(app: WSGIApp, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """The GET answer's status and headers, with its Content-Length, and no body."""
+    answer: list[Any] = []
+    body = b"".join(
+        app({**environ, "REQUEST_METHOD": "GET"}, lambda *args: answer.extend(args[:2]))
+    )
+    status, headers = answer
+    start_response(status, [*headers, ("Content-Length", str(len(body)))])
+    return []
+
+
+def _plain(
+    start_response: Callable[..., Any],
+    status: str,
+    text: str,
+    extra: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
+    body = f"{status}: {text}\n".encode()
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    start_response(status, [*headers, *(extra or [])])
+    return [body]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes every few seconds would flood the server's stderr
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds up the server's exit
+
+
 def serve_metrics(registry: ModelRegistry, address: str, port: int) -> tuple[Any, int]:
-    """Start the metrics HTTP endpoint; returns (server, bound port)."""
+    """Start the metrics HTTP endpoint on a daemon thread; returns (server, bound port)."""
     prom = CollectorRegistry()
     prom.register(RegistryCollector(registry))
-    server, thread = start_http_server(port, addr=address, registry=prom)
-    assert isinstance(thread, threading.Thread)
+    # IPv4 or IPv6, as the address asks (socketserver assumes IPv4).
+    info = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+
+    class Bound(_MetricsServer):
+        address_family = info[0][0]
+
+    app = metrics_only(make_wsgi_app(prom))
+    server: WSGIServer = make_server(address, port, app, Bound, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server, server.server_port
