@@ -18,6 +18,7 @@ from warpserve.server.batching.request import Outputs, QueuedRequest, signature_
 from warpserve.server.busypoll import BusyPoller
 from warpserve.server.codec import InferRequest
 from warpserve.server.errors import (
+    UNKNOWN_MODEL,
     InvalidInput,
     Unavailable,
     WarpserveError,
@@ -101,7 +102,9 @@ class DataPlane:
         try:
             validator, batcher = mv.validator, mv.batcher
             if validator is None or batcher is None:
-                raise Unavailable(f"model '{mv.name}' version {mv.version} is not ready")
+                raise Unavailable(
+                    f"{UNKNOWN_MODEL}: '{mv.name}' version {mv.version} is not at ready state"
+                )
             rows = _checked_rows(validator, request)
             priority, timeout_us = _queue_parameters(request.parameters, batcher.policy)
             queued = self._queued(mv, request, rows, priority, timeout_us, deadline_s)

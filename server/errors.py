@@ -8,6 +8,15 @@ from __future__ import annotations
 
 import grpc
 
+# Triton's wording, which clients match on to tell "no such model" from other failures:
+# messages about a model or version that cannot serve begin with it, and one about a
+# requested output the model lacks begins with ``unknown_output``'s text.
+UNKNOWN_MODEL = "Request for unknown model"
+
+
+def unknown_output(output: str, model: str) -> str:
+    return f"unexpected inference output '{output}' for model '{model}'"
+
 
 class WarpserveError(Exception):
     """Base class: a message written as a fix-it hint, and the status it maps to."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server import dtypes
-from warpserve.server.errors import InvalidInput
+from warpserve.server.errors import InvalidInput, unknown_output
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class InputValidator:
         for name in requested:
             if name not in self.outputs:
                 raise InvalidInput(
-                    f"model '{self.model}' has no output '{name}'; outputs are "
+                    f"{unknown_output(name, self.model)}: the model's outputs are "
                     f"{sorted(self.outputs)}"
                 )
 

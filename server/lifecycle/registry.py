@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.busypoll import BusyPoller
 from warpserve.server.errors import (
+    UNKNOWN_MODEL,
     FailedPrecondition,
     InvalidInput,
     ModelLoadError,
@@ -82,10 +83,13 @@ class ModelRegistry:
         check_model_name(name)
         if name in self.repository.model_names():
             raise Unavailable(
-                f"model '{name}' is in the repository but not loaded; load it with "
-                "RepositoryModelLoad"
+                f"{UNKNOWN_MODEL}: '{name}' is in the repository but not loaded; load it "
+                "with RepositoryModelLoad"
             )
-        raise ModelNotFound(f"model '{name}' is not known to this server")
+        raise ModelNotFound(
+            f"{UNKNOWN_MODEL}: '{name}' is not known to this server; RepositoryIndex lists "
+            "the models it has"
+        )
 
     def resolve(self, name: str, version: str = "", request_id: str = "") -> ModelVersion:
         """The version that should answer an inference request."""
@@ -103,18 +107,24 @@ class ModelRegistry:
         mv = served.versions.get(number)
         if mv is None:
             raise ModelNotFound(
-                f"model '{served.name}' has no version {number}; loaded: "
+                f"{UNKNOWN_MODEL}: '{served.name}' version {number} is not found; loaded: "
                 f"{served.ready_versions() or 'none'}"
             )
         if not mv.ready:
             detail = f": {mv.reason}" if mv.reason else ""
-            raise Unavailable(f"model '{served.name}' version {number} is {mv.state.value}{detail}")
+            raise Unavailable(
+                f"{UNKNOWN_MODEL}: '{served.name}' version {number} is not at ready state "
+                f"({mv.state.value}){detail}"
+            )
         return mv
 
     def _not_ready_reason(self, served: ServedModel) -> str:
         states = {v: mv.state.value for v, mv in served.versions.items()}
         detail = f" ({served.reason})" if served.reason else ""
-        return f"model '{served.name}' has no ready version; versions: {states or 'none'}{detail}"
+        return (
+            f"{UNKNOWN_MODEL}: '{served.name}' has no available versions; versions: "
+            f"{states or 'none'}{detail}"
+        )
 
     def describe(self, name: str, version: str = "") -> ModelVersion:
         """The version whose metadata and config answer ModelMetadata / ModelConfig."""
@@ -122,7 +132,7 @@ class ModelRegistry:
         if version:
             number = parse_version(version)
             if number not in served.versions:
-                raise ModelNotFound(f"model '{name}' has no version {number}")
+                raise ModelNotFound(f"{UNKNOWN_MODEL}: '{name}' version {number} is not found")
             return served.versions[number]
         active = served.router.active
         if active is not None and active in served.versions:

@@ -280,6 +280,39 @@ def test_bad_requests_through_tritonclient(
     assert_still_serving(server, stub)
 
 
+def test_triton_wording_for_unknown_models_versions_and_outputs(
+    server: ServerProcess,
+    client: grpcclient.InferenceServerClient,
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    """Clients tell "no such model" and "no such output" apart by Triton's words; the
+    message keeps warpserve's detail after them."""
+    unknown = "Request for unknown model: "
+    calls = {
+        "infer, unknown model": lambda: client.infer("no_such_model", [fp32_input(_x())]),
+        "infer, unknown version": lambda: client.infer(
+            AFFINE, [fp32_input(_x())], model_version="7"
+        ),
+        "metadata, unknown model": lambda: client.get_model_metadata("no_such_model"),
+        "config, unknown version": lambda: client.get_model_config(AFFINE, "9"),
+        "statistics, unknown model": lambda: client.get_inference_statistics("no_such_model"),
+    }
+    for what, call in calls.items():
+        code, message = failure(call)
+        assert code == "NOT_FOUND" and message.startswith(unknown), (what, message)
+    code, message = failure(lambda: client.infer("no_such_model", [fp32_input(_x())]))
+    assert message.startswith(f"{unknown}'no_such_model' is not known to this server"), message
+    _, message = failure(lambda: client.infer(AFFINE, [fp32_input(_x())], model_version="7"))
+    assert message.startswith(f"{unknown}'{AFFINE}' version 7 is not found"), message
+
+    nope = grpcclient.InferRequestedOutput("NOPE")
+    code, message = failure(lambda: client.infer(AFFINE, [fp32_input(_x())], outputs=[nope]))
+    assert code == "INVALID_ARGUMENT", message
+    assert message.startswith(f"unexpected inference output 'NOPE' for model '{AFFINE}'")
+    assert "OUTPUT0" in message  # the outputs it does have
+    assert_still_serving(server, stub)
+
+
 @pytest.mark.parametrize(
     "data",
     [
