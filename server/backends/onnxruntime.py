@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.backends.spec import (
+    BackendSpec,
+    Capabilities,
+    Signature,
+    TensorSignature,
+)
 from warpserve.server.cpus import usable_cores
 from warpserve.server.errors import InvalidInput, ModelLoadError
-from warpserve.server.repository import config as cfg
+from warpserve.server.repository.parameters import integer, optional_integer
 
 log = logging.getLogger(__name__)
 
-
-def _param(config: mc.ModelConfig, key: str, default: int) -> int:
-    if key in config.parameters:
-        return int(config.parameters[key].string_value)
-    return default
+INTRA_OP_THREADS = optional_integer(
+    "intra_op_thread_count",
+    "threads per instance; default: the usable cores split between instances",
+)
+INTER_OP_THREADS = integer("inter_op_thread_count", 1, "threads running independent nodes", 1)
 
 
 def _providers(config: mc.ModelConfig) -> list[str]:
@@ -33,10 +40,9 @@ def session_options(config: mc.ModelConfig, instances: int) -> ort.SessionOption
     options = ort.SessionOptions()
     cores = usable_cores()
     # Instances run concurrently, so they share the cores rather than each taking all.
-    options.intra_op_num_threads = _param(
-        config, "intra_op_thread_count", max(1, cores // max(instances, 1))
-    )
-    options.inter_op_num_threads = _param(config, "inter_op_thread_count", 1)
+    threads = INTRA_OP_THREADS.read(config)
+    options.intra_op_num_threads = threads or max(1, cores // max(instances, 1))
+    options.inter_op_num_threads = INTER_OP_THREADS.read(config)
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Spinning worker threads burn the cores the gRPC loop needs between batches.
@@ -78,7 +84,7 @@ class OnnxRuntimeInstance:
         costs more than splitting its few microseconds of work saves. None when the
         config chose the thread count itself or the session runs on a GPU.
         """
-        if "intra_op_thread_count" in self._config.parameters:
+        if INTRA_OP_THREADS.is_set(self._config):
             return None
         if self.session.get_providers()[0] != "CPUExecutionProvider":
             return None
@@ -114,7 +120,7 @@ def _as_text(name: str, array: np.ndarray) -> np.ndarray:
 def load_instance(
     config: mc.ModelConfig, version_dir: Path, index: int, count: int
 ) -> OnnxRuntimeInstance:
-    path = version_dir / cfg.model_filename(config)
+    path = SPEC.model_path(config, version_dir)
     session = _open(path, session_options(config, count), _providers(config))
     log.info("loaded %s instance %d/%d on %s", path, index + 1, count, session.get_providers()[0])
     return OnnxRuntimeInstance(session, config, path, count)
@@ -125,3 +131,62 @@ def _open(path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:
         raise ModelLoadError(f"ONNX Runtime could not load {path}: {exc}") from exc
+
+
+def gpu_available() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def read_signature(model_path: Path) -> Signature:
+    """Inputs and outputs of the ONNX graph (initializers that double as inputs are not
+    inputs a client sends)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    return Signature(_tensors(inputs), _tensors(list(graph.output)))
+
+
+def _tensors(values: list[Any]) -> tuple[TensorSignature, ...]:
+    from onnx import helper
+
+    tensors = []
+    for value in values:
+        tt = value.type.tensor_type
+        onnx_name = helper.tensor_dtype_to_string(tt.elem_type)  # e.g. TensorProto.FLOAT
+        wire = _ONNX_ELEM_TO_WIRE.get(onnx_name.rsplit(".", 1)[-1], "")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
+        tensors.append(TensorSignature(value.name, wire, dims))
+    return tuple(tensors)
+
+
+_ONNX_ELEM_TO_WIRE = {
+    "BOOL": "BOOL",
+    "UINT8": "UINT8",
+    "UINT16": "UINT16",
+    "UINT32": "UINT32",
+    "UINT64": "UINT64",
+    "INT8": "INT8",
+    "INT16": "INT16",
+    "INT32": "INT32",
+    "INT64": "INT64",
+    "FLOAT16": "FP16",
+    "FLOAT": "FP32",
+    "DOUBLE": "FP64",
+    "STRING": "BYTES",
+    "BFLOAT16": "BF16",
+}
+
+SPEC = BackendSpec(
+    platform="onnxruntime_onnx",
+    backend="onnxruntime",
+    default_filename="model.onnx",
+    loader=load_instance,
+    description="ONNX Runtime: CPU, or CUDA with onnxruntime-gpu",
+    requires=("onnxruntime", "onnx"),
+    capabilities=Capabilities(inline=True, gpu=True, cpu_pair=True),
+    parameters=(INTRA_OP_THREADS, INTER_OP_THREADS),
+    gpu_available=gpu_available,
+    read_signature=read_signature,
+)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from warpserve.protos import model_config_pb2 as mc
-from warpserve.server import backends
+from warpserve.server.backends import spec as formats
 from warpserve.server.batching.batcher import DynamicBatcher, Hook
 from warpserve.server.batching.executor import Executor
 from warpserve.server.batching.policy import from_config
@@ -173,7 +173,7 @@ class ModelVersion:
     async def _load(self) -> None:
         self.config = await asyncio.to_thread(cfg.complete, self.config, self.path)
         self.validator = InputValidator(self.config)
-        loader = backends.loader_for(self.config)
+        loader = formats.loader_for(self.config)
         count = sum(g.count for g in self.config.instance_group)
         batched = self.config.max_batch_size > 0
         mode = _execution_mode(self.config)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.backends import spec as formats
 from warpserve.server.errors import InvalidInput, ModelNotFound
 from warpserve.server.repository import config as cfg
 
@@ -78,10 +79,10 @@ class ModelRepository:
     def is_complete(self, version_dir: Path, config: mc.ModelConfig) -> bool:
         if (version_dir / INCOMPLETE_MARKER).exists():
             return False
-        filename = cfg.model_filename(config) or cfg.model_filename(
-            mc.ModelConfig(platform=cfg.guess_platform(version_dir))
-        )
-        return bool(filename) and (version_dir / filename).exists()
+        filename = cfg.model_filename(config)
+        if not filename:  # no format named: any format's default file will do
+            return formats.guess(version_dir) is not None
+        return (version_dir / filename).exists()
 
     def incomplete_folders(self, name: str, config: mc.ModelConfig) -> list[Path]:
         """Numeric version folders that are not complete (reported, never loaded)."""
