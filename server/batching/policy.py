@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.repository.parameters import BATCHING
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def from_config(config: mc.ModelConfig) -> BatchingPolicy:
     db = config.dynamic_batching
     levels = max(1, db.priority_levels)
     default_level = db.default_priority_level or (levels + 1) // 2 if db.priority_levels else 1
-    mode = config.parameters["batching"].string_value if "batching" in config.parameters else ""
+    mode = BATCHING.read(config)
     return BatchingPolicy(
         max_batch_size=config.max_batch_size,
         dynamic=dynamic,

@@ -24,6 +24,7 @@ from warpserve.server.batching.request import Outputs, QueuedRequest
 from warpserve.server.busypoll import BusyPoller
 from warpserve.server.errors import ModelLoadError, WarpserveError
 from warpserve.server.repository import config as cfg
+from warpserve.server.repository import parameters as params
 from warpserve.server.stats import VersionStats
 from warpserve.server.validation import InputValidator
 
@@ -70,12 +71,6 @@ class VersionState(str, enum.Enum):
     FAILED = "FAILED"
 
 
-def _float_param(config: mc.ModelConfig, key: str, default: float) -> float:
-    if key in config.parameters:
-        return float(config.parameters[key].string_value)
-    return default
-
-
 INLINE_THRESHOLD_NS = 200_000
 INLINE_BATCH_LIMIT_NS = 2_000_000
 
@@ -92,14 +87,6 @@ def _median_run_ns(executor: Executor, request: QueuedRequest, runs: int = 15) -
         executor.run([request])
         times.append(time.perf_counter_ns() - start)
     return float(np.median(times))
-
-
-def _execution_mode(config: mc.ModelConfig) -> str:
-    params = config.parameters
-    mode = params["execution"].string_value if "execution" in params else "auto"
-    if mode not in ("auto", "inline", "thread"):
-        raise ModelLoadError(f"parameter execution={mode!r} is not one of auto, inline, thread")
-    return mode
 
 
 class ModelVersion:
@@ -176,7 +163,7 @@ class ModelVersion:
         loader = formats.loader_for(self.config)
         count = sum(g.count for g in self.config.instance_group)
         batched = self.config.max_batch_size > 0
-        mode = _execution_mode(self.config)
+        mode = params.EXECUTION.read(self.config)
         executors = []
         for index in range(count):
             instance = await asyncio.to_thread(loader, self.config, self.path, index, count)
@@ -240,7 +227,7 @@ class ModelVersion:
         """
         assert self.batcher is not None and self.validator is not None
         executors = self.batcher.executors
-        if _execution_mode(self.config) != "auto":
+        if params.EXECUTION.read(self.config) != "auto":
             return
         rng = np.random.default_rng(1)
         one = _direct_request(self._random_inputs(1 if self.validator.batched else None, rng), 1)
@@ -303,8 +290,8 @@ class ModelVersion:
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
     def _compare(self, outputs: Outputs, expected: dict[str, np.ndarray]) -> None:
-        atol = _float_param(self.config, "golden_atol", 1e-4)
-        rtol = _float_param(self.config, "golden_rtol", 1e-3)
+        atol = params.GOLDEN_ATOL.read(self.config)
+        rtol = params.GOLDEN_RTOL.read(self.config)
         for name, want in expected.items():
             got = outputs.get(name)
             if got is None:
