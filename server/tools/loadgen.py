@@ -43,6 +43,14 @@ CHANNEL_OPTIONS = [
 ]
 DEFAULT_WARMUP_S = 2.0
 CALL_TIMEOUT_S = 60.0
+# After a failed call a worker waits before its next one, doubling the wait while calls
+# keep failing: a server that refuses everything (shutting down, overloaded) answers in
+# microseconds, and retrying at once would flood it and the log with errors.
+ERROR_BACKOFF_S = 0.001
+MAX_ERROR_BACKOFF_S = 0.1
+# Distinct error messages kept with their counts; later new ones count under OTHER_ERRORS.
+MAX_DISTINCT_ERRORS = 5
+OTHER_ERRORS = "(other errors)"
 METADATA_TIMEOUT_S = 10.0
 TABLE_COLUMNS = (
     f"{'concurrency':>11} {'req/s':>10} {'rows/s':>10} {'p50 ms':>8} "
@@ -66,6 +74,12 @@ class BenchResult:
     duration_s: float = 0.0
     batch_size: int = 1
     first_error: str = ""
+    # Every failed call, warm-up included: "CODE: details" -> count, first seen first.
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
 
     def to_json(self) -> dict[str, Any]:
         # NaN (no successful request) is not valid JSON; null is.
@@ -88,8 +102,17 @@ class Progress:
 @dataclass
 class _Tally:
     latencies_ns: list[int] = field(default_factory=list)
-    errors: int = 0
-    first_error: str = ""
+    errors: int = 0  # failed calls completed inside the measured window
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def failure(self, message: str) -> None:
+        if message not in self.failures and len(self.failures) >= MAX_DISTINCT_ERRORS:
+            message = OTHER_ERRORS
+        self.failures[message] = self.failures.get(message, 0) + 1
+
+    @property
+    def first_error(self) -> str:
+        return next(iter(self.failures), "")
 
 
 # --------------------------------------------------------------------- talking to the server
@@ -204,6 +227,7 @@ async def _worker(
 ) -> None:
     measure_from, stop_at = window
     i = offset
+    backoff_s = 0.0
     while True:
         t0 = time.perf_counter_ns()
         if t0 >= stop_at:
@@ -218,14 +242,18 @@ async def _worker(
                 tally.latencies_ns.append(t1 - t0)
             else:
                 tally.errors += 1
+        if ok:
+            backoff_s = 0.0
+            continue
+        backoff_s = min(2 * backoff_s or ERROR_BACKOFF_S, MAX_ERROR_BACKOFF_S)
+        await asyncio.sleep(min(backoff_s, max(0.0, (stop_at - t1) / 1e9)))
 
 
 async def _send(call: Any, payload: bytes, tally: _Tally) -> bool:
     try:
         await call(payload, timeout=CALL_TIMEOUT_S)
     except grpc.aio.AioRpcError as e:
-        if not tally.first_error:
-            tally.first_error = f"{e.code().name}: {e.details()}"
+        tally.failure(f"{e.code().name}: {e.details()}")
         return False
     return True
 
@@ -272,6 +300,7 @@ def _summarize(concurrency: int, batch_size: int, duration_s: float, tally: _Tal
         duration_s=duration_s,
         batch_size=batch_size,
         first_error=tally.first_error,
+        failures=dict(tally.failures),
     )
 
 
@@ -392,7 +421,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``warpserve bench``: 0 ok, 1 unreachable or no request succeeded, 2 usage error."""
+    """``warpserve bench``: 0 every request succeeded, 1 unreachable or any request
+    failed, 2 usage error."""
     try:
         results = asyncio.run(_run_levels(args, _progress_printer(sys.stderr)))
     except BenchError as e:
@@ -401,13 +431,24 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_json_report(args, results), indent=2))
     for r in results:
-        if r.requests == 0:
+        if r.requests == 0 and not r.failed:
             print(
-                f"warpserve bench: concurrency {r.concurrency}: no request succeeded"
-                f" ({r.errors} errors; first: {r.first_error or 'none completed in time'})",
+                f"warpserve bench: concurrency {r.concurrency}: no request completed in time",
                 file=sys.stderr,
             )
-    return 0 if any(r.requests for r in results) else 1
+        if r.failed:
+            print(failure_summary(r), file=sys.stderr)
+    return 0 if all(r.requests and not r.failed for r in results) else 1
+
+
+def failure_summary(r: BenchResult) -> str:
+    """The failed calls of one level, warm-up included, by distinct message."""
+    lines = [
+        f"warpserve bench: concurrency {r.concurrency}: {r.failed} requests failed"
+        f" ({r.requests} succeeded in the measured window); errors by message:"
+    ]
+    lines += [f"  {count:>8} x {message}" for message, count in r.failures.items()]
+    return "\n".join(lines)
 
 
 async def _run_levels(

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -285,6 +286,31 @@ def test_errors_are_counted_and_the_first_is_kept() -> None:
         result = _measure(url, "mixed", concurrency=2)
     assert result.errors > 0 and result.requests > 0
     assert "INVALID_ARGUMENT" in result.first_error and "poisoned" in result.first_error
+    assert result.failures == {result.first_error: result.failed}
+    assert result.failed >= result.errors  # warm-up failures count there too
+
+
+def test_failing_calls_back_off() -> None:
+    """A server refusing every call is not flooded: each worker's waits double (1 ms,
+    2 ms, ... up to 100 ms), so in 0.35 s of load it can make at most about ten calls,
+    where retrying at once makes hundreds."""
+    state = FakeState(MIXED, fail_every=1)
+    with fake_server(state) as url:
+        result = _measure(url, "mixed", concurrency=2)
+    assert result.failed > 0 and result.requests == 0  # the calls really failed
+    assert state.seen <= 2 * 12, state.seen
+    assert state.seen == result.failed
+
+
+def test_distinct_messages_are_kept_up_to_a_limit() -> None:
+    tally = loadgen._Tally()
+    for i in range(loadgen.MAX_DISTINCT_ERRORS + 3):
+        tally.failure(f"UNAVAILABLE: reason {i}")
+        tally.failure("UNAVAILABLE: reason 0")
+    assert tally.first_error == "UNAVAILABLE: reason 0"
+    assert tally.failures["UNAVAILABLE: reason 0"] == loadgen.MAX_DISTINCT_ERRORS + 4
+    assert tally.failures[loadgen.OTHER_ERRORS] == 3
+    assert len(tally.failures) == loadgen.MAX_DISTINCT_ERRORS + 1
 
 
 def test_batch_size_over_max_is_a_usage_error() -> None:
@@ -333,6 +359,19 @@ def test_run_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert code == 0
     assert "req/s" in out and out.strip().splitlines()[-1].split()[0] == "3"
+
+
+def test_run_exits_one_when_some_requests_fail(capsys: pytest.CaptureFixture[str]) -> None:
+    with fake_server(FakeState(MIXED, fail_every=3)) as url:
+        code = loadgen.run(
+            _args(
+                "-u", url, "-m", "mixed", "--concurrency", "2", "--duration", "0.2", "--warmup", "0"
+            )
+        )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "requests failed" in err
+    assert re.search(r"\d+ x INVALID_ARGUMENT: input 'DENSE' is poisoned", err), err
 
 
 def test_run_exits_one_when_every_request_fails(capsys: pytest.CaptureFixture[str]) -> None:
