@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from warpserve.server.cpus import usable_cores
 
@@ -42,9 +43,17 @@ def default_window_us() -> int:
 
 
 class BusyPoller:
-    def __init__(self, window_us: int = DEFAULT_WINDOW_US) -> None:
+    def __init__(
+        self,
+        window_us: int = DEFAULT_WINDOW_US,
+        *,
+        wall_ns: Callable[[], int] = time.perf_counter_ns,
+        cpu_ns: Callable[[], int] = time.thread_time_ns,  # the calling (loop) thread's
+    ) -> None:
         if window_us < 0:
             raise ValueError(f"busy-poll window must be >= 0 us, got {window_us}")
+        self._wall = wall_ns
+        self._cpu = cpu_ns
         self.window_ns = window_us * 1000
         self.idle_ns = 0  # loop-thread time spent polling with nothing to do
         self.threads_busy = 0  # batches running on worker threads
@@ -57,7 +66,7 @@ class BusyPoller:
         """Poll until ``window`` from now (call on the loop thread on activity)."""
         if not self.window_ns:
             return
-        now = time.perf_counter_ns()
+        now = self._wall()
         self._until = now + self.window_ns
         if self.spinning or self.threads_busy:
             return
@@ -75,10 +84,10 @@ class BusyPoller:
 
     def busy_cpu_ns(self) -> int:
         """The loop thread's CPU time without its idle polling (call on the loop thread)."""
-        return time.thread_time_ns() - self.idle_ns
+        return self._cpu() - self.idle_ns
 
     def _spin(self) -> None:
-        now = time.perf_counter_ns()
+        now = self._wall()
         elapsed = now - self._last
         if elapsed < IDLE_PASS_NS:
             self.idle_ns += elapsed

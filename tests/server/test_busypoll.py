@@ -1,12 +1,16 @@
 """BusyPoller: the loop polls for a bounded window after activity, never beside a
-worker thread, and its idle polling is not counted as load."""
+worker thread, and its idle polling is not counted as load.
+
+The poller reads a clock the tests step by hand: each loop pass costs a fixed amount of
+fake time, so "the window has passed" is a count of passes, not a measurement. What
+polling costs in real CPU time is measured in bench/bench_busypoll.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import threading
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -15,8 +19,38 @@ from tests.server.batching.test_batcher import POLICY, FakeModel, request, until
 from warpserve.server import busypoll
 from warpserve.server.batching.batcher import DynamicBatcher
 from warpserve.server.batching.executor import Executor
-from warpserve.server.busypoll import DEFAULT_WINDOW_US, BusyPoller
+from warpserve.server.busypoll import DEFAULT_WINDOW_US, IDLE_PASS_NS, BusyPoller
 from warpserve.server.stats import VersionStats
+
+PASS_NS = 10_000  # fake time one loop pass takes: an idle one (under IDLE_PASS_NS)
+WINDOW_PASSES = 100
+
+
+class SteppingClock:
+    """Wall time that advances PASS_NS each time the poller reads it (once a pass), and
+    a thread CPU clock that follows it, as for a loop that never leaves the CPU."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.reads = 0
+
+    def wall(self) -> int:
+        self.reads += 1
+        self.now += PASS_NS
+        return self.now
+
+    def cpu(self) -> int:
+        return self.now
+
+    def work(self, ns: int) -> None:
+        """The loop spends ``ns`` on something other than polling."""
+        self.now += ns
+
+
+def stepped_poller(window_passes: int = WINDOW_PASSES) -> tuple[BusyPoller, SteppingClock]:
+    clock = SteppingClock()
+    window_us = window_passes * PASS_NS // 1000
+    return BusyPoller(window_us, wall_ns=clock.wall, cpu_ns=clock.cpu), clock
 
 
 def on_a_loop(test: Callable[[], Awaitable[None]]) -> Callable[[], None]:
@@ -29,48 +63,47 @@ def on_a_loop(test: Callable[[], Awaitable[None]]) -> Callable[[], None]:
     return run
 
 
-async def _idle_for(seconds: float) -> None:
-    """Let the loop run for ``seconds`` with nothing of its own to do."""
-    await asyncio.sleep(seconds)
+async def loop_passes(n: int) -> None:
+    """Let the loop make about ``n`` passes with nothing of its own to do."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 @on_a_loop
 async def test_polls_for_the_window_after_activity_and_then_sleeps() -> None:
-    poller = BusyPoller(window_us=200_000)
+    poller, clock = stepped_poller()
     poller.arm()
     assert poller.spinning
-    cpu0 = time.thread_time()
-    await _idle_for(0.020)
-    assert poller.spinning, "still inside the 200 ms window"
-    await _idle_for(0.400)
+    await loop_passes(WINDOW_PASSES // 2)
+    assert poller.spinning, "still inside the window"
+    assert clock.reads >= WINDOW_PASSES // 2  # it polled on every pass ...
+    await loop_passes(WINDOW_PASSES)
     assert not poller.spinning, "the window has passed: the loop sleeps again"
-    polled = time.thread_time() - cpu0
-    assert polled > 0.050  # it really kept the CPU, for about the window
-    cpu1 = time.thread_time()
-    await _idle_for(0.100)
-    assert time.thread_time() - cpu1 < 0.020  # and after the window it does not
+    reads = clock.reads
+    await loop_passes(WINDOW_PASSES)
+    assert clock.reads == reads  # ... and after the window it does not
 
 
 @on_a_loop
 async def test_each_arm_extends_the_window() -> None:
-    poller = BusyPoller(window_us=150_000)
+    poller, _ = stepped_poller()
     poller.arm()
     for _ in range(4):
-        await _idle_for(0.050)
-        assert poller.spinning  # 200 ms after the first arm, but 50 ms after the last
+        await loop_passes(WINDOW_PASSES // 2)
+        assert poller.spinning  # past the first arm's window, not the last one's
         poller.arm()
-    await _idle_for(0.400)
+    await loop_passes(2 * WINDOW_PASSES)
     assert not poller.spinning
 
 
 @on_a_loop
 async def test_zero_window_never_polls() -> None:
-    poller = BusyPoller(window_us=0)
+    clock = SteppingClock()
+    poller = BusyPoller(window_us=0, wall_ns=clock.wall, cpu_ns=clock.cpu)
     poller.arm()
     assert not poller.spinning
-    cpu0 = time.thread_time()
-    await _idle_for(0.100)
-    assert time.thread_time() - cpu0 < 0.020
+    await loop_passes(10)
+    assert clock.reads == 0
 
 
 def test_a_negative_window_is_refused() -> None:
@@ -80,34 +113,39 @@ def test_a_negative_window_is_refused() -> None:
 
 @on_a_loop
 async def test_no_polling_while_a_worker_thread_runs_a_batch() -> None:
-    poller = BusyPoller(window_us=100_000)
+    poller, _ = stepped_poller()
     poller.arm()
     poller.thread_started()
-    await _idle_for(0.010)
+    await loop_passes(3)
     assert not poller.spinning, "a busy worker thread stops it"
     poller.arm()  # a request arriving meanwhile does not start it either
     assert not poller.spinning
     poller.thread_finished()  # the batch is done: poll for the next request
     assert poller.spinning
-    await _idle_for(0.300)
+    await loop_passes(2 * WINDOW_PASSES)
     assert not poller.spinning
 
 
 @on_a_loop
 async def test_idle_polling_is_not_counted_as_busy_cpu() -> None:
-    poller = BusyPoller(window_us=100_000)
-    busy0, cpu0 = poller.busy_cpu_ns(), time.thread_time_ns()
+    poller, clock = stepped_poller(window_passes=1000)
+    busy0, cpu0 = poller.busy_cpu_ns(), clock.cpu()
     poller.arm()
-    await _idle_for(0.150)
-    cpu = time.thread_time_ns() - cpu0
-    busy = poller.busy_cpu_ns() - busy0
-    assert cpu > 10_000_000  # the loop polled on the CPU ...
-    assert busy < cpu / 3  # ... and most of that time counts as idle
+    await loop_passes(50)
+    polled = clock.cpu() - cpu0
+    assert polled >= 40 * PASS_NS  # the loop was on the CPU, polling ...
+    assert poller.busy_cpu_ns() - busy0 <= 2 * PASS_NS  # ... which counts as idle
+    # A pass that did real work (longer than an idle one can take) counts as busy.
+    busy1 = poller.busy_cpu_ns()
+    clock.work(10 * IDLE_PASS_NS)
+    await loop_passes(2)
+    assert poller.busy_cpu_ns() - busy1 >= 10 * IDLE_PASS_NS
+    assert poller.spinning
 
 
 @on_a_loop
 async def test_the_batcher_reports_its_worker_thread_batches() -> None:
-    poller = BusyPoller(window_us=100_000)
+    poller, _ = stepped_poller(window_passes=100_000)
     gate = threading.Event()
     model = FakeModel(gate)
     executor = Executor(model, batched=True, label="0")
