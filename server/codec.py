@@ -20,7 +20,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from warpserve.protos import grpc_service_pb2 as pb
-from warpserve.server import dtypes
+from warpserve.server import classification, dtypes
 from warpserve.server.errors import InvalidInput, PermissionDenied
 from warpserve.server.shm import DISABLED_MESSAGE, OutputTarget, SharedMemoryRegions
 
@@ -39,6 +39,8 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     # Requested outputs the client wants written into its shared memory.
     output_targets: dict[str, OutputTarget] = field(default_factory=dict)
+    # Requested outputs to answer as their top classes (the classification extension).
+    classes: dict[str, int] = field(default_factory=dict)
     # Some inputs are views of client shared memory, which the client may reuse as soon
     # as it has its answer: anything that reads them later must copy them first.
     shared_inputs: bool = False
@@ -352,18 +354,30 @@ def _raw_count_error(
     )
 
 
-def _output_targets(
+def _output_options(
     request: pb.ModelInferRequest, shm: SharedMemoryRegions | None
-) -> dict[str, OutputTarget]:
+) -> tuple[dict[str, OutputTarget], dict[str, int]]:
+    """Requested outputs to write into shared memory, and those to answer as classes."""
     targets: dict[str, OutputTarget] = {}
+    classes: dict[str, int] = {}
     for output in request.outputs:
-        location = _shm_location(output.name, output.parameters) if output.parameters else None
-        if location is not None:
-            region, offset, byte_size = location
-            targets[output.name] = (
-                _regions(shm).region(output.name, region).target(output.name, offset, byte_size)
+        params = output.parameters
+        if not params:
+            continue
+        name = output.name
+        location = _shm_location(name, params)
+        count = classification.requested_count(name, params)
+        if count and location is not None:
+            raise InvalidInput(
+                f"output '{name}' can't set both '{SHM_REGION}' and "
+                f"'{classification.PARAMETER}'; classes come back in the response"
             )
-    return targets
+        if count:
+            classes[name] = count
+        elif location is not None:
+            region, offset, byte_size = location
+            targets[name] = _regions(shm).region(name, region).target(name, offset, byte_size)
+    return targets, classes
 
 
 def decode_request(received: ReceivedInfer, shm: SharedMemoryRegions | None = None) -> InferRequest:
@@ -372,9 +386,10 @@ def decode_request(received: ReceivedInfer, shm: SharedMemoryRegions | None = No
     request = received.message
     outputs: list[str] = []
     targets: dict[str, OutputTarget] = {}
+    classes: dict[str, int] = {}
     if len(request.outputs):
         outputs = [o.name for o in request.outputs]
-        targets = _output_targets(request, shm)
+        targets, classes = _output_options(request, shm)
     inputs, shared = _decode_inputs(request, received.raw, shm)
     return InferRequest(
         model_name=request.model_name,
@@ -384,6 +399,7 @@ def decode_request(received: ReceivedInfer, shm: SharedMemoryRegions | None = No
         outputs=outputs,
         parameters=_parameters(request.parameters) if request.parameters else {},
         output_targets=targets,
+        classes=classes,
         shared_inputs=shared,
     )
 

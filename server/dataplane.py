@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from warpserve.server import classification
 from warpserve.server.batching.policy import BatchingPolicy
 from warpserve.server.batching.request import Outputs, QueuedRequest, signature_of
 from warpserve.server.busypoll import BusyPoller
@@ -72,7 +73,7 @@ class DataPlane:
         mv.stats.record_success(rows, time.perf_counter_ns() - start)
         outputs = _select(outputs, request.outputs, mv)
         self._maybe_shadow(mv, request, outputs)
-        return mv, outputs
+        return mv, _classified(outputs, request, mv) if request.classes else outputs
 
     async def infer(
         self, request: InferRequest, deadline_s: float | None = None
@@ -93,7 +94,7 @@ class DataPlane:
             if not self._in_flight:
                 self._idle.set()
         self._maybe_shadow(mv, request, outputs)
-        return mv, outputs
+        return mv, _classified(outputs, request, mv) if request.classes else outputs
 
     async def _queue(
         self, mv: ModelVersion, request: InferRequest, deadline_s: float | None
@@ -184,6 +185,8 @@ def _checked_rows(validator: InputValidator, request: InferRequest) -> int:
     rows = validator.check(request.inputs)
     if request.outputs:
         validator.check_outputs(request.outputs)
+        if request.classes:
+            classification.check_classifiable(request.classes, validator.outputs)
     return rows
 
 
@@ -191,6 +194,19 @@ def _select(outputs: Outputs, requested: list[str], mv: ModelVersion) -> Outputs
     assert mv.validator is not None  # a version that answered is loaded
     names = requested or mv.validator.outputs  # config order
     return {n: outputs[n] for n in names if n in outputs}
+
+
+def _classified(outputs: Outputs, request: InferRequest, mv: ModelVersion) -> Outputs:
+    """The outputs with those requested as classes replaced by their top classes. (After
+    any shadow comparison, which compares the model's own values.)"""
+    assert mv.validator is not None
+    batched, labels = mv.validator.batched, mv.labels
+    return {
+        name: classification.classify(array, count, batched, labels.get(name))
+        if (count := request.classes.get(name))
+        else array
+        for name, array in outputs.items()
+    }
 
 
 def _queue_parameters(params: dict[str, Any], policy: BatchingPolicy) -> tuple[int, int]:

@@ -40,6 +40,8 @@ GOLDEN_RTOL = "1e-4"
 # the files written.
 _SOURCES = ("data.py", "models.py", "train.py", "build.py")
 _STALE_STAGING_S = 3600.0
+# An output's class names, one per line (Triton's label_filename), beside config.pbtxt.
+LABELS_FILE = "labels.txt"
 
 
 class DemoBuildError(RuntimeError):
@@ -51,6 +53,7 @@ class TensorSpec:
     name: str
     data_type: str  # a ModelConfig DataType name, e.g. "TYPE_FP32"
     dims: tuple[int, ...]  # without the batch dimension
+    labels: tuple[str, ...] = ()  # class names by index, written to LABELS_FILE
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ MODEL_SPECS = (
         "image_classifier",
         64,
         TensorSpec("IMAGE", "TYPE_FP32", (3, 32, 32)),
-        (TensorSpec("PROBS", "TYPE_FP32", (2,)),),
+        (TensorSpec("PROBS", "TYPE_FP32", (2,), labels=("cat", "dog")),),
         "Small CNN telling 'cats' (horizontal stripes) from 'dogs' (vertical stripes) in "
         "noisy 3x32x32 images with colour distractors. PROBS = softmax over [cat, dog].",
         0.55,
@@ -197,6 +200,9 @@ def _write_model(folder: Path, spec: ModelSpec, trained: TrainedModel, seconds: 
     _check_with_onnxruntime(version / "model.onnx", golden_in, golden_out, spec.name)
     np.savez(version / "golden" / "inputs.npz", **golden_in)  # type: ignore[arg-type]
     np.savez(version / "golden" / "outputs.npz", **golden_out)  # type: ignore[arg-type]
+    for output in spec.outputs:
+        if output.labels:
+            (folder / LABELS_FILE).write_text("\n".join(output.labels) + "\n", "utf-8")
     (folder / "config.pbtxt").write_text(model_config_text(spec), encoding="utf-8")
     summary = {
         "model": spec.name,
@@ -246,7 +252,10 @@ def model_config_text(spec: ModelSpec) -> str:
     for output in spec.outputs:
         config.output.append(
             mc.ModelOutput(
-                name=output.name, data_type=mc.DataType.Value(output.data_type), dims=output.dims
+                name=output.name,
+                data_type=mc.DataType.Value(output.data_type),
+                dims=output.dims,
+                label_filename=LABELS_FILE if output.labels else "",
             )
         )
     # How long a request may be held for a batch: in warpserve's eager batching only a
@@ -357,10 +366,16 @@ def _readme_section(spec: ModelSpec, repository: Path) -> list[str]:
         "",
         f"- max batch size {spec.max_batch_size}",
         f"- input: {_tensor_line(spec.input)}",
-        *(f"- output: {_tensor_line(output)}" for output in spec.outputs),
+        *(f"- output: {_tensor_line(output)}{_labels_note(output)}" for output in spec.outputs),
         f"- held-out: {metrics}",
         "",
     ]
+
+
+def _labels_note(tensor: TensorSpec) -> str:
+    if not tensor.labels:
+        return ""
+    return f", class names in `{LABELS_FILE}` (ask for them with a class count)"
 
 
 def _tensor_line(tensor: TensorSpec) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from warpserve.protos import model_config_pb2 as mc
+from warpserve.server import classification
 from warpserve.server.backends import spec as formats
 from warpserve.server.batching.batcher import DynamicBatcher, Hook
 from warpserve.server.batching.executor import Executor
@@ -108,6 +109,7 @@ class ModelVersion:
         self.reason = ""
         self.stats = VersionStats()
         self.validator: InputValidator | None = None
+        self.labels: classification.Labels = {}  # per output, from its label_filename
         self.batcher: DynamicBatcher | None = None
         self._hook = hook
         self._poller = poller
@@ -160,6 +162,9 @@ class ModelVersion:
     async def _load(self) -> None:
         self.config = await asyncio.to_thread(cfg.complete, self.config, self.path)
         self.validator = InputValidator(self.config)
+        self.labels = await asyncio.to_thread(
+            classification.read_labels, self.path.parent, self.config
+        )
         loader = formats.loader_for(self.config)
         count = sum(g.count for g in self.config.instance_group)
         batched = self.config.max_batch_size > 0

@@ -101,6 +101,13 @@ def test_config_parses_and_matches_spec(repository: Path, name: str) -> None:
     assert float(config.parameters["golden_rtol"].string_value) > 0
 
 
+def test_image_classifier_ships_its_class_names(repository: Path) -> None:
+    (probs,) = _config(repository, "image_classifier").output
+    assert probs.label_filename, "PROBS has no label_filename"
+    names = (repository / "image_classifier" / probs.label_filename).read_text(encoding="utf-8")
+    assert names.splitlines() == ["cat", "dog"]  # class 0 and class 1 of the training data
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_onnx_graph_matches_config_with_symbolic_batch(repository: Path, name: str) -> None:
     model = onnx.load(str(repository / name / "1" / "model.onnx"))
