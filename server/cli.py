@@ -256,6 +256,16 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=models_cli.run)
 
 
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    # Listed here for 'warpserve -h'; main() hands its arguments to the profiling CLI,
+    # which has two forms (profile, profile compare) with flags of their own.
+    sub.add_parser(
+        "profile",
+        help="profile a model version, or compare it with another (exit 1 on a regression)",
+        add_help=False,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="warpserve", description="GPU-optimized inference server (KServe v2 / Triton gRPC)"
@@ -265,10 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_bench(sub)
     _add_models(sub)
+    _add_profile(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["profile"]:
+        from warpserve.profiling.cli import main as profile_main
+
+        return profile_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if getattr(args, "log_verbose", 0) else logging.INFO
