@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from warpserve.profiling.versions import LoadedVersion
+from warpserve.server.backends import spec as formats
 from warpserve.server.repository import config as cfg
 
 # batch size -> op type -> {"self_us": per run, "calls": per run}
@@ -35,7 +36,7 @@ class OpSession(Protocol):
 
 def op_session(lv: LoadedVersion) -> OpSession | None:
     """A profiled session for ``lv``; None when its backend exposes no ops."""
-    factory = _PROFILERS.get(cfg.platform_of(lv.config))
+    factory = _PROFILERS.get(formats.platform_of(lv.config))
     return factory(lv) if factory is not None else None
 
 

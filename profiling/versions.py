@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from warpserve.protos import model_config_pb2 as mc
-from warpserve.server import backends
+from warpserve.server.backends import spec as formats
 from warpserve.server.batching.executor import ModelInstance
 from warpserve.server.errors import WarpserveError
 from warpserve.server.repository import config as cfg
@@ -97,7 +97,7 @@ def load_version(repository: Path, model: str, version: int) -> LoadedVersion:
         golden = _golden_inputs(folder.path)
         before = rss_mb()
         # One instance with every core, as a single-instance config would serve it.
-        instance = backends.loader_for(config)(config, folder.path, 0, 1)
+        instance = formats.loader_for(config)(config, folder.path, 0, 1)
     except WarpserveError as exc:
         raise ProfileError(str(exc)) from exc
     return LoadedVersion(
