@@ -49,10 +49,10 @@ def test_planted_2x_regression_exits_1_and_the_report_names_it(
     comparison = profile["comparison"]
     assert comparison["verdict"] == "regression"
     assert comparison["batches"]["32"]["median_ratio"] > 1.3
-    # The op profile shows where: the extra copy's ops.
+    # The op profile shows where: the extra copy's ops are new (op times themselves are
+    # timings, so which ops count as slower is not asserted).
     changes = comparison["ops"]["32"]
     assert {c["op"] for c in changes["new"]} >= {"Max"}
-    assert any(c["op"] == "MatMul" for c in changes["slower"])
     md = (out / "report.md").read_text()
     assert "REGRESSION" in md and "| 32 | regression |" in md and "slower" in md
 
