@@ -17,6 +17,7 @@ import numpy as np
 
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server import classification
+from warpserve.server.backends import reshape
 from warpserve.server.backends import spec as formats
 from warpserve.server.batching.batcher import DynamicBatcher, Hook
 from warpserve.server.batching.executor import Executor
@@ -166,12 +167,14 @@ class ModelVersion:
             classification.read_labels, self.path.parent, self.config
         )
         loader = formats.loader_for(self.config)
+        reshapes = reshape.plan(self.config, str(self.path.parent / cfg.CONFIG_FILE))
         count = sum(g.count for g in self.config.instance_group)
         batched = self.config.max_batch_size > 0
         mode = params.EXECUTION.read(self.config)
         executors = []
         for index in range(count):
-            instance = await asyncio.to_thread(loader, self.config, self.path, index, count)
+            loaded = await asyncio.to_thread(loader, self.config, self.path, index, count)
+            instance = reshapes.wrap(loaded)
             label = f"{self.name}-{self.version}-{index}"
             executors.append(Executor(instance, batched, label, inline=mode == "inline"))
         self.batcher = DynamicBatcher(
