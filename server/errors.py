@@ -64,6 +64,13 @@ class ModelLoadError(WarpserveError):
     code = grpc.StatusCode.INTERNAL
 
 
+class GoldenMismatch(ModelLoadError):
+    """A version's outputs differ from the golden outputs stored with it. Nothing
+    raised: the version folder (model or golden data) must change before it can load."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Unauthenticated(WarpserveError):
     """An admin call without credentials."""
 

@@ -22,6 +22,7 @@ from warpserve.server.busypoll import BusyPoller
 from warpserve.server.errors import (
     UNKNOWN_MODEL,
     FailedPrecondition,
+    GoldenMismatch,
     InvalidInput,
     ModelLoadError,
     ModelNotFound,
@@ -31,6 +32,7 @@ from warpserve.server.lifecycle.served import ServedModel, is_serving
 from warpserve.server.lifecycle.version import (
     LifecycleHook,
     ModelVersion,
+    VersionState,
     at_point,
 )
 from warpserve.server.repository.repository import (
@@ -237,7 +239,10 @@ class ModelRegistry:
         served.reason = "; ".join(
             f"version {mv.version}: {mv.reason or mv.state.value}" for mv in failed
         )
-        raise ModelLoadError(
+        # FAILED_PRECONDITION when every failure is a golden mismatch (the folder must
+        # change); INTERNAL when anything raised.
+        golden = all(mv.failure is GoldenMismatch for mv in failed)
+        raise (GoldenMismatch if golden else ModelLoadError)(
             f"model '{served.name}' load failed, the serving version is unchanged: {served.reason}"
         )
 
@@ -255,20 +260,20 @@ class ModelRegistry:
     async def unload(self, name: str, version: int | None = None) -> None:
         """Drain and unload one version, or every version of the model.
 
-        Requests already queued or running finish; new ones are refused at once.
+        Requests already queued or running finish; new ones are refused at once. A
+        FAILED version is cleared (it holds nothing loaded).
         A model with nothing left loaded leaves the registry (ServerReady ignores it).
         """
         async with self._locked(name) as served:
-            targets = [
-                mv
-                for v, mv in served.versions.items()
-                if (version is None or v == version) and is_serving(mv)
-            ]
-            if version is not None and not targets:
+            chosen = [mv for v, mv in served.versions.items() if version in (None, v)]
+            targets = [mv for mv in chosen if is_serving(mv)]
+            failed = [mv for mv in chosen if mv.state is VersionState.FAILED]
+            if version is not None and not targets and not failed:
                 raise ModelNotFound(
                     f"model '{name}' has no loaded version {version}; loaded: "
                     f"{served.ready_versions() or 'none'}"
                 )
+            served.clear_failed(failed)
             for mv in targets:
                 served.router.forget(mv.version)
                 served.cancel_retire(mv.version)

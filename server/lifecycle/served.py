@@ -49,6 +49,15 @@ class ServedModel:
             )
         return mv
 
+    def clear_failed(self, failed: list[ModelVersion]) -> None:
+        """Unload FAILED versions: they hold nothing loaded, so this only takes them out
+        of the FAILED state (status, RepositoryIndex, metrics) until loaded again."""
+        for mv in failed:
+            mv.state = VersionState.UNLOADED
+            log.info("model '%s' version %d: failed load cleared", self.name, mv.version)
+        if not any(mv.state is VersionState.FAILED for mv in self.versions.values()):
+            self.reason = ""
+
     def replace_entry(self, mv: ModelVersion) -> None:
         old = self.versions.get(mv.version)
         if old is not None and old.state not in (VersionState.UNLOADED, VersionState.FAILED):

@@ -24,7 +24,8 @@ from warpserve.server.batching.executor import Executor
 from warpserve.server.batching.policy import from_config
 from warpserve.server.batching.request import Outputs, QueuedRequest
 from warpserve.server.busypoll import BusyPoller
-from warpserve.server.errors import ModelLoadError, WarpserveError
+from warpserve.server.errors import GoldenMismatch, ModelLoadError, WarpserveError
+from warpserve.server.lifecycle.golden import output_mismatch
 from warpserve.server.repository import config as cfg
 from warpserve.server.repository import parameters as params
 from warpserve.server.stats import VersionStats
@@ -108,6 +109,7 @@ class ModelVersion:
         self.config = config  # completed during load
         self.state = VersionState.LOADING
         self.reason = ""
+        self.failure: type[ModelLoadError] = ModelLoadError  # what FAILED raises to callers
         self.stats = VersionStats()
         self.validator: InputValidator | None = None
         self.labels: classification.Labels = {}  # per output, from its label_filename
@@ -123,9 +125,10 @@ class ModelVersion:
     def ready(self) -> bool:
         return self.state is VersionState.READY
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, error: type[ModelLoadError] = ModelLoadError) -> None:
         self.state = VersionState.FAILED
         self.reason = reason
+        self.failure = error
         log.error("model '%s' version %d failed: %s", self.name, self.version, reason)
 
     # -- load ------------------------------------------------------------------------
@@ -147,7 +150,7 @@ class ModelVersion:
             await self._discard()
             reason = str(exc) if isinstance(exc, WarpserveError) else f"{type(exc).__name__}: {exc}"
             if self.state in (VersionState.LOADING, VersionState.WARMING):
-                self.fail(reason)
+                self.fail(reason, type(exc) if isinstance(exc, ModelLoadError) else ModelLoadError)
             return
         if not self._advance(VersionState.WARMING, VersionState.READY):
             await self._discard()
@@ -303,17 +306,12 @@ class ModelVersion:
         for name, want in expected.items():
             got = outputs.get(name)
             if got is None:
-                raise ModelLoadError(f"golden check: the model produced no output '{name}'")
-            if got.shape != want.shape:
-                raise ModelLoadError(
-                    f"golden check: output '{name}' has shape {list(got.shape)}, the golden "
-                    f"data {list(want.shape)}"
-                )
-            if not np.allclose(got, want, atol=atol, rtol=rtol, equal_nan=True):
-                worst = float(np.max(np.abs(got.astype(np.float64) - want)))
-                raise ModelLoadError(
-                    f"golden check: output '{name}' differs from the golden outputs by up to "
-                    f"{worst:.3g} (atol {atol}, rtol {rtol}); the version computes something else"
+                raise GoldenMismatch(f"golden check: the model produced no output '{name}'")
+            differs = output_mismatch(name, got, want, atol, rtol)
+            if differs:
+                raise GoldenMismatch(
+                    f"golden check: {differs}; the version computes something else: fix the "
+                    f"model or its {GOLDEN_DIR}/outputs.npz, or loosen the tolerance"
                 )
 
     async def _discard(self) -> None:

@@ -357,8 +357,9 @@ def test_a_failed_rollout_is_refused_and_its_reason_is_visible(tmp_path: Path) -
             vdir = write_affine(tmp_path, MODEL, (2,), config=False) / "2"
             write_golden(vdir, 2, corrupt=True)
             code, text = await code_of(admin.Rollout(apb.RolloutRequest(model=MODEL, version=2)))
-            assert code is grpc.StatusCode.INTERNAL
+            assert code is grpc.StatusCode.FAILED_PRECONDITION
             assert "serving version is unchanged" in text and "golden check" in text
+            assert "max abs error" in text and "atol 0.0001" in text
             status = (await admin.Status(apb.StatusRequest(model=MODEL))).models[0]
             failed = next(v for v in status.versions if v.version == 2)
             assert failed.state == "FAILED" and "golden check" in failed.reason
@@ -366,6 +367,18 @@ def test_a_failed_rollout_is_refused_and_its_reason_is_visible(tmp_path: Path) -
             index = await stub.RepositoryIndex(pb.RepositoryIndexRequest())
             states = {(m.version, m.state): m.reason for m in index.models}
             assert "golden check" in states[("2", "FAILED")] and ("1", "READY") in states
+            assert await infer(channel, np.ones((1, 4), np.float32)) == 1
+            # The failed version can be unloaded; the serving one stays.
+            reply = await admin.Unload(apb.UnloadRequest(model=MODEL, version=2))
+            assert {v.version: v.state for v in reply.status.versions} == {
+                1: "READY",
+                2: "UNLOADED",
+            }
+            index = await stub.RepositoryIndex(pb.RepositoryIndexRequest())
+            assert {(m.version, m.state) for m in index.models} == {
+                ("1", "READY"),
+                ("2", "UNLOADED"),
+            }
             assert await infer(channel, np.ones((1, 4), np.float32)) == 1
 
     asyncio.run(main())

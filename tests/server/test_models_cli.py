@@ -148,7 +148,10 @@ def test_a_refusal_exits_1_with_the_servers_message(
     write_golden(vdir, 2, corrupt=True)
     assert models(server.url, "rollout", MODEL, "--version", "2") == 1
     err = capsys.readouterr().err
+    assert "FAILED_PRECONDITION" in err and "max abs error" in err
     assert "golden check" in err and "serving version is unchanged" in err
+    assert models(server.url, "--json", "unload", MODEL, "--version", "2") == 0
+    assert versions(as_json(capsys)["status"])[2]["state"] == "UNLOADED"
     assert models(server.url, "status", "no_such_model") == 1
     assert "NOT_FOUND" in capsys.readouterr().err
 

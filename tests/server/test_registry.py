@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
@@ -27,6 +28,7 @@ from warpserve.server.cpus import usable_cores
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import (
     FailedPrecondition,
+    GoldenMismatch,
     InvalidInput,
     ModelLoadError,
     ModelNotFound,
@@ -260,6 +262,65 @@ def test_a_failed_rollout_is_retried_once_the_folder_is_fixed(tmp_path: Path) ->
         write_golden(vdir, 2)
         await registry.rollout(MODEL, 2)
         assert await infer(dp) == 2
+        await registry.close()
+
+    asyncio.run(main())
+
+
+def test_a_golden_mismatch_is_a_failed_precondition_with_its_numbers(tmp_path: Path) -> None:
+    async def main() -> None:
+        registry, dp = await start(tmp_path)
+        write_golden(add_version(tmp_path, 2), 2, corrupt=True)  # every output off by 1.0
+        with pytest.raises(GoldenMismatch) as info:
+            await registry.rollout(MODEL, 2)
+        assert info.value.code is grpc.StatusCode.FAILED_PRECONDITION
+        message = str(info.value)
+        assert "output 'OUTPUT0'" in message and "at 6 of 6 elements" in message
+        assert "max abs error 1," in message and "max rel error" in message
+        assert "atol 0.0001 + rtol 0.001" in message
+        # Positive control: a model that cannot run is still INTERNAL, not a mismatch.
+        (add_version(tmp_path, 3) / "model.onnx").write_bytes(b"not onnx")
+        with pytest.raises(ModelLoadError) as raised:
+            await registry.rollout(MODEL, 3)
+        assert not isinstance(raised.value, GoldenMismatch)
+        assert raised.value.code is grpc.StatusCode.INTERNAL
+        assert await infer(dp) == 1
+        await registry.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_version_can_be_unloaded(tmp_path: Path) -> None:
+    async def main() -> None:
+        registry, dp = await start(tmp_path)
+        write_golden(add_version(tmp_path, 2), 2, corrupt=True)
+        with pytest.raises(GoldenMismatch):
+            await registry.rollout(MODEL, 2)
+        served = registry.models[MODEL]
+        assert served.versions[2].state is VersionState.FAILED and served.reason
+        await registry.unload(MODEL, 2)
+        assert served.versions[2].state is VersionState.UNLOADED and not served.reason
+        index = {(m.version, m.state) for m in reports.index(registry, False).models}
+        assert index == {("1", "READY"), ("2", "UNLOADED")}
+        assert await infer(dp) == 1  # the serving version is untouched
+        with pytest.raises(ModelNotFound):
+            await registry.unload(MODEL, 2)  # nothing left to unload
+        await registry.close()
+
+    asyncio.run(main())
+
+
+def test_a_model_whose_only_version_failed_can_be_unloaded(tmp_path: Path) -> None:
+    async def main() -> None:
+        vdir = write_affine(tmp_path, MODEL, (1,)) / "1"
+        write_golden(vdir, 1, corrupt=True)
+        registry = ModelRegistry(ModelRepository(tmp_path))
+        with pytest.raises(GoldenMismatch):
+            await registry.load(MODEL)
+        await registry.unload(MODEL)
+        assert MODEL not in registry.models
+        index = {(m.name, m.state) for m in reports.index(registry, False).models}
+        assert index == {(MODEL, "UNAVAILABLE")}
         await registry.close()
 
     asyncio.run(main())
