@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -211,7 +212,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"warpserve serve: error: {exc}", file=sys.stderr)
         return 2
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(run(options))
+        status = runner.run(run(options))
+    if status:
+        # Requests were cut off at the exit timeout: a worker thread may still be running
+        # a model, and the interpreter's orderly exit would wait for it.
+        logging.shutdown()
+        os._exit(status)
+    return status
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -24,6 +24,7 @@ from warpserve.server.errors import (
     Unavailable,
     WarpserveError,
 )
+from warpserve.server.inflight import InFlight
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.lifecycle.version import ModelVersion
 from warpserve.server.validation import InputValidator
@@ -35,25 +36,14 @@ class DataPlane:
     def __init__(self, registry: ModelRegistry, poller: BusyPoller | None = None) -> None:
         self.registry = registry
         self._poller = poller
-        self.draining = False
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # Every transport admits its calls here, so that a shutdown waits for them all.
+        self.calls = InFlight()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
 
     def infer_now(self, request: InferRequest) -> tuple[ModelVersion, Outputs | None]:
         """Route ``request`` and, when its version can run it at once (a tiny model on a
         loop with idle time), serve it synchronously: no task switch, queue entry or
         future. Otherwise the outputs are None and ``infer`` queues it."""
-        if self.draining:
-            raise Unavailable("the server is shutting down; send the request elsewhere")
         mv = self.registry.resolve(request.model_name, request.model_version, request.id)
         validator, batcher = mv.validator, mv.batcher
         if validator is None or batcher is None:
@@ -85,14 +75,7 @@ class DataPlane:
         mv, outputs = self.infer_now(request)
         if outputs is not None:
             return mv, outputs
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            outputs = await self._queue(mv, request, deadline_s)
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
+        outputs = await self._queue(mv, request, deadline_s)
         self._maybe_shadow(mv, request, outputs)
         return mv, _classified(outputs, request, mv) if request.classes else outputs
 

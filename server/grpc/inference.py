@@ -12,10 +12,12 @@ from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server import codec
 from warpserve.server.dataplane import DataPlane
-from warpserve.server.errors import InvalidInput, Unimplemented
+from warpserve.server.errors import InvalidInput, Unavailable, Unimplemented
 from warpserve.server.grpc import reports
 from warpserve.server.grpc.status import maps_errors, status_of
+from warpserve.server.inflight import CALL, SHUTTING_DOWN, STREAM, STREAM_REQUEST, Ticket
 from warpserve.server.lifecycle.registry import ModelRegistry, parse_version
+from warpserve.server.lifecycle.version import at_point
 from warpserve.server.shm import SharedMemoryRegions
 
 # Requests of one ModelStreamInfer call read ahead of the answers its client has taken.
@@ -46,13 +48,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=self.live)
 
     async def ServerReady(self, request, context):
-        ready = not self.dataplane.draining and all(
+        ready = not self.dataplane.calls.draining and all(
             served.ready_versions() for served in self.registry.models.values()
         )
         return pb.ServerReadyResponse(ready=ready)
 
     @maps_errors
     async def ModelReady(self, request, context):
+        if self.dataplane.calls.draining:
+            return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.registry.is_ready(request.name, request.version))
 
     async def ServerMetadata(self, request, context):
@@ -134,29 +138,36 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @maps_errors
     async def ModelInfer(self, request: codec.ReceivedInfer, context) -> bytes:
-        decoded = codec.decode_request(request, self.shm)
-        mv, outputs = await self.dataplane.infer(decoded, context.time_remaining())
-        return codec.encode_response(
-            mv.name, str(mv.version), decoded.id, outputs.items(), decoded.output_targets
-        )
-
-    async def _stream_reply(self, request: codec.ReceivedInfer) -> bytes:
-        """One streamed request's serialized ModelStreamInferResponse; errors in-band."""
-        try:
+        # Admitted before decoding: once a shutdown starts, a call that got this far
+        # is answered for real and a later one gets UNAVAILABLE.
+        with self.dataplane.calls.admit(CALL):
+            hook = self.registry.hook
+            if hook is not None:
+                await at_point(hook, "decoding")
             decoded = codec.decode_request(request, self.shm)
-            mv, outputs = await self.dataplane.infer(decoded, None)
-            return codec.encode_stream_response(
+            mv, outputs = await self.dataplane.infer(decoded, context.time_remaining())
+            if hook is not None:
+                await at_point(hook, "encoding")
+            return codec.encode_response(
                 mv.name, str(mv.version), decoded.id, outputs.items(), decoded.output_targets
             )
+
+    async def _stream_reply(self, request: codec.ReceivedInfer, ticket: Ticket) -> bytes:
+        """One streamed request's serialized ModelStreamInferResponse; errors in-band."""
+        try:
+            with ticket:
+                hook = self.registry.hook
+                if hook is not None:
+                    await at_point(hook, "decoding")
+                decoded = codec.decode_request(request, self.shm)
+                mv, outputs = await self.dataplane.infer(decoded, None)
+                if hook is not None:
+                    await at_point(hook, "encoding")
+                return codec.encode_stream_response(
+                    mv.name, str(mv.version), decoded.id, outputs.items(), decoded.output_targets
+                )
         except Exception as exc:
-            _, message = status_of(exc)
-            failed = pb.ModelInferResponse(
-                model_name=request.message.model_name,
-                model_version=request.message.model_version,
-                id=request.message.id,
-            )
-            reply = pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
-            return reply.SerializeToString()
+            return _stream_error(request, exc)
 
     async def ModelStreamInfer(
         self,
@@ -168,20 +179,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # At most STREAM_IN_FLIGHT requests are read ahead of the answers the client has
         # taken: a client that sends without reading is held back by gRPC's flow control
         # instead of filling the server's memory.
-        responses: asyncio.Queue[bytes | None] = asyncio.Queue()
+        calls = self.dataplane.calls
+        try:
+            stream_ticket = calls.admit(STREAM)
+        except Unavailable as exc:
+            await context.abort(*status_of(exc))
+            return
+        # (answer, whether it answers an admitted request); an answer of None only wakes
+        # the loop below; None itself: the reading ended.
+        responses: asyncio.Queue[tuple[bytes | None, bool] | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        unanswered = 0  # admitted requests whose answer has not been handed to gRPC
+        read_all = False
 
-        async def one(request: codec.ReceivedInfer) -> None:
-            await responses.put(await self._stream_reply(request))
+        async def one(request: codec.ReceivedInfer, ticket: Ticket) -> None:
+            await responses.put((await self._stream_reply(request, ticket), True))
+
+        def start(request: codec.ReceivedInfer) -> None:
+            nonlocal unanswered
+            try:
+                ticket = calls.admit(STREAM_REQUEST)
+            except Unavailable as exc:  # read after the shutdown started
+                responses.put_nowait((_stream_error(request, exc), False))
+                return
+            task = asyncio.get_running_loop().create_task(one(request, ticket))
+            ticket.task = task
+            unanswered += 1
+            pending.add(task)
+            task.add_done_callback(pending.discard)
 
         async def reader() -> None:
+            nonlocal read_all
             try:
                 async for request in request_iterator:
                     await slots.acquire()  # released once its answer is handed to gRPC
-                    task = asyncio.get_running_loop().create_task(one(request))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
+                    start(request)
+                read_all = True
                 # Only this coroutine adds tasks, so one gather covers them all. (Looping
                 # until ``pending`` empties would spin forever on Python 3.12+, where
                 # gathering finished tasks returns without yielding to the loop, so the
@@ -190,16 +224,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             finally:
                 responses.put_nowait(None)
 
+        # A shutdown wakes the loop below, which ends the stream once every request it
+        # admitted is answered; the client learns to reopen it elsewhere.
+        unregister = calls.on_drain(lambda: responses.put_nowait((None, False)))
         read_task = asyncio.get_running_loop().create_task(reader())
         try:
-            while (item := await responses.get()) is not None:
-                yield item
-                slots.release()
-            await read_task  # raises whatever ended the reading early
+            with stream_ticket:
+                while (item := await responses.get()) is not None:
+                    answer, admitted = item
+                    if answer is not None:
+                        yield answer
+                        slots.release()
+                    unanswered -= admitted
+                    if calls.draining and not unanswered and not read_all:
+                        await context.abort(*status_of(Unavailable(SHUTTING_DOWN)))
+                await read_task  # raises whatever ended the reading early
         finally:
+            unregister()
             read_task.cancel()
             for task in list(pending):
                 task.cancel()
+
+
+def _stream_error(request: codec.ReceivedInfer, exc: Exception) -> bytes:
+    """A failed stream request's answer: the error in-band, the stream goes on."""
+    _, message = status_of(exc)
+    failed = pb.ModelInferResponse(
+        model_name=request.message.model_name,
+        model_version=request.message.model_version,
+        id=request.message.id,
+    )
+    reply = pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+    return reply.SerializeToString()
 
 
 SERVICE = "inference.GRPCInferenceService"

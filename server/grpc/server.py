@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
+import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -18,6 +21,7 @@ from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import WarpserveError
 from warpserve.server.grpc.health import HealthReporter
 from warpserve.server.grpc.inference import InferenceServicer, add_inference_service
+from warpserve.server.inflight import CALL, STREAM, STREAM_REQUEST, InFlight
 from warpserve.server.lifecycle.poller import RepositoryPoller
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.metrics import serve_metrics
@@ -26,6 +30,19 @@ from warpserve.server.repository.repository import ModelRepository
 from warpserve.server.shm import SharedMemoryRegions
 
 log = logging.getLogger("warpserve")
+
+
+# After the exit timeout, how long the UNAVAILABLE answers of what was cut off get to
+# leave before the gRPC server stops.
+CUT_OFF_GRACE_S = 1.0
+# Once everything admitted is answered, the server keeps refusing calls itself until
+# none has arrived for this long (or the exit timeout comes): stopping gRPC kills the
+# calls it has received but not yet handed to a handler with CANCELLED, which clients
+# do not retry. Callers told UNAVAILABLE that go elsewhere stop arriving well within it.
+QUIET_S = 0.1
+# Exit status when requests were cut off (by the exit timeout or a second signal): the
+# shutdown did not answer everything, and a supervisor can tell.
+EXIT_CUT_OFF = 1
 
 
 @dataclass
@@ -39,32 +56,92 @@ class RunningServer:
     metrics_port: int = 0
     poller: RepositoryPoller | None = None
     _metrics: Any = None
-    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _shutdown: asyncio.Task[int] | None = None
+    _shutdown_begun: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def shutdown(self) -> None:
-        """Health NOT_SERVING, refuse new calls, let in-flight ones finish, unload."""
-        if self.dataplane.draining:
-            return
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown is not None
+
+    def begin_shutdown(self) -> asyncio.Task[int]:
+        """What SIGTERM/SIGINT do: refuse new calls at once (UNAVAILABLE), then finish
+        the admitted ones, unload and stop, in a task whose result is the exit status."""
+        if self._shutdown is None:
+            self.dataplane.calls.start_draining()
+            self._shutdown = asyncio.get_running_loop().create_task(self._shut_down())
+            self._shutdown_begun.set()
+        return self._shutdown
+
+    async def shutdown(self) -> int:
+        return await asyncio.shield(self.begin_shutdown())
+
+    async def wait(self) -> int:
+        """Until a shutdown has finished; returns its exit status."""
+        await self._shutdown_begun.wait()
+        return await self.shutdown()
+
+    async def _shut_down(self) -> int:
+        calls = self.dataplane.calls
+        await self.health.not_serving()
         log.info(
-            "shutting down: finishing in-flight requests (up to %.0f s)",
+            "shutting down: NOT_SERVING, new requests get UNAVAILABLE; finishing %s "
+            "(up to %g s, --exit-timeout-secs)",
+            _describe(calls.counts()) or "no requests",
             self.options.exit_timeout_secs,
         )
-        self.dataplane.draining = True
-        await self.health.not_serving()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.exit_timeout_secs
         if self.poller is not None:
             await self.poller.stop()
         try:
-            await asyncio.wait_for(self.dataplane.wait_idle(), self.options.exit_timeout_secs)
+            await asyncio.wait_for(calls.wait_idle(), max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:
-            log.warning("exit timeout: %d requests still running", self.dataplane.in_flight)
-        await self.grpc_server.stop(grace=1.0)
+            cut = calls.cut_off()
+            log.error(
+                "exit timeout (--exit-timeout-secs %g): cut off %s; they are answered "
+                "UNAVAILABLE; models are not unloaded",
+                self.options.exit_timeout_secs,
+                _describe(cut),
+            )
+            await self.grpc_server.stop(grace=CUT_OFF_GRACE_S)
+            self._stop_metrics()
+            return EXIT_CUT_OFF
+        # Every admitted call has its answer: only now do the models go.
         await self.registry.close()
+        await _quiet(calls, deadline)
+        # Nothing of ours is left running; the grace covers answers still being sent.
+        await self.grpc_server.stop(grace=max(CUT_OFF_GRACE_S, deadline - loop.time()))
+        self._stop_metrics()
+        log.info("shutdown complete: every request received was answered")
+        return 0
+
+    def _stop_metrics(self) -> None:
         if self._metrics is not None:
             self._metrics.shutdown()
-        self._stopped.set()
 
-    async def wait(self) -> None:
-        await self._stopped.wait()
+
+async def _quiet(calls: InFlight, deadline: float) -> None:
+    """Wait until no call was refused for QUIET_S, or until the deadline."""
+    loop = asyncio.get_running_loop()
+    while (left := QUIET_S - (time.monotonic() - calls.refused_at)) > 0:
+        if loop.time() + left > deadline:
+            return
+        await asyncio.sleep(left)
+
+
+def _describe(counts: Counter[str]) -> str:
+    """'3 requests (2 calls, 1 stream request), 1 open stream' for a log line."""
+    requests = counts[CALL] + counts[STREAM_REQUEST]
+    parts = []
+    if requests:
+        parts.append(
+            f"{requests} request{'s' * (requests != 1)} ({counts[CALL]} "
+            f"call{'s' * (counts[CALL] != 1)}, {counts[STREAM_REQUEST]} stream "
+            f"request{'s' * (counts[STREAM_REQUEST] != 1)})"
+        )
+    if counts[STREAM]:
+        parts.append(f"{counts[STREAM]} open stream{'s' * (counts[STREAM] != 1)}")
+    return ", ".join(parts)
 
 
 def _grpc_options(options: ServerOptions) -> list[tuple[str, Any]]:
@@ -141,9 +218,28 @@ def _add_admin(server: grpc.aio.Server, registry: ModelRegistry, options: Server
 
 
 async def run(options: ServerOptions) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status. A second signal exits the
+    process at once."""
     running = await start_server(options)
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if running.shutting_down:
+            _exit_now(sig, running)
+        running.begin_shutdown()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: loop.create_task(running.shutdown()))
-    await running.wait()
-    return 0
+        loop.add_signal_handler(sig, on_signal, sig)
+    return await running.wait()
+
+
+def _exit_now(sig: signal.Signals, running: RunningServer) -> NoReturn:
+    """A second signal: the operator does not want to wait. Worker threads may still be
+    running a model, so the interpreter's orderly exit (which joins them) is skipped."""
+    log.error(
+        "%s again: exiting now; cut off %s",
+        sig.name,
+        _describe(running.dataplane.calls.counts()) or "no requests",
+    )
+    logging.shutdown()
+    os._exit(EXIT_CUT_OFF)

@@ -74,12 +74,13 @@ def start_server(
     timeout: float = 120.0,
     env: dict[str, str] | None = None,
     wait_ready: bool = True,
+    module: str = "warpserve.server.cli",
 ) -> ServerProcess:
     grpc_port, metrics_port = free_port(), free_port()
     cmd = [
         sys.executable,
         "-m",
-        "warpserve.server.cli",
+        module,
         "serve",
         "--grpc-address",
         "127.0.0.1",

@@ -5,13 +5,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import (
     AFFINE,
@@ -26,6 +28,7 @@ from tests.e2e.conftest import (
     wait_pending,
 )
 from tests.e2e.harness import ServerProcess, start_server
+from tests.e2e.held_server import HELD
 from warpserve.server.cli import build_parser
 
 pytestmark = pytest.mark.e2e
@@ -86,8 +89,9 @@ def _drain_scenario(server: ServerProcess) -> None:
         assert state == "NOT_SERVING", state
 
         code, message = failure(lambda: late.infer(AFFINE, [fp32_input(rows(1, seed=1))]))
-        assert code == "UNAVAILABLE", message
+        assert code == "UNAVAILABLE" and "shutting down" in message, message
         assert not late.is_server_ready()
+        assert not late.is_model_ready(AFFINE)
 
         for x, future in zip(inputs, futures, strict=True):
             np.testing.assert_allclose(future.result(), reference(x), rtol=1e-5, atol=1e-5)
@@ -96,7 +100,140 @@ def _drain_scenario(server: ServerProcess) -> None:
     with grpcclient.InferenceServerClient(server.url) as after:
         code, _ = failure(lambda: after.is_server_live(client_timeout=5))
     assert code == "UNAVAILABLE"
-    assert "shutting down" in server.log()
+    log = server.log()
+    assert "shutdown complete" in log
+    assert log.index("shutting down") < log.index(f"model '{SLEEPY}' version 1 unloaded")
+
+
+CALLERS = 16
+
+
+class Caller(threading.Thread):
+    """Calls in a closed loop until its first failure, as a client that is told UNAVAILABLE
+    and goes elsewhere; checks every answer."""
+
+    def __init__(self, url: str, model: str, seed: int) -> None:
+        super().__init__()
+        self.url, self.model, self.seed = url, model, seed
+        self.answered = 0
+        self.failed: tuple[str, str] | None = None
+
+    def run(self) -> None:
+        with grpcclient.InferenceServerClient(self.url) as triton:
+            while self.failed is None:
+                x = rows(1, seed=self.seed + self.answered)
+                try:
+                    got = triton.infer(self.model, [fp32_input(x)], client_timeout=60)
+                except InferenceServerException as exc:
+                    self.failed = (str(exc.status()).removeprefix("StatusCode."), exc.message())
+                    return
+                np.testing.assert_allclose(got.as_numpy("OUTPUT0"), reference(x), atol=1e-5)
+                self.answered += 1
+
+
+def test_sigterm_under_load_answers_every_call_it_received(repo: Path, log_dir: Path) -> None:
+    # 16 closed-loop callers, half on a model run inline on the event loop, half on one
+    # that runs on a worker thread, one request at a time, so calls are in every stage
+    # when the signal comes. No call may come back CANCELLED.
+    server = start_server(
+        repo,
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        SLEEPY,
+        "--load-model",
+        AFFINE,
+        log_dir=log_dir,
+    )
+    try:
+        callers = [
+            Caller(server.url, (AFFINE, SLEEPY)[i % 2], seed=1000 * i) for i in range(CALLERS)
+        ]
+        for caller in callers:
+            caller.start()
+        deadline = time.monotonic() + 60
+        while not all(c.answered for c in callers):  # every caller is under way
+            assert time.monotonic() < deadline, "the callers never got going"
+            time.sleep(0.01)
+        server.process.send_signal(signal.SIGTERM)
+        for caller in callers:
+            caller.join(60)
+        assert server.process.wait(timeout=60) == 0, server.log()
+    finally:
+        server.stop(signal.SIGKILL)
+    for caller in callers:
+        assert caller.failed is not None, "a caller never stopped"
+        code, message = caller.failed
+        assert code == "UNAVAILABLE" and "shutting down" in message, caller.failed
+    assert "shutdown complete: every request received was answered" in server.log()
+
+
+def _start_held(repo: Path, log_dir: Path, exit_timeout: float) -> ServerProcess:
+    return start_server(
+        repo,
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        AFFINE,
+        "--exit-timeout-secs",
+        str(exit_timeout),
+        log_dir=log_dir,
+        module="tests.e2e.held_server",
+    )
+
+
+def _held_call(server: ServerProcess, pool: ThreadPoolExecutor) -> Future[tuple[str, str]]:
+    """A call that stops at the "encoding" point for good; once it is there."""
+
+    def call() -> tuple[str, str]:
+        with grpcclient.InferenceServerClient(server.url) as triton:
+            x = rows(1, seed=5)
+            return failure(lambda: triton.infer(AFFINE, [fp32_input(x)], client_timeout=120))
+
+    future = pool.submit(call)
+    _wait_log(server, HELD)
+    return future
+
+
+def _wait_log(server: ServerProcess, text: str) -> None:
+    deadline = time.monotonic() + 60
+    while text not in server.log():
+        assert time.monotonic() < deadline, f"never logged {text!r}:\n{server.log()}"
+        time.sleep(0.01)  # poll interval
+
+
+def test_at_the_exit_timeout_held_calls_are_cut_off_counted_and_exit_is_1(
+    repo: Path, log_dir: Path
+) -> None:
+    server = _start_held(repo, log_dir, exit_timeout=1)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            held = _held_call(server, pool)
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(timeout=60) == 1, server.log()
+            code, message = held.result()
+    finally:
+        server.stop(signal.SIGKILL)
+    assert code == "UNAVAILABLE" and "--exit-timeout-secs" in message, (code, message)
+    assert "cut off 1 request (1 call, 0 stream requests)" in server.log()
+
+
+def test_a_second_signal_exits_at_once(repo: Path, log_dir: Path) -> None:
+    server = _start_held(repo, log_dir, exit_timeout=600)  # far longer than the test waits
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            held = _held_call(server, pool)
+            server.process.send_signal(signal.SIGTERM)
+            _wait_log(server, "shutting down")
+            server.process.send_signal(signal.SIGINT)
+            assert server.process.wait(timeout=30) == 1, server.log()
+            code, _ = held.result()
+    finally:
+        server.stop(signal.SIGKILL)
+    assert code == "UNAVAILABLE"  # the connection closed; not CANCELLED
+    assert "SIGINT again: exiting now; cut off 1 request (1 call, 0 stream requests)" in (
+        server.log()
+    )
 
 
 def test_sigint_when_idle_exits_zero(repo: Path, log_dir: Path) -> None:
