@@ -8,8 +8,9 @@ counts all of them toward max_batch_size.
 
 Inline executors (tiny models run on the event loop thread) are never busy while a
 request arrives, so for them "idle" means an idle loop (see ``loopload``): when the
-loop is saturated, a request is held for up to max_queue_delay (or
-INLINE_WINDOW_US) so the requests behind it join its batch.
+loop is saturated, a request is held so that the requests behind it join its batch,
+until they stop arriving or max_queue_delay (or INLINE_WINDOW_US) passes (see
+``window``).
 
 Everything here runs on the event loop thread; only ``Executor.run`` crosses to a
 worker thread, so queue state needs no locks.
@@ -25,9 +26,10 @@ from collections.abc import Callable
 import numpy as np
 
 from warpserve.server.batching.executor import BatchResult, Executor
-from warpserve.server.batching.loopload import LoopLoad
+from warpserve.server.batching.loopload import MIN_COMPANY, LoopLoad
 from warpserve.server.batching.policy import BatchingPolicy
 from warpserve.server.batching.request import DONE, QUEUED, RUNNING, Outputs, QueuedRequest
+from warpserve.server.batching.window import HoldingWindow
 from warpserve.server.busypoll import BusyPoller
 from warpserve.server.errors import DeadlineExceeded, QueueFull, Unavailable
 from warpserve.server.stats import VersionStats
@@ -36,6 +38,10 @@ from warpserve.server.stats import VersionStats
 # no max_queue_delay_microseconds. On the serving benchmark's tiny MLP at 32 clients,
 # 1 ms windows reached 0.69 of the ceiling's throughput, 2 ms 0.79-0.81, 4 ms 0.78.
 INLINE_WINDOW_US = 2000
+
+# A timer that fires this early counts as on time: the event loop itself runs timers
+# up to its clock resolution early, and re-arming for microseconds costs a loop pass.
+_TIMER_SLACK_S = 10e-6
 
 # Tests set this to inject a delay at a named point (race windows are hit on purpose).
 Hook = Callable[[str], None]
@@ -52,6 +58,7 @@ class DynamicBatcher:
         hook: Hook | None = None,
         load: LoopLoad | None = None,
         poller: BusyPoller | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -70,10 +77,17 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._poller = poller
         if load is None:
-            load = LoopLoad(cpu_ns=poller.busy_cpu_ns) if poller else LoopLoad()
+            company = min(MIN_COMPANY, max(policy.batch_limit, 1))
+            cpu_ns = poller.busy_cpu_ns if poller else time.thread_time_ns
+            load = LoopLoad(company=company, cpu_ns=cpu_ns)
         self._load = load
         self._saturated = False  # at the last arrival (inline executors only)
         self._holding: asyncio.TimerHandle | None = None  # an inline batch being collected
+        window_us = policy.max_queue_delay_us or INLINE_WINDOW_US
+        self._window = HoldingWindow(window_us / 1e6)
+        # The holding window's clock, in seconds. Not loop.time(): uvloop's advances in
+        # whole milliseconds, and a window's pauses are tens to hundreds of microseconds.
+        self._clock = clock
 
     # -- public ------------------------------------------------------------------
 
@@ -149,26 +163,45 @@ class DynamicBatcher:
     def _collect_inline(self) -> None:
         """Inline executors run on this thread, so a batch is formed from what arrives
         before the next tick: the next loop pass, or, on a saturated loop, the end of a
-        holding window of max_queue_delay (INLINE_WINDOW_US if unset). A full batch
-        goes at once."""
-        if self._holding is not None and self._queued_rows >= self.policy.batch_limit:
-            self._holding.cancel()
-            self._tick()
+        holding window (see ``window``). A full batch goes at once."""
+        loop = asyncio.get_running_loop()
+        if self._holding is not None:
+            if self._queued_rows >= self.policy.batch_limit:
+                self._holding.cancel()
+                self._tick(busy=True)
+            else:
+                self._window.arrival(self._clock())  # its timer finds the window's new end
             return
         if self._tick_pending:
             return
         self._tick_pending = True
-        loop = asyncio.get_running_loop()
         if self._saturated:
-            window_us = self.policy.max_queue_delay_us or INLINE_WINDOW_US
-            self._holding = loop.call_later(window_us / 1e6, self._tick)
+            now = self._clock()
+            self._window.open(now)
+            self._holding = loop.call_later(self._window.due() - now, self._window_due)
         else:
             loop.call_soon(self._tick)
 
-    def _tick(self) -> None:
+    def _window_due(self) -> None:
+        """The holding window's timer: close it unless requests kept arriving."""
+        loop = asyncio.get_running_loop()
+        due, now = self._window.due(), self._clock()
+        if now + _TIMER_SLACK_S < due:
+            self._holding = loop.call_later(due - now, self._window_due)
+            return
+        # A timer a whole window late means the loop thread did not run meanwhile (the
+        # machine ran something else): the pause says nothing about arrivals.
+        judged = now - due < self._window.max_delay_s
+        self._tick(busy=self._window.unpaused(), judged=judged)
+
+    def _tick(self, busy: bool = False, judged: bool = True) -> None:
+        """Form batches now. ``busy``: a holding window that ends here saw arrivals
+        without a pause (it filled up or ran its whole delay); ``judged``: its ending
+        is evidence for or against holding."""
         if self._holding is not None:
             self._holding = None
-            self._load.window_closed(self.queued)
+            if judged:
+                self._load.window_closed(self._queued_rows, busy)
         self._tick_pending = False
         self._schedule()
 

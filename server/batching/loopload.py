@@ -12,12 +12,20 @@ and a request runs at once. Above it the loop has no idle time, RPCs already wai
 inside gRPC for their turn, and holding a request for a short window costs no
 throughput while letting the requests behind it join one batch.
 
-Holding makes the loop idle while it waits, so utilisation says nothing once holding
-has started; what ends it is windows that nobody joined. A busy loop does not prove
-concurrency (one client on a fast network keeps the loop busy too, and every window
-would cost it latency), so after each such ending holding may start again only after
-twice as many arrivals as the last time, up to MAX_COOLDOWN; a window that batched
-two or more requests resets that.
+A busy loop does not prove that holding pays. One client on a fast network keeps the
+loop busy too, and so do two clients that alternate: each one's request arrives while
+the loop serves the other's, the loop is never idle, yet a window can only ever gather
+those two, and every window costs both of them latency (a window closes once arrivals
+pause, see ``window``, but the loop idles for that pause and the two no longer overlap).
+So holding is a trial that the windows themselves judge. A window paid for itself if
+arrivals never paused in it (it filled up or ran its whole delay: the loop was taking
+requests all along, so holding cost it nothing), or if it gathered MIN_COMPANY rows or
+more (or a full batch, if that is smaller) before the pause. LONELY_WINDOWS windows in
+a row that did neither end holding. Holding makes the loop idle while it waits, so
+utilisation says nothing once holding has started. After each ending holding may start
+again only after twice as many arrivals as the last time, up to MAX_COOLDOWN, so that
+a loop whose windows never pay spends a vanishing share of its requests on trials; a
+window that paid resets that.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from collections.abc import Callable
 
 SATURATED = 0.75  # loop utilisation above which batches are worth waiting for
 SMOOTHING = 0.1  # weight of the newest sample in the moving average
-LONELY_WINDOWS = 2  # consecutive windows with a single request that end holding
+LONELY_WINDOWS = 2  # consecutive windows under MIN_COMPANY that end holding
+MIN_COMPANY = 8  # requests a window must gather to count as having paid for itself
 MIN_COOLDOWN = 16  # arrivals after an ending before holding may start again
 MAX_COOLDOWN = 4096
 
@@ -38,10 +47,12 @@ class LoopLoad:
         threshold: float = SATURATED,
         smoothing: float = SMOOTHING,
         *,
+        company: int = MIN_COMPANY,
         wall_ns: Callable[[], int] = time.perf_counter_ns,
         cpu_ns: Callable[[], int] = time.thread_time_ns,  # the calling (loop) thread's
     ) -> None:
         self.threshold = threshold
+        self.company = company
         self.smoothing = smoothing
         self.utilisation = 0.0
         self.holding = False
@@ -69,9 +80,10 @@ class LoopLoad:
             self._lonely = 0
         return self.holding
 
-    def window_closed(self, requests: int) -> None:
-        """A holding window ended with ``requests`` requests in its batch."""
-        if requests > 1:
+    def window_closed(self, rows: int, busy: bool = False) -> None:
+        """A holding window ended with ``rows`` rows gathered for its batch; ``busy``:
+        arrivals never paused in it."""
+        if busy or rows >= self.company:
             self._lonely = 0
             self._next_cooldown = MIN_COOLDOWN
             return

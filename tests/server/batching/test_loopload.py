@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from warpserve.server.batching.loopload import LONELY_WINDOWS, MIN_COOLDOWN, LoopLoad
+from warpserve.server.batching.loopload import (
+    LONELY_WINDOWS,
+    MIN_COMPANY,
+    MIN_COOLDOWN,
+    LoopLoad,
+)
 
 
 class Clocks:
@@ -69,5 +74,57 @@ def test_a_window_that_batched_keeps_holding_and_resets_the_cooldown() -> None:
     arrivals(load, clocks, 40, busy=1.0)
     for _ in range(10):
         load.window_closed(1)
-        load.window_closed(4)  # company arrived: concurrency is real
+        load.window_closed(MIN_COMPANY)  # company arrived: concurrency is real
     assert load.holding
+
+
+def test_a_window_without_a_pause_pays_whatever_it_gathered() -> None:
+    """On a slow or crowded machine a window can run its whole delay taking requests
+    and still gather few: the loop never idled for it, so holding goes on."""
+    clocks = Clocks()
+    load = load_with(clocks)
+    arrivals(load, clocks, 40, busy=1.0)
+    for _ in range(10):
+        load.window_closed(3, busy=True)
+    assert load.holding
+    for _ in range(LONELY_WINDOWS):
+        load.window_closed(3)
+    assert not load.holding, "the same windows ending on a pause do not pay"
+
+
+def held_share(callers: int, arrivals: int, company: int = MIN_COMPANY) -> float:
+    """Closed-loop callers on a loop that is never idle (each request arrives while the
+    loop serves the ones before it): the share of arrivals held for a batch. A window
+    gathers every caller's request, since a held caller sends nothing new."""
+    clocks = Clocks()
+    load = LoopLoad(company=company, wall_ns=lambda: clocks.wall, cpu_ns=lambda: clocks.cpu)
+    held = seen = 0
+    while seen < arrivals:
+        clocks.pass_time(150, busy=1.0)
+        seen += 1
+        if not load.arrival():
+            continue
+        for _ in range(callers - 1):  # the others' requests join the window
+            clocks.pass_time(150, busy=1.0)
+            assert load.arrival()
+        seen += callers - 1
+        held += callers
+        load.window_closed(callers)
+    return held / seen
+
+
+def test_two_alternating_callers_are_not_held() -> None:
+    """Two callers keep the loop busy, but a window can only ever gather the two of
+    them: holding stops after a couple of windows, and the trials that follow, ever
+    further apart, hold a vanishing share of the requests."""
+    assert held_share(callers=2, arrivals=20_000) < 0.01
+
+
+def test_many_callers_keep_being_held() -> None:
+    assert held_share(callers=2 * MIN_COMPANY, arrivals=20_000) > 0.95
+
+
+def test_a_full_batch_smaller_than_the_company_pays() -> None:
+    """A model whose max_batch_size is under MIN_COMPANY: a full batch is all a window
+    can gather, so it counts as company."""
+    assert held_share(callers=4, arrivals=20_000, company=4) > 0.95
