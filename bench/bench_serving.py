@@ -1,18 +1,23 @@
 """Serving benchmarks: warpserve against ceilings measured in the same run.
 
-1. fraud_scorer (a tiny MLP), batch-1 requests at concurrency 1 and 32: warpserve against
-   the overhead-bound ceiling (bench/ceiling_server.py: fixed replies, same load generator).
-   Reports throughput(ours)/throughput(ceiling) at 32 and p50(ours)/p50(ceiling) at 1,
-   and our p99 at the highest load.
+1. fraud_scorer (a tiny MLP), batch-1 requests at concurrency 1, 2, 4, 8, 16, 32 and 64:
+   warpserve against the overhead-bound ceiling (bench/ceiling_server.py: fixed replies,
+   same load generator), the whole curve side by side (see curve.py), with warpserve's
+   queue time per request and requests per execution from its ModelStatistics.
+   Reports throughput(ours)/throughput(ceiling) at 64 and p50(ours)/p50(ceiling) at 1
+   also against the uvloop ceiling and for warpserve without busy polling, and our p99
+   at the highest load.
 2. ResNet-18 at 224x224, 8 concurrent batch-1 requests: warpserve images/s against ONNX
    Runtime run in-process at its best batch size among 1, 2, 4, 8, in runs that alternate
    with the served ones every few seconds. The default configuration is measured twice:
    with the images in the requests, and in system shared memory (``--shared-memory
    system``).
+3. ResNet-18's curve: the default configuration at every concurrency level beside
+   ONNX Runtime in-process (see resnet_curve.py).
 
 Prints a table and writes bench/results/serving.json. Timings are reported, never asserted.
 
-    python bench/bench_serving.py [--quick] [--repo REPO] [--only fraud|resnet]
+    python bench/bench_serving.py [--quick] [--repo REPO] [--only fraud|resnet|resnet-curve]
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import curve
 import grpc
 import numpy as np
 
@@ -220,9 +227,15 @@ def bench_fraud(
     with_uvloop = importlib.util.find_spec("uvloop") is not None
     ceilings = ["ceiling", "ceiling-uvloop"] if with_uvloop else ["ceiling"]
     names = (*ceilings, "warpserve", NO_POLL)
+    low, high = min(levels), max(levels)
+    # The whole curve for warpserve and the asyncio ceiling; the other two only at the
+    # ends, where their ratios are reported.
+    curve_only = ("ceiling", "warpserve")
+    plan = {lv: [n for n in names if n in curve_only or lv in (low, high)] for lv in levels}
     results: dict[tuple[str, int], list[BenchResult]] = {
-        (name, level): [] for name in names for level in levels
+        (name, level): [] for level in levels for name in plan[level]
     }
+    inside: dict[int, list[ServerSide]] = {level: [] for level in levels}
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(serve_warpserve(repo, log_dir, FRAUD_MODEL))
         urls = {
@@ -240,18 +253,33 @@ def bench_fraud(
         # hits both sides alike, and the per-round ratios' median is what we report.
         for _ in range(rounds):
             for level in levels:
-                for name in names:
+                for name in plan[level]:
+                    before = _server_side(urls[name], FRAUD_MODEL) if name == "warpserve" else None
                     results[name, level].append(
                         _measure(urls[name], FRAUD_MODEL, level, duration, warmup, 1, name)
                     )
-    low, high = min(levels), max(levels)
+                    if before is not None:
+                        inside[level].append(_server_side(urls[name], FRAUD_MODEL) - before)
     report: dict[str, Any] = {
         "model": FRAUD_MODEL,
         "rounds": rounds,
-        **{name: [r.to_json() for lv in levels for r in results[name, lv]] for name in names},
+        **{
+            name: [
+                r.to_json()
+                for lv in levels
+                if lv in plan and name in plan[lv]
+                for r in results[name, lv]
+            ]
+            for name in names
+        },
         "p99_ms_at_highest_load": max(r.p99_ms for r in results["warpserve", high]),
         "highest_load_concurrency": high,
+        "curve": curve.from_results(results, "warpserve", "ceiling"),
     }
+    for row in report["curve"]["levels"]:
+        sides = inside[row["concurrency"]]
+        row["queue_us_per_request"] = _median([x.queue_us_per_request for x in sides])
+        row["requests_per_execution"] = _median([x.requests_per_execution for x in sides])
     for ours, ceiling, suffix in (
         ("warpserve", "ceiling", ""),
         ("warpserve", "ceiling-uvloop", "_vs_uvloop_ceiling"),
@@ -272,6 +300,39 @@ def bench_fraud(
         report[f"p50_ratio_at_{low}{suffix}"] = _median(latency)
         report[f"p50_ratios_at_{low}{suffix}_per_round"] = latency
     return report
+
+
+@dataclass(frozen=True)
+class ServerSide:
+    """The server's own statistics for a model (ModelStatistics), and their difference."""
+
+    requests: int = 0
+    executions: int = 0
+    queue_ns: int = 0
+
+    def __sub__(self, other: ServerSide) -> ServerSide:
+        return ServerSide(
+            self.requests - other.requests,
+            self.executions - other.executions,
+            self.queue_ns - other.queue_ns,
+        )
+
+    @property
+    def queue_us_per_request(self) -> float | None:
+        return self.queue_ns / 1e3 / self.requests if self.requests else None
+
+    @property
+    def requests_per_execution(self) -> float | None:
+        return self.requests / self.executions if self.executions else None
+
+
+def _server_side(url: str, model: str) -> ServerSide:
+    with grpc.insecure_channel(url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=10)
+    stats = reply.model_stats[0]
+    queue = stats.inference_stats.queue
+    return ServerSide(stats.inference_stats.success.count, stats.execution_count, queue.ns)
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -414,6 +475,25 @@ def bench_resnet(
     return report
 
 
+def bench_resnet_curve(
+    work: Path, log_dir: Path, durations: tuple[float, float], rounds: int
+) -> dict[str, Any]:
+    """The default ResNet-18 configuration at every concurrency level (see resnet_curve)."""
+    import in_process
+    import resnet_curve
+    from resnet import write_resnet18
+
+    repo = work / "resnet-repo"
+    model_path = write_resnet18(repo) / "1" / "model.onnx"
+    sessions = in_process.arrangements(model_path)[in_process.ONE_SESSION]
+    with serve_warpserve(repo, log_dir, RESNET_MODEL) as url:
+
+        def served(level: int, duration: float, warmup: float) -> float:
+            return _measure(url, RESNET_MODEL, level, duration, warmup, 1, "default").rows_per_s
+
+        return resnet_curve.measure(served, sessions, list(curve.LEVELS), durations, rounds)
+
+
 # Served and in-process runs alternate this many times per configuration and round.
 SEGMENTS = 3
 
@@ -470,6 +550,18 @@ def print_summary(report: dict[str, Any]) -> None:
             f"  fraud p99 ms at concurrency {fraud['highest_load_concurrency']:<6}"
             f"  {_fmt(fraud['p99_ms_at_highest_load'])}"
         )
+    if fraud:
+        curve.print_curve(
+            f"fraud_scorer against the asyncio ceiling (median of {fraud['rounds']} rounds)",
+            fraud["curve"],
+        )
+    if "resnet_curve" in report:
+        curve.print_curve(
+            "resnet18, default configuration, against ONNX Runtime in-process (one session, "
+            f"batch {report['resnet_curve']['in_process_batch']})",
+            report["resnet_curve"],
+            "images/s",
+        )
     resnet = report.get("resnet")
     if resnet:
         for name in resnet["configs"]:
@@ -501,17 +593,19 @@ def _run_benchmarks(
         work = Path(tmp)
         if args.only in (None, "fraud"):
             report["fraud"] = bench_fraud(
-                fraud_repository(args.repo, work), work, [1, 32], durations, args.rounds
+                fraud_repository(args.repo, work), work, list(curve.LEVELS), durations, args.rounds
             )
         if args.only in (None, "resnet"):
             report["resnet"] = bench_resnet(work, work, durations, args.rounds, args.resnet_config)
+        if args.only in (None, "resnet-curve"):
+            report["resnet_curve"] = bench_resnet_curve(work, work, durations, args.rounds)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (3 s, 1 s warm-up)")
     parser.add_argument("--repo", type=Path, help=f"repository holding {FRAUD_MODEL}")
-    parser.add_argument("--only", choices=["fraud", "resnet"])
+    parser.add_argument("--only", choices=["fraud", "resnet", "resnet-curve"])
     parser.add_argument(
         "--rounds", type=int, default=3, help="alternating ceiling/warpserve rounds"
     )
