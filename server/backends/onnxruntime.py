@@ -7,7 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+
+try:
+    import onnxruntime as ort
+except ImportError:  # neither the cpu nor the gpu extra: ONNX models fail naming it
+    ort = None
 
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.backends.spec import (
@@ -134,7 +138,7 @@ def _open(path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.
 
 
 def gpu_available() -> bool:
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    return ort is not None and "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def read_signature(model_path: Path) -> Signature:
@@ -185,6 +189,8 @@ SPEC = BackendSpec(
     loader=load_instance,
     description="ONNX Runtime: CPU, or CUDA with onnxruntime-gpu",
     requires=("onnxruntime", "onnx"),
+    # Two builds install the same module; one of them, never both (README: GPU install).
+    install_hint="pip install 'warpserve[cpu]', or 'warpserve[gpu]' for CUDA",
     capabilities=Capabilities(inline=True, gpu=True, cpu_pair=True),
     parameters=(INTRA_OP_THREADS, INTER_OP_THREADS),
     gpu_available=gpu_available,
