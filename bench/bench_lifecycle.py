@@ -48,6 +48,7 @@ from warpserve.protos import admin_pb2 as apb
 from warpserve.protos import admin_pb2_grpc as apb_grpc
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+from warpserve.server.repository import versionfolder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lifecycle.json"
 MODEL = "mlp"
@@ -105,14 +106,11 @@ def write_repository(root: Path, versions: int) -> None:
     (root / MODEL / "config.pbtxt").write_text(CONFIG)
     golden_in = np.random.default_rng(1).standard_normal((4, FEATURES)).astype(np.float32)
     for v in range(1, versions + 1):
-        vdir = root / MODEL / str(v)
-        (vdir / "golden").mkdir(parents=True)
         data = mlp_model(v)
-        (vdir / "model.onnx").write_bytes(data)
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
         golden_out = session.run(["OUTPUT0"], {"INPUT0": golden_in})[0]
-        np.savez(vdir / "golden" / "inputs.npz", INPUT0=golden_in)
-        np.savez(vdir / "golden" / "outputs.npz", OUTPUT0=golden_out)
+        golden = versionfolder.Golden({"INPUT0": golden_in}, {"OUTPUT0": golden_out})
+        versionfolder.write_version(root / MODEL, v, data, "model.onnx", golden=golden)
 
 
 # ------------------------------------------------------------------ the server process

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper
 
+from warpserve.server.repository import versionfolder
+
 
 def affine_model(features: int = 4, outputs: int = 2, scale: float = 2.0, seed: int = 0) -> bytes:
     """y = x @ W * scale + b with a dynamic batch dimension."""
@@ -86,9 +88,7 @@ def write_golden(vdir: Path, version: int, *, corrupt: bool = False) -> None:
     y = affine_reference(x, scale=float(version))
     if corrupt:
         y = y + 1.0
-    (vdir / "golden").mkdir(exist_ok=True)
-    np.savez(vdir / "golden" / "inputs.npz", INPUT0=x)
-    np.savez(vdir / "golden" / "outputs.npz", OUTPUT0=y)
+    versionfolder.write_golden(vdir, versionfolder.Golden({"INPUT0": x}, {"OUTPUT0": y}))
 
 
 def mlp_model(width: int = 256, depth: int = 4, features: int = 64, seed: int = 0) -> bytes:

@@ -24,10 +24,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, TYPE_CHECKING
 
-import numpy as np
 from google.protobuf import text_format
 
 from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.repository import parameters, versionfolder
 
 if TYPE_CHECKING:
     from .train import Report, TrainedModel
@@ -191,19 +191,11 @@ def _import_training() -> ModuleType:
 def _write_model(folder: Path, spec: ModelSpec, trained: TrainedModel, seconds: float) -> None:
     from .train import ONNX_OPSET, export_onnx
 
-    version = folder / "1"
-    (version / "golden").mkdir(parents=True, exist_ok=True)
     output_names = [output.name for output in spec.outputs]
-    export_onnx(trained, version / "model.onnx", spec.input.name, output_names)
-    golden_in = {spec.input.name: trained.golden_inputs}
-    golden_out = dict(zip(output_names, trained.golden_outputs(), strict=True))
-    _check_with_onnxruntime(version / "model.onnx", golden_in, golden_out, spec.name)
-    np.savez(version / "golden" / "inputs.npz", **golden_in)  # type: ignore[arg-type]
-    np.savez(version / "golden" / "outputs.npz", **golden_out)  # type: ignore[arg-type]
-    for output in spec.outputs:
-        if output.labels:
-            (folder / LABELS_FILE).write_text("\n".join(output.labels) + "\n", "utf-8")
-    (folder / "config.pbtxt").write_text(model_config_text(spec), encoding="utf-8")
+    golden = versionfolder.Golden(
+        {spec.input.name: trained.golden_inputs},
+        dict(zip(output_names, trained.golden_outputs(), strict=True)),
+    )
     summary = {
         "model": spec.name,
         "held_out_metrics": trained.metrics,
@@ -212,29 +204,39 @@ def _write_model(folder: Path, spec: ModelSpec, trained: TrainedModel, seconds: 
         "exporter": f"torch.onnx.export(dynamo=True), opset {ONNX_OPSET}",
         "golden": {"rows": len(trained.golden_inputs), "computed_by": "pytorch"},
     }
-    (version / "training.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    with tempfile.TemporaryDirectory() as scratch:
+        exported = Path(scratch) / "model.onnx"
+        export_onnx(trained, exported, spec.input.name, output_names)
+        _check_with_onnxruntime(exported, golden, spec.name)
+        versionfolder.write_version(
+            folder,
+            1,
+            exported,
+            "model.onnx",
+            golden=golden,
+            reports={"training.json": json.dumps(summary, indent=2) + "\n"},
+        )
+    for output in spec.outputs:
+        if output.labels:
+            (folder / LABELS_FILE).write_text("\n".join(output.labels) + "\n", "utf-8")
+    (folder / "config.pbtxt").write_text(model_config_text(spec), encoding="utf-8")
 
 
-def _check_with_onnxruntime(
-    model_path: Path,
-    inputs: dict[str, np.ndarray],
-    expected: dict[str, np.ndarray],
-    model_name: str,
-) -> None:
+def _check_with_onnxruntime(model_path: Path, golden: versionfolder.Golden, name: str) -> None:
     # A cache entry is reused forever, so refuse to publish an export that drifted from
     # PyTorch rather than let the server's golden check fail on every start.
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    actual = session.run(list(expected), inputs)
-    for (name, want), got in zip(expected.items(), actual, strict=True):
-        if not np.allclose(got, want, atol=float(GOLDEN_ATOL), rtol=float(GOLDEN_RTOL)):
-            worst = float(np.max(np.abs(np.asarray(got, np.float64) - want)))
-            raise DemoBuildError(
-                f"{model_name}: ONNX Runtime output {name} differs from PyTorch by {worst:g} "
-                f"(atol {GOLDEN_ATOL}); the export is wrong, please report it with your "
-                "torch and onnxruntime versions"
-            )
+    actual = dict(
+        zip(golden.outputs, session.run(list(golden.outputs), golden.inputs), strict=True)
+    )
+    result = versionfolder.compare(actual, golden.outputs, float(GOLDEN_ATOL), float(GOLDEN_RTOL))
+    if not result.ok:
+        raise DemoBuildError(
+            f"{name}: ONNX Runtime against PyTorch: {'; '.join(result.failures())}; the "
+            "export is wrong, please report it with your torch and onnxruntime versions"
+        )
 
 
 def model_config_text(spec: ModelSpec) -> str:
@@ -265,8 +267,8 @@ def model_config_text(spec: ModelSpec) -> str:
     config.instance_group.append(
         mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
     )
-    config.parameters["golden_atol"].string_value = GOLDEN_ATOL
-    config.parameters["golden_rtol"].string_value = GOLDEN_RTOL
+    config.parameters[parameters.GOLDEN_ATOL.key].string_value = GOLDEN_ATOL
+    config.parameters[parameters.GOLDEN_RTOL.key].string_value = GOLDEN_RTOL
     return text_format.MessageToString(config)
 
 

@@ -25,15 +25,13 @@ from warpserve.server.batching.policy import from_config
 from warpserve.server.batching.request import Outputs, QueuedRequest
 from warpserve.server.busypoll import BusyPoller
 from warpserve.server.errors import GoldenMismatch, ModelLoadError, WarpserveError
-from warpserve.server.lifecycle.golden import output_mismatch
 from warpserve.server.repository import config as cfg
 from warpserve.server.repository import parameters as params
+from warpserve.server.repository import versionfolder
 from warpserve.server.stats import VersionStats
 from warpserve.server.validation import InputValidator
 
 log = logging.getLogger(__name__)
-
-GOLDEN_DIR = "golden"
 
 # Tests inject delays at named points to hit race windows on purpose. Lifecycle
 # points ("warming", "swapping", "draining") may return an awaitable, which is
@@ -190,23 +188,12 @@ class ModelVersion:
         )
 
     async def _warm_up_and_verify(self) -> None:
-        golden = self._read_golden()
+        golden = versionfolder.read_golden(self.path)
         if golden is None:
             await self._warm_up_random()
             return
-        inputs, expected = golden
-        outputs = await self.run_direct(inputs)
-        self._compare(outputs, expected)
-
-    def _read_golden(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
-        folder = self.path / GOLDEN_DIR
-        if not (folder / "inputs.npz").is_file() or not (folder / "outputs.npz").is_file():
-            return None
-        with np.load(folder / "inputs.npz", allow_pickle=False) as f:
-            inputs = {k: f[k] for k in f.files}
-        with np.load(folder / "outputs.npz", allow_pickle=False) as f:
-            outputs = {k: f[k] for k in f.files}
-        return inputs, outputs
+        outputs = await self.run_direct(golden.inputs)
+        self._check(outputs, golden.outputs)
 
     def _random_inputs(self, rows: int | None, rng: np.random.Generator) -> dict[str, np.ndarray]:
         assert self.validator is not None
@@ -300,19 +287,16 @@ class ModelVersion:
             return chunks[0]
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
-    def _compare(self, outputs: Outputs, expected: dict[str, np.ndarray]) -> None:
+    def _check(self, outputs: Outputs, expected: dict[str, np.ndarray]) -> None:
         atol = params.GOLDEN_ATOL.read(self.config)
         rtol = params.GOLDEN_RTOL.read(self.config)
-        for name, want in expected.items():
-            got = outputs.get(name)
-            if got is None:
-                raise GoldenMismatch(f"golden check: the model produced no output '{name}'")
-            differs = output_mismatch(name, got, want, atol, rtol)
-            if differs:
-                raise GoldenMismatch(
-                    f"golden check: {differs}; the version computes something else: fix the "
-                    f"model or its {GOLDEN_DIR}/outputs.npz, or loosen the tolerance"
-                )
+        result = versionfolder.compare(outputs, expected, atol, rtol)
+        if not result.ok:
+            raise GoldenMismatch(
+                f"golden check: {'; '.join(result.failures())}; the version computes "
+                f"something else: fix the model or its {versionfolder.GOLDEN_DIR}/"
+                f"{versionfolder.OUTPUTS_FILE}, or loosen the tolerance"
+            )
 
     async def _discard(self) -> None:
         # Taken before the await so that two callers never close one session twice.

@@ -32,6 +32,7 @@ from warpserve.server.demo.build import (
     demo_version,
     ensure_demo_repository,
 )
+from warpserve.server.repository import versionfolder
 
 SPECS = {spec.name: spec for spec in MODEL_SPECS}
 NAMES = list(SPECS)
@@ -336,7 +337,10 @@ def test_build_refuses_an_export_that_drifted_from_pytorch(repository: Path) -> 
     # Positive control for the build-time parity check that guards the cache.
     inputs = _golden(repository, "fraud_scorer", "inputs")
     drifted = {k: v + 1e-2 for k, v in _golden(repository, "fraud_scorer", "outputs").items()}
-    with pytest.raises(DemoBuildError, match="FRAUD_PROBABILITY differs from PyTorch"):
+    golden = versionfolder.Golden(inputs, drifted)
+    with pytest.raises(
+        DemoBuildError, match="output 'FRAUD_PROBABILITY' differs from its golden output"
+    ):
         build._check_with_onnxruntime(
-            repository / "fraud_scorer" / "1" / "model.onnx", inputs, drifted, "fraud_scorer"
+            repository / "fraud_scorer" / "1" / "model.onnx", golden, "fraud_scorer"
         )

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from warpserve.server.lifecycle.golden import output_mismatch
+from warpserve.server.repository.versionfolder import compare
+
+
+def output_mismatch(name: str, got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> str:
+    """The check's message for one output ('' within tolerance)."""
+    return "; ".join(compare({name: got}, {name: want}, atol, rtol).failures())
+
 
 WANT = np.array([[1.0, 2.0], [0.0, -4.0]], np.float32)
 
