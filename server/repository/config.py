@@ -1,13 +1,16 @@
 """config.pbtxt: parse, complete from the model file, validate.
 
-Triton repositories load unmodified: fields warpserve does not declare are skipped
-with a warning rather than failing the load. What a model format contributes (file
+Parsing is strict, as in Triton: the proto declares Triton's whole ModelConfig, so a
+Triton repository parses unmodified and a field Triton lacks is a typo that fails the
+load. What a model format contributes (file
 name, signature, GPU, instance defaults) comes from its spec in ``server/backends``.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +33,37 @@ DEFAULT_MAX_BATCH_SIZE = 4
 DEFAULT_CPU_INSTANCES = 2
 
 
+_UNKNOWN_FIELD = re.compile(r'Message type "inference\.([\w.]+)" has no field named "(\w+)"')
+
+
 def parse_config(text: str, source: str) -> mc.ModelConfig:
+    """Parse strictly, as Triton does: a field its ModelConfig lacks is a typo."""
     config = mc.ModelConfig()
     try:
-        text_format.Parse(text, config, allow_unknown_field=True)
+        text_format.Parse(text, config)
     except text_format.ParseError as exc:
-        raise ModelLoadError(f"{source}: not a valid ModelConfig in text format: {exc}") from exc
+        raise ModelLoadError(_parse_error(exc, source)) from exc
     return config
+
+
+def _parse_error(exc: text_format.ParseError, source: str) -> str:
+    where = f"{source}:{exc.GetLine()}:{exc.GetColumn()}" if exc.GetLine() else source
+    unknown = _UNKNOWN_FIELD.search(str(exc))
+    if unknown is None:
+        return f"{where}: not a valid ModelConfig in text format: {exc}"
+    message, field = unknown.groups()
+    known = [f.name for f in _message_fields(message)]
+    close = difflib.get_close_matches(field, known, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"{message} has: {', '.join(known)}"
+    return f"{where}: unknown field '{field}' in {message}; {hint}"
+
+
+def _message_fields(message: str) -> list[Any]:
+    pool = mc.ModelConfig.DESCRIPTOR.file.pool
+    try:
+        return list(pool.FindMessageTypeByName(f"inference.{message}").fields)
+    except KeyError:
+        return []
 
 
 def read_config(model_dir: Path) -> mc.ModelConfig:
@@ -91,7 +118,27 @@ def _complete_tensors(
             tensor.dims.extend(dims[skip:] or (1,))
 
 
+# Triton features that change what a model computes or returns; serving such a model
+# without them would answer wrongly, so the load fails instead.
+_UNSUPPORTED = {
+    "sequence_batching": "sequence batching (stateful models)",
+    "ensemble_scheduling": "ensembles",
+    "batch_input": "batch inputs",
+    "batch_output": "batch outputs",
+}
+
+
+def _unsupported(config: mc.ModelConfig) -> list[str]:
+    found = [config.WhichOneof("scheduling_choice") or ""]
+    found += [name for name in ("batch_input", "batch_output") if getattr(config, name)]
+    return [name for name in found if name in _UNSUPPORTED]
+
+
 def validate(config: mc.ModelConfig, source: str) -> None:
+    for name in _unsupported(config):
+        raise ModelLoadError(
+            f"{source}: warpserve does not serve Triton's {_UNSUPPORTED[name]} ({name})"
+        )
     if not config.input:
         raise ModelLoadError(f"{source}: the model declares no inputs; list them in config.pbtxt")
     if not config.output:

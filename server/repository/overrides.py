@@ -72,7 +72,8 @@ def _config(name: str, value: Any) -> mc.ModelConfig:
     text = value.string_param if hasattr(value, "string_param") else str(value)
     config = mc.ModelConfig()
     try:
-        json_format.Parse(text, config, ignore_unknown_fields=True)
+        # Unknown fields are typos here as in config.pbtxt: the message names the field.
+        json_format.Parse(text, config)
     except json_format.ParseError as exc:
         raise InvalidInput(f"config override is not a valid ModelConfig JSON: {exc}") from exc
     if config.name and config.name != name:

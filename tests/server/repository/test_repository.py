@@ -56,16 +56,6 @@ def test_instance_groups_are_completed_as_triton_does(
     assert cfg.default_instance_count(other, mc.ModelInstanceGroup(kind=cpu)) == 1
 
 
-def test_unknown_triton_fields_are_skipped(tmp_path: Path) -> None:
-    write_affine(
-        tmp_path,
-        extra="sequence_batching { max_sequence_idle_microseconds: 5 }\n"
-        "optimization { cuda { graphs: true } }",
-    )
-    config = ModelRepository(tmp_path).config("affine")
-    assert config.optimization.cuda.graphs and config.max_batch_size == 8
-
-
 def test_bad_config_and_name_mismatch(tmp_path: Path) -> None:
     model = write_affine(tmp_path)
     (model / "config.pbtxt").write_text("max_batch_size: [")
@@ -117,3 +107,61 @@ def test_validation_rejects_bad_preferred_sizes(tmp_path: Path) -> None:
     raw = repo.config("affine")
     with pytest.raises(ModelLoadError, match="preferred_batch_size"):
         cfg.complete(raw, repo.versions_to_serve("affine", raw)[0].path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "max_batch_sise: 4",
+            "unknown field 'max_batch_sise' in ModelConfig; did you mean 'max_batch_size'?",
+        ),
+        (
+            'input [{ name: "x" dtype: TYPE_FP32 }]',
+            "unknown field 'dtype' in ModelInput; did you mean 'data_type'?",
+        ),
+        (
+            "dynamic_batching { zzz: 1 }",
+            "unknown field 'zzz' in ModelDynamicBatching; ModelDynamicBatching has: "
+            "preferred_batch_size",
+        ),
+        ("instance_group [{ kind: KIND_FOO }]", "not a valid ModelConfig in text format"),
+    ],
+)
+def test_config_typos_fail_the_load_naming_field_and_file(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    write_affine(tmp_path, config=False)
+    path = tmp_path / "affine" / "config.pbtxt"
+    path.write_text(f'name: "affine"\n{text}\n')
+    with pytest.raises(ModelLoadError) as caught:
+        ModelRepository(tmp_path).config("affine")
+    assert str(caught.value).startswith(f"{path}:2:")
+    assert expected in str(caught.value)
+
+
+def test_every_triton_field_parses(tmp_path: Path) -> None:
+    # Positive control for the strict parser: Triton's fields that warpserve does not act
+    # on still parse, and the scheduling choices it cannot honour fail with their name.
+    text = """
+    name: "affine"
+    platform: "onnxruntime_onnx"
+    max_batch_size: 8
+    input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] is_non_linear_format_io: false }]
+    output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 2 ] }]
+    optimization { cuda { graphs: true graph_spec [{ batch_size: 4 }] } }
+    instance_group [{ kind: KIND_CPU secondary_devices [{ kind: KIND_NVDLA device_id: 0 }] }]
+    model_operations { op_library_filename: "x.so" }
+    model_repository_agents { agents [{ name: "checksum" }] }
+    model_metrics { metric_control [{ metric_identifier { family: "f" } }] }
+    """
+    write_affine(tmp_path, config=False)
+    (tmp_path / "affine" / "config.pbtxt").write_text(text)
+    raw = ModelRepository(tmp_path).config("affine")
+    done = cfg.complete(raw, tmp_path / "affine" / "1")
+    assert done.optimization.cuda.graphs
+    sequence = text + "sequence_batching { max_sequence_idle_microseconds: 5 }"
+    (tmp_path / "affine" / "config.pbtxt").write_text(sequence)
+    raw = ModelRepository(tmp_path).config("affine")
+    with pytest.raises(ModelLoadError, match=r"sequence batching \(stateful models\)"):
+        cfg.complete(raw, tmp_path / "affine" / "1")
