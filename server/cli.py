@@ -17,6 +17,7 @@ from pathlib import Path
 from warpserve import __version__
 from warpserve.server.busypoll import DEFAULT_WINDOW_US, MIN_CORES
 from warpserve.server.options import ServerOptions
+from warpserve.server.ports import PortUnavailable, check_ports
 
 
 def _bool(value: str) -> bool:
@@ -200,6 +201,11 @@ def _serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:  # a bad token file, or admin required but unsafe
         print(f"warpserve serve: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        check_ports(options)  # before the demo models are built or any model loads
+    except PortUnavailable as exc:
+        print(f"warpserve serve: error: {exc}", file=sys.stderr)
+        return 2
     if options.model_repository is None:
         from warpserve.server.demo.build import ensure_demo_repository
 
@@ -211,8 +217,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"warpserve serve: error: {exc}", file=sys.stderr)
         return 2
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        status = runner.run(run(options))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            status = runner.run(run(options))
+    except PortUnavailable as exc:  # taken between the check and the bind
+        print(f"warpserve serve: error: {exc}", file=sys.stderr)
+        return 2
     if status:
         # Requests were cut off at the exit timeout: a worker thread may still be running
         # a model, and the interpreter's orderly exit would wait for it.

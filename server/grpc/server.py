@@ -26,6 +26,7 @@ from warpserve.server.lifecycle.poller import RepositoryPoller
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.metrics import serve_metrics
 from warpserve.server.options import ServerOptions
+from warpserve.server.ports import check_ports, unavailable
 from warpserve.server.repository.repository import ModelRepository
 from warpserve.server.shm import SharedMemoryRegions
 
@@ -165,6 +166,7 @@ async def _load_startup_models(registry: ModelRegistry, options: ServerOptions) 
 
 async def start_server(options: ServerOptions) -> RunningServer:
     assert options.model_repository is not None
+    check_ports(options)
     repository = ModelRepository(options.model_repository)
     window_us = options.busy_poll_us
     if window_us is None:
@@ -185,16 +187,13 @@ async def start_server(options: ServerOptions) -> RunningServer:
     add_inference_service(InferenceServicer(dataplane, registry, shm), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     _add_admin(server, registry, options)
-    port = server.add_insecure_port(f"{options.grpc_address}:{options.grpc_port}")
-    if port == 0:
-        raise OSError(f"cannot bind gRPC to {options.grpc_address}:{options.grpc_port}")
+    port = _bind_grpc(server, options)
+    # Both ports are held before any model loads: a port in use ends the start at once.
+    metrics, metrics_port = _start_metrics(registry, options)
     await _load_startup_models(registry, options)
     await server.start()
     running = RunningServer(options, registry, dataplane, server, health, port)
-    if options.allow_metrics:
-        running._metrics, running.metrics_port = serve_metrics(
-            registry, options.metrics_address, options.metrics_port
-        )
+    running._metrics, running.metrics_port = metrics, metrics_port
     if options.model_control_mode == "poll":
         running.poller = RepositoryPoller(registry, options.repository_poll_secs)
         running.poller.start()
@@ -207,6 +206,27 @@ async def start_server(options: ServerOptions) -> RunningServer:
     if running.metrics_port:
         log.info("Started Metrics Service at %s:%d", options.metrics_address, running.metrics_port)
     return running
+
+
+def _bind_grpc(server: grpc.aio.Server, options: ServerOptions) -> int:
+    address, port = options.grpc_address, options.grpc_port
+    try:
+        bound = server.add_insecure_port(f"{address}:{port}")
+    except RuntimeError as exc:  # taken since check_ports looked
+        raise unavailable(address, port, "--grpc-port", "gRPC", exc) from None
+    if bound == 0:
+        raise unavailable(address, port, "--grpc-port", "gRPC", OSError("bind failed"))
+    return bound
+
+
+def _start_metrics(registry: ModelRegistry, options: ServerOptions) -> tuple[Any, int]:
+    if not options.allow_metrics:
+        return None, 0
+    address, port = options.metrics_address, options.metrics_port
+    try:
+        return serve_metrics(registry, address, port)
+    except OSError as exc:
+        raise unavailable(address, port, "--metrics-port", "metrics", exc) from None
 
 
 def _add_admin(server: grpc.aio.Server, registry: ModelRegistry, options: ServerOptions) -> None:

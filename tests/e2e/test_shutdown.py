@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from tests.e2e.conftest import (
     rows,
     wait_pending,
 )
-from tests.e2e.harness import ServerProcess, start_server
+from tests.e2e.harness import ServerProcess, free_port, start_server
 from tests.e2e.held_server import HELD
 from warpserve.server.cli import build_parser
 
@@ -294,6 +295,31 @@ def test_unknown_flag_is_rejected() -> None:
     done = _serve_cli("--no-such-flag")
     assert done.returncode == 2
     assert "--no-such-flag" in done.stderr
+
+
+@pytest.mark.parametrize("flag", ["--grpc-port", "--metrics-port"])
+def test_a_port_in_use_ends_the_start_in_one_line_before_models_load(repo: Path, flag: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = str(holder.getsockname()[1])
+        ports = {"--grpc-port": str(free_port()), "--metrics-port": str(free_port()), flag: busy}
+        done = _serve_cli(
+            "--model-repository",
+            str(repo),
+            "--grpc-address",
+            "127.0.0.1",
+            "--metrics-address",
+            "127.0.0.1",
+            *[part for pair in ports.items() for part in pair],
+        )
+    assert done.returncode == 2, done.stderr
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output and "Event loop is closed" not in output, output
+    assert done.stderr.count("error") == 1, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "error" in line]
+    assert busy in line and flag in line, line
+    assert "loaded" not in output and "is ready" not in output, output  # before any model
 
 
 # --- metrics --------------------------------------------------------------------------------

@@ -1,0 +1,44 @@
+"""Ports the server listens on, checked before anything slow happens.
+
+A port already taken should end a start in one line naming the port and its flag, not
+in a traceback after every model has loaded.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from warpserve.server.options import ServerOptions
+
+
+class PortUnavailable(OSError):
+    """A port the server was told to listen on cannot be bound."""
+
+
+def check_free(address: str, port: int, flag: str, what: str) -> None:
+    """Raise PortUnavailable unless ``address:port`` can be bound now (0: any port)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the servers bind: a port left in TIME_WAIT by a previous run is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            raise unavailable(address, port, flag, what, exc) from None
+
+
+def unavailable(address: str, port: int, flag: str, what: str, exc: Exception) -> PortUnavailable:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return PortUnavailable(
+        f"cannot listen for {what} on {address}:{port} ({reason}); stop whatever holds "
+        f"port {port} or choose another with {flag}"
+    )
+
+
+def check_ports(options: ServerOptions) -> None:
+    """Every port the server will listen on, before models are built or loaded."""
+    check_free(options.grpc_address, options.grpc_port, "--grpc-port", "gRPC")
+    if options.allow_metrics:
+        check_free(options.metrics_address, options.metrics_port, "--metrics-port", "metrics")
