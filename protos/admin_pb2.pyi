@@ -138,7 +138,7 @@ class LatencySummary(_message.Message):
     def __init__(self, count: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
 
 class VersionStatus(_message.Message):
-    __slots__ = ("version", "state", "reason", "weight", "active", "shadow", "success_count", "failure_count", "in_flight", "latency", "shadow_max_abs_diff")
+    __slots__ = ("version", "state", "reason", "weight", "active", "shadow", "success_count", "failure_count", "in_flight", "latency", "shadow_max_abs_diff", "guard")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class VersionStatus(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     SHADOW_MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    GUARD_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: str
     reason: str
@@ -161,7 +162,38 @@ class VersionStatus(_message.Message):
     in_flight: int
     latency: LatencySummary
     shadow_max_abs_diff: float
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., weight: _Optional[float] = ..., active: _Optional[bool] = ..., shadow: _Optional[bool] = ..., success_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., in_flight: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., shadow_max_abs_diff: _Optional[float] = ...) -> None: ...
+    guard: GuardStatus
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., weight: _Optional[float] = ..., active: _Optional[bool] = ..., shadow: _Optional[bool] = ..., success_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., in_flight: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., shadow_max_abs_diff: _Optional[float] = ..., guard: _Optional[_Union[GuardStatus, _Mapping]] = ...) -> None: ...
+
+class GuardStatus(_message.Message):
+    __slots__ = ("verdict", "baseline_version", "mode", "reason", "rolled_back", "median_ratio", "p99_ratio", "candidate_samples", "baseline_samples", "candidate_error_rate", "baseline_error_rate", "trace", "seconds_to_verdict")
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_FIELD_NUMBER: _ClassVar[int]
+    MEDIAN_RATIO_FIELD_NUMBER: _ClassVar[int]
+    P99_RATIO_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_TO_VERDICT_FIELD_NUMBER: _ClassVar[int]
+    verdict: str
+    baseline_version: int
+    mode: str
+    reason: str
+    rolled_back: str
+    median_ratio: float
+    p99_ratio: float
+    candidate_samples: int
+    baseline_samples: int
+    candidate_error_rate: float
+    baseline_error_rate: float
+    trace: str
+    seconds_to_verdict: float
+    def __init__(self, verdict: _Optional[str] = ..., baseline_version: _Optional[int] = ..., mode: _Optional[str] = ..., reason: _Optional[str] = ..., rolled_back: _Optional[str] = ..., median_ratio: _Optional[float] = ..., p99_ratio: _Optional[float] = ..., candidate_samples: _Optional[int] = ..., baseline_samples: _Optional[int] = ..., candidate_error_rate: _Optional[float] = ..., baseline_error_rate: _Optional[float] = ..., trace: _Optional[str] = ..., seconds_to_verdict: _Optional[float] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
     __slots__ = ("model", "versions", "previous_version")

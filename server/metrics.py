@@ -150,6 +150,34 @@ class RegistryCollector(Collector):
         for (model, version, reason), count in sorted(list(self.registry.events.rollbacks.items())):
             rollbacks.add_metric([model, str(version), reason], count)
         yield from (active, weight, state, rollouts, rollbacks)
+        yield from self._guard_families()
+
+    def _guard_families(self) -> Iterator[Any]:
+        verdict = GaugeMetricFamily(
+            "warpserve_guard_verdict",
+            "1 for the latency guard's current verdict on a version it watches or watched",
+            labels=[*LABELS, "verdict"],
+        )
+        ratio = GaugeMetricFamily(
+            "warpserve_guard_latency_ratio",
+            "Candidate over baseline latency at the guard's last evaluation",
+            labels=[*LABELS, "quantile"],
+        )
+        errors = GaugeMetricFamily(
+            "warpserve_guard_error_rate",
+            "Share of the candidate's requests the model failed, at the last evaluation",
+            labels=LABELS,
+        )
+        for mv in self.registry.all_versions():
+            guard = mv.guard
+            if guard is None:
+                continue
+            labels = [mv.name, str(mv.version)]
+            verdict.add_metric([*labels, guard.verdict], 1)
+            ratio.add_metric([*labels, "0.5"], guard.median_ratio)
+            ratio.add_metric([*labels, "0.99"], guard.p99_ratio)
+            errors.add_metric(labels, guard.candidate_error_rate)
+        yield from (verdict, ratio, errors)
 
 
 METRICS_PATH = "/metrics"

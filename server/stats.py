@@ -51,6 +51,60 @@ class LatencyWindow:
         return [float(v) for v in np.percentile(values, qs)]
 
 
+@dataclass(frozen=True)
+class TimelineWindow:
+    """What a version answered in a span of time: model latencies and error counts."""
+
+    latencies_ms: np.ndarray  # queue plus compute, one per request that succeeded
+    errors: int  # requests the model failed
+    requests: int  # successes plus errors
+    last_ns: int  # monotonic time of the newest sample in the span (0: none)
+
+
+class RequestTimeline:
+    """The last ``size`` requests a version executed, timestamped, for sliding windows.
+
+    The batcher adds one entry per request it ran (queue plus compute time, or a model
+    error); the latency guard reads spans of it. A ring of plain arrays: adding costs
+    three stores, and a window is two boolean masks over at most ``size`` entries.
+    """
+
+    def __init__(self, size: int = 16384) -> None:
+        self._at = np.zeros(size, dtype=np.int64)
+        self._ns = np.zeros(size, dtype=np.int64)
+        self._ok = np.zeros(size, dtype=np.bool_)
+        self._next = 0
+        self._filled = 0
+
+    def add(self, latency_ns: int, ok: bool = True, now_ns: int | None = None) -> None:
+        i = self._next
+        self._at[i] = time.monotonic_ns() if now_ns is None else now_ns
+        self._ns[i] = latency_ns
+        self._ok[i] = ok
+        self._next = (i + 1) % len(self._at)
+        self._filled = min(self._filled + 1, len(self._at))
+
+    def __len__(self) -> int:
+        return self._filled
+
+    @property
+    def last_ns(self) -> int:
+        return int(self._at[self._next - 1]) if self._filled else 0
+
+    def window(self, start_ns: int, end_ns: int) -> TimelineWindow:
+        """Requests finished in [start_ns, end_ns] (monotonic)."""
+        at, ok = self._at[: self._filled], self._ok[: self._filled]
+        inside = (at >= start_ns) & (at <= end_ns)
+        succeeded = inside & ok
+        last = int(at[inside].max()) if inside.any() else 0
+        return TimelineWindow(
+            self._ns[: self._filled][succeeded] / 1e6,
+            int(np.count_nonzero(inside & ~ok)),
+            int(np.count_nonzero(inside)),
+            last,
+        )
+
+
 @dataclass
 class VersionStats:
     success: Duration = field(default_factory=Duration)
@@ -66,6 +120,7 @@ class VersionStats:
     batches: dict[int, BatchStats] = field(default_factory=dict)
     latency: LatencyWindow = field(default_factory=LatencyWindow)
     shadow_max_abs_diff: float = 0.0
+    timeline: RequestTimeline = field(default_factory=RequestTimeline)
 
     def record_success(self, rows: int, total_ns: int) -> None:
         self.success.add(total_ns)

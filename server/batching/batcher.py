@@ -132,8 +132,13 @@ class DynamicBatcher:
         accounting. Raises the error the request fails with."""
         if self._hook:
             self._hook("dispatch")
-        outputs, infer_ns = executor.run_alone(inputs)
+        try:
+            outputs, infer_ns = executor.run_alone(inputs)
+        except Exception:
+            self.stats.timeline.add(0, ok=False)
+            raise
         self.stats.record_inline(rows, infer_ns)
+        self.stats.timeline.add(infer_ns)
         return outputs
 
     def submit(self, request: QueuedRequest) -> None:
@@ -363,7 +368,12 @@ class DynamicBatcher:
             self.stats.record_execution(
                 result.rows, len(batch), result.input_ns, result.infer_ns, result.output_ns
             )
+        compute_ns = result.input_ns + result.infer_ns + result.output_ns
+        timeline = self.stats.timeline
         for request, outcome in zip(batch, result.outcomes, strict=True):
+            # The guard's view of the model: its queue and compute time, or its failure.
+            failed = isinstance(outcome, BaseException)
+            timeline.add(0 if failed else request.queue_ns + compute_ns, ok=not failed)
             if request.state != DONE and not request.future.done():
                 if isinstance(outcome, BaseException):
                     request.future.set_exception(outcome)

@@ -12,6 +12,7 @@ Where the admin API is served (``admin_exposure``):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ from warpserve.server.errors import (
 )
 from warpserve.server.grpc.admin_auth import TOKEN_ENV, is_loopback, token_matches
 from warpserve.server.grpc.status import maps_errors
+from warpserve.server.lifecycle.guarding import GuardStatus
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.lifecycle.router import VersionRouter
 from warpserve.server.lifecycle.served import ServedModel
@@ -218,7 +220,16 @@ def version_status(mv: ModelVersion, router: VersionRouter, weight: float) -> ap
         in_flight=mv.batcher.in_flight if mv.batcher is not None else 0,
         latency=apb.LatencySummary(count=len(stats.latency), p50_ms=p50, p90_ms=p90, p99_ms=p99),
         shadow_max_abs_diff=stats.shadow_max_abs_diff,
+        guard=_guard_status(mv.guard),
     )
+
+
+def _guard_status(guard: GuardStatus | None) -> apb.GuardStatus | None:
+    if guard is None:
+        return None
+    fields = dataclasses.asdict(guard)
+    fields["baseline_version"] = fields.pop("baseline")
+    return apb.GuardStatus(**fields)
 
 
 def _name(model: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from warpserve.profiling.guard import LatencyGuard
 from warpserve.server.busypoll import BusyPoller, default_window_us
 from warpserve.server.cpus import usable_cores
 from warpserve.server.dataplane import DataPlane
@@ -178,6 +179,7 @@ async def start_server(options: ServerOptions) -> RunningServer:
         usable_cores(),
     )
     registry = ModelRegistry(repository, grace_period_s=options.rollback_grace_secs, poller=poller)
+    LatencyGuard(registry)  # watches new versions of models whose config enables it
     dataplane = DataPlane(registry, poller)
     health = HealthReporter()
     server = grpc.aio.server(options=_grpc_options(options))

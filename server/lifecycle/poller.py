@@ -18,9 +18,17 @@ log = logging.getLogger(__name__)
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 
+# Written by the server itself beside a version (the latency guard's evidence); a
+# change there is not a new model.
+SERVER_FOLDERS = frozenset({"guard"})
+
+
 def fingerprint(model_dir: Path) -> Fingerprint:
     entries = []
     for path in sorted(model_dir.rglob("*")):
+        parts = path.relative_to(model_dir).parts
+        if len(parts) > 1 and parts[0].isdigit() and parts[1] in SERVER_FOLDERS:
+            continue
         try:
             stat = path.stat()
         except FileNotFoundError:

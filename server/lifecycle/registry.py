@@ -28,6 +28,7 @@ from warpserve.server.errors import (
     ModelNotFound,
     Unavailable,
 )
+from warpserve.server.lifecycle.guarding import ChangeListener, ServingChange, ServingMode
 from warpserve.server.lifecycle.served import ServedModel, is_serving
 from warpserve.server.lifecycle.version import (
     LifecycleHook,
@@ -74,6 +75,8 @@ class ModelRegistry:
         self.events = RegistryEvents()
         self.hook = hook  # named points for tests; versions loaded later pick it up
         self.poller = poller  # the loop's busy polling, told when batches run on threads
+        # Told when a new version starts serving beside the one it replaces (the guard).
+        self.on_serving: ChangeListener | None = None
         self._closing = False
 
     # -- lookups -----------------------------------------------------------------------
@@ -256,6 +259,12 @@ class ModelRegistry:
             if outcome:
                 self.events.count(self.events.rollouts, served.name, version, outcome)
             log.info("model '%s' now serves version %d (was %s)", served.name, version, before)
+            if outcome == "succeeded" and before is not None:
+                self._announce(served.name, version, before, ServingMode.FULL)
+
+    def _announce(self, name: str, candidate: int, baseline: int, mode: ServingMode) -> None:
+        if self.on_serving is not None:
+            self.on_serving(ServingChange(name, candidate, baseline, mode))
 
     async def unload(self, name: str, version: int | None = None) -> None:
         """Drain and unload one version, or every version of the model.
@@ -293,13 +302,16 @@ class ModelRegistry:
 
     # -- rollback and traffic ----------------------------------------------------------
 
-    def rollback(self, name: str, reason: str = "manual") -> int:
+    def rollback(self, name: str, reason: str = "manual", *, shadow: bool = False) -> int:
         """Route every unpinned request to the previous version, without a load.
 
         During a canary, rolling back ends the canary: the active version takes all
-        traffic again. Returns the version now serving.
+        traffic again. With ``shadow``, only the shadow stops. Returns the version now
+        serving.
         """
         served = self.model(name)
+        if shadow:
+            return self._stop_shadow(served, reason)
         if served.router.canary:
             return self._abort_canary(served, reason)
         previous = served.router.previous
@@ -317,6 +329,17 @@ class ModelRegistry:
                 served.spawn_retire(served.versions[current], self.grace_period_s)
         log.warning("model '%s' rolled back to version %d (%s)", name, mv.version, reason)
         return mv.version
+
+    def _stop_shadow(self, served: ServedModel, reason: str) -> int:
+        version, router = served.router.shadow_version, served.router
+        if version is None or router.active is None:
+            raise FailedPrecondition(f"model '{served.name}' has no shadow version to stop")
+        router.shadow_version, router.shadow_share = None, 0.0
+        self.events.count(self.events.rollbacks, served.name, version, reason)
+        if version in served.versions:
+            served.spawn_retire(served.versions[version], self.grace_period_s)
+        log.warning("model '%s' shadow version %d stopped (%s)", served.name, version, reason)
+        return router.active
 
     def _abort_canary(self, served: ServedModel, reason: str) -> int:
         canaries, served.router.canary = list(served.router.canary), {}
@@ -349,9 +372,11 @@ class ModelRegistry:
             )
         async with self._locked(name, create=True) as served:
             await self._load_locked(served, [version], activate=False)
-            if canary_percent > 0 and served.router.active not in (None, version):
+            active = served.router.active
+            if canary_percent > 0 and active is not None and active != version:
                 served.router.canary = {version: canary_percent / 100.0}
                 self.events.count(self.events.rollouts, name, version, "canary")
+                self._announce(name, version, active, ServingMode.CANARY)
                 return
             await at_point(self.hook, "swapping")
             self._activate(served, version)
@@ -399,8 +424,11 @@ class ModelRegistry:
             raise FailedPrecondition(
                 f"model '{name}' version {version} is the active version; shadow a candidate"
             )
+        before = served.router.shadow_version
         served.router.shadow_version, served.router.shadow_share = version, percent / 100.0
         served.cancel_retire(version)
+        if before != version and served.router.active is not None:
+            self._announce(name, version, served.router.active, ServingMode.SHADOW)
 
     # -- shutdown ----------------------------------------------------------------------
 

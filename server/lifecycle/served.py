@@ -35,6 +35,8 @@ class ServedModel:
     reason: str = ""  # why the last load of the model failed, if it did
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retire_tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    # Versions a latency guard keeps loaded (as the baseline) until its verdict.
+    holds: dict[int, asyncio.Event] = field(default_factory=dict)
 
     def ready_versions(self) -> list[int]:
         return sorted(v for v, mv in self.versions.items() if mv.ready)
@@ -74,12 +76,24 @@ class ServedModel:
             delay = grace_period_s if version == self.router.previous else 0.0
             self.spawn_retire(mv, delay)
 
+    def hold(self, version: int) -> None:
+        """Keep ``version`` loaded past its grace period until ``release``."""
+        self.holds.setdefault(version, asyncio.Event())
+
+    def release(self, version: int) -> None:
+        held = self.holds.pop(version, None)
+        if held is not None:
+            held.set()
+
     def spawn_retire(self, mv: ModelVersion, delay: float) -> None:
         version = mv.version
 
         async def retire() -> None:
             if delay:
                 await asyncio.sleep(delay)
+            held = self.holds.get(version)
+            if held is not None:
+                await held.wait()
             if self.versions.get(version) is mv:
                 if self.router.routes_to(version):
                     return  # routed to again meanwhile (rollback, split, shadow)

@@ -25,6 +25,7 @@ from warpserve.server.batching.policy import from_config
 from warpserve.server.batching.request import Outputs, QueuedRequest
 from warpserve.server.busypoll import BusyPoller
 from warpserve.server.errors import GoldenMismatch, ModelLoadError, WarpserveError
+from warpserve.server.lifecycle.guarding import GuardStatus
 from warpserve.server.repository import config as cfg
 from warpserve.server.repository import parameters as params
 from warpserve.server.repository import versionfolder
@@ -109,6 +110,7 @@ class ModelVersion:
         self.reason = ""
         self.failure: type[ModelLoadError] = ModelLoadError  # what FAILED raises to callers
         self.stats = VersionStats()
+        self.guard: GuardStatus | None = None  # set by a latency guard watching this version
         self.validator: InputValidator | None = None
         self.labels: classification.Labels = {}  # per output, from its label_filename
         self.batcher: DynamicBatcher | None = None

@@ -214,7 +214,26 @@ def status_table(status: apb.ModelStatus) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append(f"previous version (rollback target): {status.previous_version or '-'}")
+    lines += [guard_line(v) for v in status.versions if v.HasField("guard")]
     return "\n".join(lines)
+
+
+def guard_line(v: apb.VersionStatus) -> str:
+    """The latency guard's verdict on a version, with its evidence."""
+    g = v.guard
+    line = (
+        f"guard: version {v.version} against {g.baseline_version} ({g.mode}): {g.verdict}, "
+        f"median x{g.median_ratio:.2f}, p99 x{g.p99_ratio:.2f}, errors "
+        f"{g.candidate_error_rate:.1%} vs {g.baseline_error_rate:.1%}, "
+        f"{g.candidate_samples}/{g.baseline_samples} requests"
+    )
+    if g.rolled_back:
+        line += f"; rolled back ({g.rolled_back})"
+    if g.reason:
+        line += f"; {g.reason}"
+    if g.trace:
+        line += f"; trace: {g.trace}"
+    return line
 
 
 def _row(model: str, v: apb.VersionStatus) -> tuple[str, ...]:
