@@ -39,7 +39,13 @@ class GuardSettings:
 
 def read_settings(config: mc.ModelConfig) -> GuardSettings:
     """The model's guard settings; ModelLoadError naming the key for a bad value."""
-    settings = GuardSettings(*(p.read(config) for p in GUARD))
+    settings = GuardSettings(
+        enabled=ENABLED.read(config),
+        max_latency_ratio=MAX_LATENCY_RATIO.read(config),
+        window_seconds=WINDOW_SECONDS.read(config),
+        min_samples=MIN_SAMPLES.read(config),
+        max_error_rate=MAX_ERROR_RATE.read(config),
+    )
     if settings.max_latency_ratio <= 1.0:
         raise ModelLoadError(
             f"model '{config.name}': parameter guard.max_latency_ratio="

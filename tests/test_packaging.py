@@ -65,3 +65,18 @@ def test_the_gpu_extra_is_one_cuda_12_set() -> None:
     ort = gpu["onnxruntime-gpu"].specifier
     assert "1.26.0" in ort and "1.21.0" in ort and "1.27.0" not in ort
     assert not any("13" in name for name in gpu)
+
+
+def test_type_checker_sees_every_package_under_its_import_name() -> None:
+    # mypy reads first-party code through .typecheck/warpserve (see pyproject.toml): each
+    # mapped folder must be linked there, or its imports silently become Any again.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    links = ROOT / ".typecheck" / "warpserve"
+    for package, folder in project["tool"]["setuptools"]["package-dir"].items():
+        if package == "warpserve":
+            target = links / "__init__.py"
+            assert target.resolve() == (ROOT / folder / "__init__.py").resolve()
+            continue
+        link = links / package.removeprefix("warpserve.")
+        assert link.is_symlink(), f"link {link} to ../../{folder}"
+        assert link.resolve() == (ROOT / folder).resolve()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable
+from typing import Any
 
 from warpserve.server import cli
 from warpserve.server.lifecycle.registry import ModelRegistry
@@ -28,11 +29,11 @@ def _hook(point: str) -> Awaitable[None] | None:
 def main() -> int:
     original = ModelRegistry.__init__
 
-    def with_hook(self: ModelRegistry, *args: object, **kwargs: object) -> None:
+    def with_hook(self: ModelRegistry, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
         self.hook = _hook
 
-    ModelRegistry.__init__ = with_hook
+    ModelRegistry.__init__ = with_hook  # type: ignore[method-assign]
     return cli.main(sys.argv[1:])
 
 

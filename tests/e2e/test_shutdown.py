@@ -268,6 +268,7 @@ TRITON_FLAGS = [
 def _serve_flags() -> set[str]:
     parser = build_parser()
     (sub,) = [a for a in parser._actions if a.dest == "command"]
+    assert isinstance(sub.choices, dict)
     serve = sub.choices["serve"]
     return {flag for action in serve._actions for flag in action.option_strings}
 

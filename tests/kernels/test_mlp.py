@@ -82,9 +82,9 @@ def test_triton_matches_reference_for_every_config(
     from warpserve.kernels import mlp_triton
 
     x, w, b = _inputs(*shape, "float32")
-    tensors = [mlp_triton.torch.from_numpy(a) for a in (x, w, b)]
+    tx, tw, tb = (mlp_triton.torch.from_numpy(a) for a in (x, w, b))
     for activation in mlp.ACTIVATIONS:
-        got = mlp_triton.fused_linear_triton(*tensors, activation, mlp_triton.CONFIGS[config])
+        got = mlp_triton.fused_linear_triton(tx, tw, tb, activation, mlp_triton.CONFIGS[config])
         want = fused_linear(x, w, b, activation, provider="numpy")
         assert_close(got, want, 1e-4, 1e-4)
 

@@ -7,6 +7,8 @@ outputs 2e-3 absolute (values within ±3 carry 11 bits).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -121,7 +123,7 @@ def test_torch_tensors_come_back_as_torch_tensors() -> None:
     ],
 )
 def test_bad_input_names_the_argument(change: dict, argument: str, message: str) -> None:
-    args: dict[str, object] = {"images": np.zeros((1, 4, 4, 3), np.uint8), "size": (2, 2)}
+    args: dict[str, Any] = {"images": np.zeros((1, 4, 4, 3), np.uint8), "size": (2, 2)}
     args |= {"mean": MEAN, "std": STD, **change}
     with pytest.raises(KernelInputError, match=message) as raised:
         preprocess_images(**args)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from warpserve.kernels import registry
@@ -13,7 +15,7 @@ CUDA = frozenset({"cuda"})
 MODULE = "warpserve.kernels.mlp"
 
 
-def _provider(op: str, name: str, devices: frozenset[str] = CPU, **kw: object) -> Provider:
+def _provider(op: str, name: str, devices: frozenset[str] = CPU, **kw: Any) -> Provider:
     return Provider(op, name, devices, MODULE, "fused_linear_reference", **kw)
 
 
@@ -28,8 +30,8 @@ def _provider(op: str, name: str, devices: frozenset[str] = CPU, **kw: object) -
         ({"takes": "jax"}, "numpy or torch"),
     ],
 )
-def test_a_provider_record_validates_itself(kwargs: dict[str, object], message: str) -> None:
-    fields: dict[str, object] = {
+def test_a_provider_record_validates_itself(kwargs: dict[str, Any], message: str) -> None:
+    fields: dict[str, Any] = {
         "op": "reg_validate",
         "name": "numba",
         "devices": CPU,

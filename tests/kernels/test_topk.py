@@ -7,6 +7,8 @@ scores in a row tie, except in the test that makes ties on purpose.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -124,7 +126,7 @@ def test_torch_tensors_come_back_as_torch_tensors() -> None:
     ],
 )
 def test_bad_input_names_the_argument(change: dict, argument: str, message: str) -> None:
-    args: dict[str, object] = {"users": np.zeros((2, 3), np.float32), "k": 2}
+    args: dict[str, Any] = {"users": np.zeros((2, 3), np.float32), "k": 2}
     args |= {"items": np.zeros((6, 3), np.float32), **change}
     with pytest.raises(KernelInputError, match=message) as raised:
         score_topk(**args)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -94,7 +96,7 @@ def test_overall_verdict_takes_the_worst() -> None:
         {"max_p99_ratio": float("nan")},
     ],
 )
-def test_bad_thresholds_are_refused(kwargs: dict[str, float]) -> None:
+def test_bad_thresholds_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Thresholds(**kwargs)
 

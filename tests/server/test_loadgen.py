@@ -24,7 +24,7 @@ from warpserve.server.grpc.status import maps_errors
 from warpserve.server.shm import SHM_ROOT, SharedMemoryRegions
 from warpserve.server.tools import client_shm, loadgen, shaping
 
-SHORT = {"duration_s": 0.3, "warmup_s": 0.05}
+DURATION_S, WARMUP_S = 0.3, 0.05
 
 
 def _metadata(name: str, inputs: list[tuple[str, str, list[int]]]) -> pb.ModelMetadataResponse:
@@ -146,7 +146,11 @@ def fake_server(state: FakeState) -> Iterator[str]:
 def _measure(
     url: str, model: str, concurrency: int = 1, batch_size: int = 1
 ) -> loadgen.BenchResult:
-    return asyncio.run(loadgen.measure(url, model, concurrency, batch_size=batch_size, **SHORT))
+    return asyncio.run(
+        loadgen.measure(
+            url, model, concurrency, batch_size=batch_size, duration_s=DURATION_S, warmup_s=WARMUP_S
+        )
+    )
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -222,7 +226,9 @@ def test_tensors_through_shared_memory() -> None:
     state = FakeState(MIXED, regions=SharedMemoryRegions(allowed=True))
     with fake_server(state) as url:
         result = asyncio.run(
-            loadgen.measure(url, "mixed", 2, batch_size=3, shared_memory="system", **SHORT)
+            loadgen.measure(
+                url, "mixed", 2, DURATION_S, 3, warmup_s=WARMUP_S, shared_memory="system"
+            )
         )
     assert result.requests > 0 and result.errors == 0
     assert state.decoded

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 
 from tests.models import affine_model, affine_reference, write_affine, write_golden
+from warpserve.server.backends.onnxruntime import OnnxRuntimeInstance
+from warpserve.server.batching.executor import ModelInstance
 from warpserve.server.codec import InferRequest
 from warpserve.server.cpus import usable_cores
 from warpserve.server.dataplane import DataPlane
@@ -554,7 +556,7 @@ def test_a_shadow_copies_inputs_that_live_in_client_shared_memory(tmp_path: Path
         await registry.load(MODEL, [2], activate=False)
         registry.set_shadow(MODEL, 2, 100)
         mirrored: list[InferRequest] = []
-        dp._shadow = lambda shadow, request, outputs: _record(mirrored, request)
+        setattr(dp, "_shadow", lambda shadow, request, outputs: _record(mirrored, request))  # noqa: B010
         for shared in (True, False):
             x = X.copy()
             await dp.infer(InferRequest(MODEL, "", "", {"INPUT0": x}, shared_inputs=shared))
@@ -606,7 +608,7 @@ def test_a_tiny_model_runs_inline_on_a_single_threaded_session(tmp_path: Path) -
         assert mv.batcher is not None
         executor = mv.batcher.executors[0]
         assert executor.inline
-        session = executor.instance.session
+        session = _session(executor.instance)
         assert session.get_session_options().intra_op_num_threads == 1
         _, outputs = await plane.infer(InferRequest(MODEL, "", "", {"INPUT0": X}))
         np.testing.assert_allclose(outputs["OUTPUT0"], expected(1), atol=1e-5)
@@ -620,9 +622,11 @@ def test_a_configured_thread_count_is_kept_for_inline_execution(tmp_path: Path) 
 
     async def main() -> None:
         registry, _ = await start(tmp_path, extra=extra)
-        executor = registry.resolve(MODEL).batcher.executors[0]
+        batcher = registry.resolve(MODEL).batcher
+        assert batcher is not None
+        executor = batcher.executors[0]
         assert executor.inline
-        session = executor.instance.session
+        session = _session(executor.instance)
         assert session.get_session_options().intra_op_num_threads == 2
         await registry.close()
 
@@ -662,7 +666,12 @@ def test_default_instances_on_worker_threads_split_the_cores(tmp_path: Path) -> 
         threads = max(1, usable_cores() // 2)
         for executor in batcher.executors:
             assert not executor.inline
-            assert executor.instance.session.get_session_options().intra_op_num_threads == threads
+            assert _session(executor.instance).get_session_options().intra_op_num_threads == threads
         await registry.close()
 
     asyncio.run(main())
+
+
+def _session(instance: ModelInstance) -> Any:
+    assert isinstance(instance, OnnxRuntimeInstance), instance
+    return instance.session

@@ -30,6 +30,7 @@ from tests.models import write_affine
 from tests.server.test_admin import answer_version, code_of, request, serving
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+from warpserve.server.batching.batcher import DynamicBatcher
 from warpserve.server.grpc.server import RunningServer
 from warpserve.server.lifecycle.version import ModelVersion, VersionState
 
@@ -46,6 +47,12 @@ def x_for(i: int) -> np.ndarray:
 
 def version(running: RunningServer) -> ModelVersion:
     return running.registry.models[MODEL].versions[1]
+
+
+def batcher(running: RunningServer) -> DynamicBatcher:
+    loaded = version(running).batcher
+    assert loaded is not None, "the version is not loaded"
+    return loaded
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -214,7 +221,7 @@ def test_a_call_held_in_each_stage_gets_its_answer_before_models_unload(
             for i in range(count):
                 calls.append(asyncio.ensure_future(stub.ModelInfer(request(x_for(i)))))
                 if count > 1:  # the first must be running before the next one queues
-                    await until(lambda: bool(version(running).batcher.in_flight))
+                    await until(lambda: bool(batcher(running).in_flight))
             await held.reached()
             running.begin_shutdown()  # what SIGTERM does
             await check_draining(running, channel)
@@ -247,7 +254,7 @@ def test_requests_of_an_open_stream_are_answered_then_the_stream_ends_unavailabl
             for i in range(2):  # one runs (held), one waits in the queue behind it
                 sending.put_nowait(request(x_for(i), rid=f"before-{i}"))
             await held.reached()
-            await until(lambda: version(running).batcher.queued == 1)
+            await until(lambda: batcher(running).queued == 1)
             running.begin_shutdown()
             await check_draining(running, channel)
             sending.put_nowait(request(x_for(5), rid="after"))  # read after the signal
@@ -308,7 +315,7 @@ def test_past_the_exit_timeout_held_requests_are_cut_off_with_unavailable_and_co
             await held.reached()
             stream = stub.ModelStreamInfer()
             await stream.write(request(x_for(1), rid="queued"))
-            await until(lambda: version(running).batcher.queued == 1)
+            await until(lambda: batcher(running).queued == 1)
             with caplog.at_level(logging.INFO, logger="warpserve"):
                 assert await running.shutdown() == 1  # the model never finished
             code, message = await code_of(call)

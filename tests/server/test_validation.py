@@ -65,7 +65,10 @@ def test_non_batching_model_takes_exact_dims() -> None:
 
 
 def test_a_misnamed_input_names_what_was_sent_and_what_the_model_takes() -> None:
-    inputs = {"A": np.zeros((2, 3), np.float32), "b": np.zeros((2, 5), np.int64)}
+    inputs: dict[str, np.ndarray] = {
+        "A": np.zeros((2, 3), np.float32),
+        "b": np.zeros((2, 5), np.int64),
+    }
     with pytest.raises(InvalidInput) as info:
         validator().check(inputs)
     message = str(info.value)

@@ -11,11 +11,12 @@ from tests.models import write_affine
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.backends import spec as formats
 from warpserve.server.backends.spec import BackendSpec, Capabilities
+from warpserve.server.batching.executor import ModelInstance
 from warpserve.server.errors import ModelLoadError
 from warpserve.server.repository import config as cfg
 
 
-def _never_loads(config: mc.ModelConfig, path: Path, index: int, count: int) -> object:
+def _never_loads(config: mc.ModelConfig, path: Path, index: int, count: int) -> ModelInstance:
     raise AssertionError("a format without its toolchain must not reach its loader")
 
 

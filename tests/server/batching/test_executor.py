@@ -7,7 +7,12 @@ import asyncio
 import numpy as np
 
 from warpserve.server.batching.executor import Executor
-from warpserve.server.batching.request import QueuedRequest, signature_of
+from warpserve.server.batching.request import Outputs, QueuedRequest, signature_of
+
+
+def _ok(outcome: Outputs | BaseException) -> Outputs:
+    assert not isinstance(outcome, BaseException), outcome
+    return outcome
 
 
 class Echo:
@@ -39,12 +44,12 @@ def test_batches_reuse_one_buffer_and_each_request_gets_its_rows() -> None:
     executor = Executor(model, batched=True)
     first = executor.run(_requests([[1, 2], [3, 4], [5, 6]]))
     second = executor.run(_requests([[7, 8], [9, 10]]))
-    assert [o["y"].tolist() for o in first.outcomes] == [[[1, 2]], [[3, 4]], [[5, 6]]]
-    assert [o["y"].tolist() for o in second.outcomes] == [[[7, 8]], [[9, 10]]]
+    assert [_ok(o)["y"].tolist() for o in first.outcomes] == [[[1, 2]], [[3, 4]], [[5, 6]]]
+    assert [_ok(o)["y"].tolist() for o in second.outcomes] == [[[7, 8]], [[9, 10]]]
     assert np.shares_memory(model.seen[0], model.seen[1]), "the second batch reused the buffer"
     # A larger batch or another row shape gets a buffer that fits.
     third = executor.run(_requests([[1, 1]] * 4))
-    assert [o["y"].tolist() for o in third.outcomes] == [[[1, 1]]] * 4
+    assert [_ok(o)["y"].tolist() for o in third.outcomes] == [[[1, 1]]] * 4
     executor.close()
 
 
@@ -60,7 +65,7 @@ def test_outputs_that_view_the_buffer_survive_the_next_batch() -> None:
     executor = Executor(View(), batched=True)
     first = executor.run(_requests([[1, 2], [3, 4]]))
     executor.run(_requests([[0, 0], [0, 0]]))  # overwrites the gather buffer
-    assert [o["y"].tolist() for o in first.outcomes] == [[[2, 1]], [[4, 3]]]
+    assert [_ok(o)["y"].tolist() for o in first.outcomes] == [[[2, 1]], [[4, 3]]]
     executor.close()
 
 
@@ -74,5 +79,5 @@ def test_string_tensors_are_gathered_without_a_buffer() -> None:
         batch.append(QueuedRequest({"x": x}, 1, signature_of({"x": x}, True), loop.create_future()))
     loop.close()
     result = executor.run(batch)
-    assert [o["y"].tolist() for o in result.outcomes] == [[b"a"], [b"bc"]]
+    assert [_ok(o)["y"].tolist() for o in result.outcomes] == [[b"a"], [b"bc"]]
     executor.close()

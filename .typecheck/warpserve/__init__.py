@@ -1,0 +1,1 @@
+../../warpserve/__init__.py
