@@ -382,7 +382,11 @@ def test_inline_lonely_windows_return_to_running_at_once() -> None:
         load = LoopLoad()
         load.holding = True  # as if the loop had been saturated
         batcher = make_inline(
-            BatchingPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=1000), model, load
+            # A long delay: a window that ends on a pause is judged even if the timer
+            # for the pause fires late on a busy machine.
+            BatchingPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=10**6),
+            model,
+            load,
         )
         held = 0
         for _ in range(5):

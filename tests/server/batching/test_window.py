@@ -180,7 +180,7 @@ def test_a_window_whose_timer_fired_far_too_late_is_no_evidence() -> None:
         held = request()
         assert batcher.inline_slot() is None
         batcher.submit(held)
-        loop.now += 15_000 * US
+        loop.now += 50_000 * US
         await passes()
         assert held.future.done() and model.batches == [1]
         assert load.windows == []
