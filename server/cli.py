@@ -109,7 +109,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--grpc-max-message-bytes",
         type=int,
         default=256 * 1024 * 1024,
-        help="largest gRPC message accepted or sent, in bytes",
+        help="largest gRPC message accepted or sent, in bytes (default 256 MiB; at most "
+        "2147483647); larger requests are refused with RESOURCE_EXHAUSTED",
     )
     p.add_argument(
         "--rollback-grace-secs",

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.server import classification, dtypes
-from warpserve.server.errors import InvalidInput, PermissionDenied
+from warpserve.server.errors import InvalidInput, PermissionDenied, WarpserveError
 from warpserve.server.shm import DISABLED_MESSAGE, OutputTarget, SharedMemoryRegions
 
 _LEN = struct.Struct("<I")
@@ -61,11 +61,11 @@ class ReceivedInfer(NamedTuple):
     """A ModelInferRequest as received. For a large request ``raw`` holds its
     raw_input_contents as views of the received bytes and ``message`` holds the rest;
     otherwise ``raw`` is None and the message is whole. ``error`` is set instead when
-    the bytes are not a ModelInferRequest."""
+    the bytes are not a ModelInferRequest, or too many of them to parse."""
 
     message: pb.ModelInferRequest
     raw: Sequence[memoryview] | None = None
-    error: str = ""
+    error: WarpserveError | None = None
 
 
 def receive_infer(data: bytes) -> ReceivedInfer:
@@ -84,8 +84,10 @@ def receive_infer(data: bytes) -> ReceivedInfer:
     except DecodeError as exc:
         return ReceivedInfer(
             pb.ModelInferRequest(),
-            error=f"the request is not a valid ModelInferRequest message ({exc}); "
-            "serialize it with the inference.GRPCInferenceService protobuf definitions",
+            error=InvalidInput(
+                f"the request is not a valid ModelInferRequest message ({exc}); "
+                "serialize it with the inference.GRPCInferenceService protobuf definitions"
+            ),
         )
 
 
@@ -381,8 +383,8 @@ def _output_options(
 
 
 def decode_request(received: ReceivedInfer, shm: SharedMemoryRegions | None = None) -> InferRequest:
-    if received.error:
-        raise InvalidInput(received.error)
+    if received.error is not None:
+        raise received.error
     request = received.message
     outputs: list[str] = []
     targets: dict[str, OutputTarget] = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -13,7 +13,7 @@ from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server import codec
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import InvalidInput, Unavailable, Unimplemented
-from warpserve.server.grpc import reports
+from warpserve.server.grpc import limits, reports
 from warpserve.server.grpc.status import maps_errors, status_of
 from warpserve.server.inflight import CALL, SHUTTING_DOWN, STREAM, STREAM_REQUEST, Ticket
 from warpserve.server.lifecycle.registry import ModelRegistry, parse_version
@@ -261,22 +261,35 @@ def _stream_error(request: codec.ReceivedInfer, exc: Exception) -> bytes:
 SERVICE = "inference.GRPCInferenceService"
 
 
-def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+def add_inference_service(
+    servicer: InferenceServicer, server: grpc.aio.Server, max_message_bytes: int | None = None
+) -> None:
     """Register the service as its generated code does, except for ModelInfer and
     ModelStreamInfer: they take their requests through ``codec.receive_infer`` (raw
     tensors stay views of the bytes gRPC received) and answer with bytes the codec
-    serialized (raw output tensors are not copied through a protobuf message)."""
+    serialized (raw output tensors are not copied through a protobuf message).
+
+    With ``max_message_bytes``, requests over it are refused with a hint naming the flag
+    that raises it (``limits``); the server's gRPC options must then let them through
+    (``limits.receive_ceiling``)."""
     captured = _CapturedHandlers()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, captured)
     handlers = dict(captured.handlers)
+    receive: Callable[[bytes], codec.ReceivedInfer] = codec.receive_infer
+    if max_message_bytes is not None:
+        handlers = {
+            name: limits.bounded_unary(h, max_message_bytes) if h.unary_unary else h
+            for name, h in handlers.items()
+        }
+        receive = limits.infer_receiver(max_message_bytes)
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
         servicer.ModelInfer,
-        request_deserializer=codec.receive_infer,
+        request_deserializer=receive,
         response_serializer=None,  # serialized by the codec
     )
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
         servicer.ModelStreamInfer,
-        request_deserializer=codec.receive_infer,
+        request_deserializer=receive,
         response_serializer=None,
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

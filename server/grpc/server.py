@@ -22,6 +22,7 @@ from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import WarpserveError
 from warpserve.server.grpc.health import HealthReporter
 from warpserve.server.grpc.inference import InferenceServicer, add_inference_service
+from warpserve.server.grpc.limits import receive_ceiling
 from warpserve.server.inflight import CALL, STREAM, STREAM_REQUEST, InFlight
 from warpserve.server.lifecycle.poller import RepositoryPoller
 from warpserve.server.lifecycle.registry import ModelRegistry
@@ -148,7 +149,9 @@ def _describe(counts: Counter[str]) -> str:
 
 def _grpc_options(options: ServerOptions) -> list[tuple[str, Any]]:
     return [
-        ("grpc.max_receive_message_length", options.max_message_bytes),
+        # Above the limit, so that the inference service refuses what lies between
+        # with a hint naming the flag (gRPC's own refusal names none).
+        ("grpc.max_receive_message_length", receive_ceiling(options.max_message_bytes)),
         ("grpc.max_send_message_length", options.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
@@ -186,7 +189,9 @@ async def start_server(options: ServerOptions) -> RunningServer:
     shm = SharedMemoryRegions(allowed=options.allow_client_shm)
     if shm.allowed:
         log.info("client shared memory: on (--allow-client-shm); regions map from %s", shm.root)
-    add_inference_service(InferenceServicer(dataplane, registry, shm), server)
+    add_inference_service(
+        InferenceServicer(dataplane, registry, shm), server, options.max_message_bytes
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     _add_admin(server, registry, options)
     port = _bind_grpc(server, options)

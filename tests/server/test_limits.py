@@ -1,0 +1,100 @@
+"""Requests over --grpc-max-message-bytes: refused with RESOURCE_EXHAUSTED and a message
+naming the flag (gRPC's own refusal names none); the server keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.models import write_affine
+from warpserve.protos import grpc_service_pb2 as pb
+from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+from warpserve.server.grpc.limits import INT32_MAX, receive_ceiling
+from warpserve.server.grpc.server import start_server
+from warpserve.server.options import ServerOptions
+
+MODEL = "affine"
+LIMIT = 64 * 1024
+
+
+def infer_request(rows: int) -> pb.ModelInferRequest:
+    x = np.ones((rows, 4), np.float32)
+    request = pb.ModelInferRequest(model_name=MODEL, id=f"rows-{rows}")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+BIG = infer_request(2 * LIMIT // 16)  # twice the limit in raw bytes alone
+
+
+async def refusal(call: object) -> tuple[grpc.StatusCode, str]:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as err:
+        return err.code(), err.details() or ""
+    raise AssertionError("the call was answered")
+
+
+def test_a_request_over_the_limit_names_the_flag(tmp_path: Path) -> None:
+    write_affine(tmp_path, MODEL, (1,))
+    options = ServerOptions(
+        model_repository=tmp_path,
+        grpc_address="127.0.0.1",
+        grpc_port=0,
+        allow_metrics=False,
+        exit_timeout_secs=5.0,
+        max_message_bytes=LIMIT,
+    )
+
+    async def main() -> None:
+        running = await start_server(options)
+        big_channel_options = [("grpc.max_send_message_length", -1)]
+        target = f"127.0.0.1:{running.grpc_port}"
+        try:
+            async with grpc.aio.insecure_channel(target, options=big_channel_options) as ch:
+                stub = pb_grpc.GRPCInferenceServiceStub(ch)
+                code, text = await refusal(stub.ModelInfer(BIG, timeout=30))
+                assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+                size = BIG.ByteSize()
+                assert f"{size} bytes" in text and f"limit of {LIMIT} bytes" in text
+                assert "--grpc-max-message-bytes" in text
+                # Any other method of the service: the same refusal.
+                load = pb.RepositoryModelLoadRequest(model_name=MODEL)
+                load.parameters["config"].string_param = "x" * (2 * LIMIT)
+                code, text = await refusal(stub.RepositoryModelLoad(load, timeout=30))
+                assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "--grpc-max-message-bytes" in text
+                # In a stream, the oversized request is answered in-band; the rest go on.
+                replies = [r async for r in stub.ModelStreamInfer(iter([BIG, infer_request(1)]))]
+                errors = {r.infer_response.id: r.error_message for r in replies}
+                assert "--grpc-max-message-bytes" in errors[""]
+                assert errors["rows-1"] == ""
+                # Positive control: under the limit, the size check lets the request
+                # through to the usual checks (too many rows is INVALID_ARGUMENT).
+                under = infer_request(LIMIT // 32)
+                assert under.ByteSize() < LIMIT
+                code, text = await refusal(stub.ModelInfer(under, timeout=30))
+                assert code is grpc.StatusCode.INVALID_ARGUMENT and "max_batch_size" in text
+                reply = await stub.ModelInfer(infer_request(2), timeout=30)
+                assert reply.model_name == MODEL
+        finally:
+            await running.shutdown()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("limit", "ceiling"),
+    [
+        (64 * 1024, 64 * 1024 + 64 * 1024 * 1024),
+        (256 * 1024 * 1024, 512 * 1024 * 1024),
+        (1536 * 1024 * 1024, INT32_MAX),
+    ],
+)
+def test_grpc_itself_refuses_only_past_the_ceiling(limit: int, ceiling: int) -> None:
+    assert receive_ceiling(limit) == ceiling
