@@ -29,6 +29,7 @@ from warpserve.server.errors import (
     Unauthenticated,
 )
 from warpserve.server.grpc.admin_auth import TOKEN_ENV, is_loopback, token_matches
+from warpserve.server.grpc.limits import add_bounded
 from warpserve.server.grpc.status import maps_errors
 from warpserve.server.lifecycle.guarding import GuardStatus
 from warpserve.server.lifecycle.registry import ModelRegistry
@@ -77,7 +78,9 @@ def add_admin_service(
         )
         return
     servicer = AdminServicer(registry, options.admin_token)
-    apb_grpc.add_ModelAdminServicer_to_server(servicer, server)
+    add_bounded(
+        apb_grpc.add_ModelAdminServicer_to_server, servicer, server, options.max_message_bytes
+    )
 
 
 def authorized(method: F) -> F:

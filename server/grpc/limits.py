@@ -85,3 +85,33 @@ def bounded_unary(handler: grpc.RpcMethodHandler, limit: int) -> grpc.RpcMethodH
     return grpc.unary_unary_rpc_method_handler(
         call, request_deserializer=deserialize, response_serializer=handler.response_serializer
     )
+
+
+class _Registrar:
+    """Stands in for a server to collect what generated ``add_*_to_server`` registers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass  # the same handlers arrive through add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.services[service] = handlers
+
+
+def add_bounded(
+    add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server, limit: int
+) -> None:
+    """Register a generated service with its unary-unary methods bounded by ``limit``."""
+    registrar = _Registrar()
+    add_to_server(servicer, registrar)
+    for service, handlers in registrar.services.items():
+        bounded = {
+            name: bounded_unary(h, limit) if h.unary_unary else h for name, h in handlers.items()
+        }
+        generic = grpc.method_handlers_generic_handler(service, bounded)
+        server.add_generic_rpc_handlers((generic,))
+        server.add_registered_method_handlers(service, bounded)

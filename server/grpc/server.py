@@ -22,7 +22,7 @@ from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import WarpserveError
 from warpserve.server.grpc.health import HealthReporter
 from warpserve.server.grpc.inference import InferenceServicer, add_inference_service
-from warpserve.server.grpc.limits import receive_ceiling
+from warpserve.server.grpc.limits import add_bounded, receive_ceiling
 from warpserve.server.inflight import CALL, STREAM, STREAM_REQUEST, InFlight
 from warpserve.server.lifecycle.poller import RepositoryPoller
 from warpserve.server.lifecycle.registry import ModelRegistry
@@ -192,7 +192,12 @@ async def start_server(options: ServerOptions) -> RunningServer:
     add_inference_service(
         InferenceServicer(dataplane, registry, shm), server, options.max_message_bytes
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    add_bounded(
+        health_pb2_grpc.add_HealthServicer_to_server,
+        health.servicer,
+        server,
+        options.max_message_bytes,
+    )
     _add_admin(server, registry, options)
     port = _bind_grpc(server, options)
     # Both ports are held before any model loads: a port in use ends the start at once.

@@ -9,11 +9,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.models import write_affine
+from warpserve.protos import admin_pb2 as apb
+from warpserve.protos import admin_pb2_grpc as apb_grpc
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
-from warpserve.server.grpc.limits import INT32_MAX, receive_ceiling
+from warpserve.server.grpc.limits import FLAG, INT32_MAX, receive_ceiling
 from warpserve.server.grpc.server import start_server
 from warpserve.server.options import ServerOptions
 
@@ -69,6 +72,17 @@ def test_a_request_over_the_limit_names_the_flag(tmp_path: Path) -> None:
                 code, text = await refusal(stub.RepositoryModelLoad(load, timeout=30))
                 assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert "--grpc-max-message-bytes" in text
+                # The admin API and health checks too.
+                admin = apb_grpc.ModelAdminStub(ch)
+                status = apb.StatusRequest(model="m" * (2 * LIMIT))
+                code, text = await refusal(admin.Status(status, timeout=30))
+                assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and FLAG in text
+                health = health_pb2_grpc.HealthStub(ch)
+                check = health_pb2.HealthCheckRequest(service="s" * (2 * LIMIT))
+                code, text = await refusal(health.Check(check, timeout=30))
+                assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and FLAG in text
+                serving = await health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+                assert serving.status == health_pb2.HealthCheckResponse.SERVING
                 # In a stream, the oversized request is answered in-band; the rest go on.
                 replies = [r async for r in stub.ModelStreamInfer(iter([BIG, infer_request(1)]))]
                 errors = {r.infer_response.id: r.error_message for r in replies}
