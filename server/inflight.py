@@ -61,8 +61,7 @@ class InFlight:
         self.draining = False
         self.refused_at = 0.0  # time.monotonic() of the last call refused while draining
         self._tickets: set[Ticket] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle = asyncio.Event()  # set when the last admitted call leaves, once draining
         self._on_drain: set[Callable[[], None]] = set()
 
     def admit(self, kind: str, task: asyncio.Task[Any] | None = None) -> Ticket:
@@ -72,12 +71,12 @@ class InFlight:
             raise Unavailable(SHUTTING_DOWN)
         ticket = Ticket(self, kind, task if task is not None else asyncio.current_task())
         self._tickets.add(ticket)
-        self._idle.clear()
         return ticket
 
     def release(self, ticket: Ticket) -> None:
-        self._tickets.discard(ticket)
-        if not self._tickets:
+        tickets = self._tickets
+        tickets.discard(ticket)
+        if not tickets and self.draining:
             self._idle.set()
 
     def counts(self) -> Counter[str]:
@@ -97,7 +96,11 @@ class InFlight:
             callback()
 
     async def wait_idle(self) -> None:
-        await self._idle.wait()
+        """Once draining, until nothing admitted is left. (The event is only touched
+        while draining: admitting stays a set insertion on the request path.)"""
+        assert self.draining, "only a draining server becomes idle for good"
+        if self._tickets:
+            await self._idle.wait()
 
     def cut_off(self) -> Counter[str]:
         """Cancel every admitted call still running; each answers UNAVAILABLE. Returns
