@@ -240,33 +240,36 @@ async def _stream_requests(queue: asyncio.Queue[pb.ModelInferRequest | None]) ->
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("stage", list(STAGES))
 def test_requests_of_an_open_stream_are_answered_then_the_stream_ends_unavailable(
-    tmp_path: Path,
+    tmp_path: Path, stage: str
 ) -> None:
-    write_affine(tmp_path, MODEL, (1,), extra=execution("thread"))
+    mode, hold, count = STAGES[stage]
+    write_affine(tmp_path, MODEL, (1,), extra=execution(mode))
 
     async def main() -> None:
         async with serving(tmp_path) as (running, channel):
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            held = hold_on_worker(running)
+            held = hold(running)
             sending: asyncio.Queue[pb.ModelInferRequest | None] = asyncio.Queue()
             stream = stub.ModelStreamInfer(_stream_requests(sending))
-            for i in range(2):  # one runs (held), one waits in the queue behind it
+            for i in range(count):
                 sending.put_nowait(request(x_for(i), rid=f"before-{i}"))
+                if count > 1:  # the first must be running before the next one queues
+                    await until(lambda: bool(batcher(running).in_flight))
             await held.reached()
-            await until(lambda: batcher(running).queued == 1)
-            running.begin_shutdown()
+            running.begin_shutdown()  # what SIGTERM does
             await check_draining(running, channel)
             sending.put_nowait(request(x_for(5), rid="after"))  # read after the signal
             late = await stream.read()
             assert late.infer_response.id == "after" and "shutting down" in late.error_message
             held.release()
             answers = {}
-            for _ in range(2):
+            for _ in range(count):
                 reply = await stream.read()
                 assert not reply.error_message, reply.error_message
                 answers[reply.infer_response.id] = reply.infer_response
-            for i in range(2):
+            for i in range(count):
                 assert answer_version(answers[f"before-{i}"], x_for(i)) == 1
             # The client never closed its side: the stream ends with UNAVAILABLE (reopen
             # elsewhere), not CANCELLED.
