@@ -284,6 +284,22 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_compile(sub: argparse._SubParsersAction) -> None:
+    # compile/ needs torch only when it runs; its flags are plain argparse.
+    from warpserve.compile import cli as compile_cli
+
+    p = sub.add_parser(
+        "compile",
+        help="PyTorch model -> checked, measured variants -> the fastest written to a repository",
+        description="Export a trained PyTorch model to ONNX, ONNX Runtime, TensorRT, "
+        "AOTInductor and TorchScript variants, check each against eager PyTorch, measure "
+        "each over a sweep of batch sizes, and write the best as a new model version. "
+        "Exit 0: a version was written; 1: no variant passed; 2: usage error.",
+    )
+    compile_cli.add_arguments(p)
+    p.set_defaults(func=compile_cli.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="warpserve", description="GPU-optimized inference server (KServe v2 / Triton gRPC)"
@@ -294,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_models(sub)
     _add_profile(sub)
+    _add_compile(sub)
     return parser
 
 

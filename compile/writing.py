@@ -1,0 +1,115 @@
+"""Turn the chosen variant (or, with --all, every servable one) into repository files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from warpserve.compile import choice as choosing
+from warpserve.compile import output, report
+from warpserve.compile.modelconfig import base_config
+from warpserve.compile.specs import TensorSpec
+from warpserve.protos import model_config_pb2 as mc
+
+if TYPE_CHECKING:
+    from warpserve.compile.pipeline import CompileRequest, VariantResult
+
+GOLDEN_ROWS = 64
+REPORT_JSON = "compile_report.json"
+REPORT_MD = "compile_report.md"
+
+
+def _kept(results: list[VariantResult], chosen: str, keep_all: bool) -> list[VariantResult]:
+    """The chosen variant last, so the highest version (Triton's default policy) serves it."""
+    by_name = {r.target.name: r for r in results}
+    others = [
+        r
+        for r in results
+        if keep_all and r.status == "passed" and r.servable and r.target.name != chosen
+    ]
+    return [*others, by_name[chosen]]
+
+
+def model_config(
+    request: CompileRequest,
+    kept: list[VariantResult],
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    plan: choosing.Batching,
+) -> mc.ModelConfig:
+    platforms = {r.target.platform for r in kept}
+    # Versions of one model in different formats: each version's platform is then read
+    # from its model file (model.onnx, model.pt2, ...), as Triton does without a platform.
+    platform = platforms.pop() if len(platforms) == 1 else ""
+    config = base_config(request.name, platform, inputs, outputs, request.max_batch_size)
+    config.dynamic_batching.preferred_batch_size.extend(plan.preferred)
+    config.dynamic_batching.max_queue_delay_microseconds = plan.queue_delay_us
+    config.instance_group.add(count=plan.instances, kind=mc.ModelInstanceGroup.KIND_AUTO)
+    tolerances = [request.tolerances[r.target.precision] for r in kept]
+    config.parameters["golden_atol"].string_value = repr(max(t.atol for t in tolerances))
+    config.parameters["golden_rtol"].string_value = repr(max(t.rtol for t in tolerances))
+    return config
+
+
+def write(
+    request: CompileRequest,
+    built: dict[str, Any],
+    results: list[VariantResult],
+    chosen: choosing.Choice,
+    examples: dict[str, np.ndarray],
+    expected: dict[str, np.ndarray],
+    outputs: list[TensorSpec],
+) -> list[Path]:
+    by_name = {r.target.name: r for r in results}
+    curve = by_name[chosen.variant].points
+    plan = choosing.batching(curve, chosen, request.budget_ms)
+    eager = next(p for p in built["eager"] if p["batch"] == chosen.point.batch)
+    built["choice"] = {
+        "variant": chosen.variant,
+        "batch": chosen.point.batch,
+        "throughput": chosen.point.throughput,
+        "median_ms": chosen.point.median_ms,
+        "p99_ms": chosen.point.p99_ms,
+        "eager_throughput": eager["throughput"],
+        "speedup_vs_eager": chosen.point.throughput / eager["throughput"],
+        "why": chosen.why,
+    }
+    built["config"] = {
+        "preferred_batch_size": plan.preferred,
+        "max_queue_delay_microseconds": plan.queue_delay_us,
+        "instance_count": plan.instances,
+        "why": plan.why,
+    }
+    kept = _kept(results, chosen.variant, request.keep_all)
+    model_dir = request.repository / request.name
+    numbers = output.plan_versions(model_dir, request.version, len(kept))
+    built["versions"] = [
+        {"version": n, "variant": r.target.name, "path": str(model_dir / str(n))}
+        for n, r in zip(numbers, kept, strict=True)
+    ]
+    inputs = [s for s in _input_specs(built)]
+    output.write_config(model_dir, model_config(request, kept, inputs, outputs, plan))
+    rows = min(GOLDEN_ROWS, len(next(iter(examples.values()))))
+    texts = {
+        REPORT_JSON: json.dumps(built, indent=2) + "\n",
+        REPORT_MD: report.markdown(built),
+        **request.extra_files,
+    }
+    dirs = []
+    for number, result in zip(numbers, kept, strict=True):
+        assert result.folder is not None
+        files = output.VersionFiles(
+            result.folder / result.target.filename,
+            {k: v[:rows] for k, v in examples.items()},
+            {k: v[:rows] for k, v in expected.items()},
+            texts,
+        )
+        dirs.append(output.write_version(model_dir, number, files))
+    return dirs
+
+
+def _input_specs(built: dict[str, Any]) -> list[TensorSpec]:
+    return [TensorSpec(t["name"], tuple(t["dims"]), t["dtype"]) for t in built["inputs"]]

@@ -1,0 +1,65 @@
+"""Tiny models for the compile tests: an MLP, a small CNN, and one the exporter rejects."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.head(self.features(image).flatten(1))
+        return logits, logits.argmax(dim=1)
+
+
+class DataDependent(nn.Module):
+    """Branches on a tensor's value: torch.export cannot trace both paths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.linear(x)
+        return -self.linear(x)
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return MLP()
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(1)
+    return SmallCNN()
+
+
+def data_dependent() -> nn.Module:
+    torch.manual_seed(2)
+    return DataDependent()
+
+
+def not_a_module() -> object:
+    return "weights.bin"
