@@ -19,9 +19,9 @@ from warpserve.compile.runners import Runner, open_runner
 from warpserve.compile.source import ModelSource, specs_from_program
 from warpserve.compile.specs import TensorSpec, check_examples, random_examples, specs_from_examples
 from warpserve.compile.variants import TARGETS, BuildContext, Skipped, Target
+from warpserve.server.cpus import usable_cores
 
 Progress = Callable[[str, float], None]
-GOLDEN_ROWS = 64
 NEEDS_PROGRAM = frozenset(TARGETS) - {"torchscript", "kernels"}
 
 
@@ -213,12 +213,21 @@ def _check_and_measure(
 def _eager_points(
     request: CompileRequest, examples: dict[str, np.ndarray], names: list[str], batches: list[int]
 ) -> list[sweep.Point]:
+    import torch
+
     module = request.source.module
 
     def run(inputs: dict[str, np.ndarray]) -> object:
         return run_eager(module, as_tensors(inputs, names))
 
-    return sweep.sweep(run, examples, batches, request.seconds_per_point)
+    # Eager gets every usable core, as the variants' backends do; the caller's setting
+    # (the demo build pins one thread for reproducible golden outputs) comes back after.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(usable_cores())
+    try:
+        return sweep.sweep(run, examples, batches, request.seconds_per_point)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _finish(

@@ -8,7 +8,6 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -202,8 +201,3 @@ def import_path_hint() -> None:
     # A factory in the current folder should import as it would with `python -m`.
     if "" not in sys.path:
         sys.path.insert(0, "")
-
-
-def eager_call(module: nn.Module, inputs: list[torch.Tensor]) -> Any:
-    with torch.no_grad():
-        return module(*inputs)

@@ -109,3 +109,18 @@ def test_bad_tolerance_flag(text: str) -> None:
 
 def test_tolerance_flag() -> None:
     assert parity.parse_tolerance("int8=0.1,0.05") == ("int8", parity.Tolerance(0.1, 0.05))
+
+
+def test_compile_never_imports_the_grpc_layer() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, pkgutil, importlib, warpserve.compile as c\n"
+        "for m in pkgutil.iter_modules(c.__path__):\n"
+        "    importlib.import_module(f'warpserve.compile.{m.name}')\n"
+        "print(sorted(n for n in sys.modules if n.startswith('warpserve.server.grpc')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
