@@ -37,5 +37,5 @@ def base_config(
     return config
 
 
-def _config_type(spec: TensorSpec) -> int:
-    return int(dtypes.BY_WIRE[spec.dtype].config)
+def _config_type(spec: TensorSpec) -> str:
+    return mc.DataType.Name(dtypes.BY_WIRE[spec.dtype].config)  # the stubs take names

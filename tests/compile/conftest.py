@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,9 +18,9 @@ from warpserve.compile.specs import parse_input
 CPU_TARGETS = ["onnx", "ort", "ort-int8", "torchscript", "aoti"]
 
 
-def fast_request(**fields: object) -> CompileRequest:
+def fast_request(**fields: Any) -> CompileRequest:
     """A request with a short sweep: these tests check what is written, not speed."""
-    defaults: dict[str, object] = {
+    defaults: dict[str, Any] = {
         "max_batch_size": 8,
         "batch_sizes": [1, 8],
         "seconds_per_point": 0.02,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from warpserve.compile.source import ModelSource
 from warpserve.compile.specs import parse_input
 
 
-def _compile(repo: Path, module: torch.nn.Module, name: str, **fields: object) -> Path:
+def _compile(repo: Path, module: torch.nn.Module, name: str, **fields: Any) -> Path:
     """The pipeline behind `warpserve compile`, in-process (the CLI has its own tests)."""
     request = fast_request(
         source=ModelSource(module, "module", name), name=name, repository=repo, **fields
