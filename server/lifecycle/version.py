@@ -25,6 +25,7 @@ from warpserve.server.batching.policy import from_config
 from warpserve.server.batching.request import Outputs, QueuedRequest
 from warpserve.server.busypoll import BusyPoller
 from warpserve.server.errors import GoldenMismatch, ModelLoadError, WarpserveError
+from warpserve.server.lifecycle import warmup
 from warpserve.server.lifecycle.guarding import GuardStatus
 from warpserve.server.repository import config as cfg
 from warpserve.server.repository import parameters as params
@@ -113,6 +114,8 @@ class ModelVersion:
         self.guard: GuardStatus | None = None  # set by a latency guard watching this version
         self.validator: InputValidator | None = None
         self.labels: classification.Labels = {}  # per output, from its label_filename
+        self._warmup: list[warmup.WarmupSample] = []  # the config's model_warmup
+        self._runs: dict[str, np.ndarray] | None = None  # inputs that ran at warm-up
         self.batcher: DynamicBatcher | None = None
         self._hook = hook
         self._poller = poller
@@ -169,6 +172,9 @@ class ModelVersion:
         self.labels = await asyncio.to_thread(
             classification.read_labels, self.path.parent, self.config
         )
+        self._warmup = await asyncio.to_thread(
+            warmup.configured_samples, self.config, self.path.parent, self.validator
+        )
         loader = formats.loader_for(self.config)
         reshapes = reshape.plan(self.config, str(self.path.parent / cfg.CONFIG_FILE))
         count = sum(g.count for g in self.config.instance_group)
@@ -190,31 +196,40 @@ class ModelVersion:
         )
 
     async def _warm_up_and_verify(self) -> None:
+        """Run the config's warm-up samples and the golden check; with neither, a run
+        that may fail (see ``warmup``). Notes inputs known to run, for timing."""
+        for sample in self._warmup:
+            for _ in range(sample.count):
+                try:
+                    await self.run_direct(sample.inputs)
+                except ModelLoadError as exc:
+                    raise ModelLoadError(f"model_warmup sample '{sample.name}': {exc}") from exc
+            self._runs = self._runs or sample.inputs
         golden = versionfolder.read_golden(self.path)
-        if golden is None:
-            await self._warm_up_random()
-            return
-        outputs = await self.run_direct(golden.inputs)
-        self._check(outputs, golden.outputs)
+        if golden is not None:
+            outputs = await self.run_direct(golden.inputs)
+            self._check(outputs, golden.outputs)
+            self._runs = golden.inputs
+        elif not self._warmup:
+            await self._warm_up_unasked()
 
-    def _random_inputs(self, rows: int | None, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    async def _warm_up_unasked(self) -> None:
         assert self.validator is not None
-        inputs = {}
-        for spec in self.validator.inputs.values():
-            dims = [d if d > 0 else 1 for d in spec.dims]
-            shape = [rows, *dims] if rows is not None else dims
-            if spec.dtype.wire == "BYTES":
-                inputs[spec.name] = np.full(shape, b"warmup", dtype=np.object_)
-            else:
-                inputs[spec.name] = rng.random(shape).astype(spec.dtype.numpy)
-        return inputs
-
-    async def _warm_up_random(self) -> None:
-        assert self.validator is not None
-        rng = np.random.default_rng(0)
         rows = [1, self.config.max_batch_size] if self.validator.batched else [None]
         for n in rows:
-            await self.run_direct(self._random_inputs(n, rng))
+            inputs = warmup.default_inputs(self.validator.inputs, n)
+            try:
+                await self.run_direct(inputs)
+            except ModelLoadError as exc:
+                log.warning(
+                    "model '%s' version %d: a warm-up run on zeros and empty strings failed "
+                    "(%s); loading anyway, as no model_warmup or golden data asked for it",
+                    self.name,
+                    self.version,
+                    exc,
+                )
+                return
+            self._runs = self._runs or inputs
 
     async def _choose_execution(self) -> None:
         """execution=auto: run tiny models on the event loop, skipping the thread hop.
@@ -229,14 +244,23 @@ class ModelVersion:
         executors = self.batcher.executors
         if params.EXECUTION.read(self.config) != "auto":
             return
-        rng = np.random.default_rng(1)
-        one = _direct_request(self._random_inputs(1 if self.validator.batched else None, rng), 1)
+        known = self._runs
+        if known is None:
+            log.info(
+                "model '%s' version %d: no warm-up input ran, so its run time is unknown; "
+                "executing on worker threads",
+                self.name,
+                self.version,
+            )
+            return
+        batched = self.validator.batched
+        one = _direct_request(warmup.with_rows(known, 1) if batched else known, 1)
         median_ns = await asyncio.to_thread(_median_run_ns, executors[0], one)
         full_ns = median_ns
         if median_ns < INLINE_THRESHOLD_NS and self.config.max_batch_size > 1:
             # A full batch must not hold the loop either (health checks, other models).
             limit = self.config.max_batch_size
-            full = _direct_request(self._random_inputs(limit, rng), limit)
+            full = _direct_request(warmup.with_rows(known, limit), limit)
             full_ns = await asyncio.to_thread(_median_run_ns, executors[0], full, 5)
         executors[0].inline = median_ns < INLINE_THRESHOLD_NS and full_ns < INLINE_BATCH_LIMIT_NS
         dropped = []
