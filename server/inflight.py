@@ -5,8 +5,8 @@ until its handler returns; a stream request counts from when it is read until it
 answer is computed, and the stream itself until it ends. Once draining starts, nothing
 new is admitted (the caller answers UNAVAILABLE) while everything admitted runs to its
 real answer. At the exit timeout, what is still running is cut off: its task is
-cancelled and the call answers UNAVAILABLE instead of gRPC's CANCELLED, which clients
-do not retry.
+cancelled and the call answers UNAVAILABLE with a message saying why, before gRPC's own
+stop could end it.
 """
 
 from __future__ import annotations
