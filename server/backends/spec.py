@@ -38,7 +38,7 @@ from warpserve.server.repository.parameters import Parameter
 # (completed config, version folder, instance index, instance count) -> one instance
 Loader = Callable[[mc.ModelConfig, Path, int, int], ModelInstance]
 
-BUILTIN_FORMATS = ("onnxruntime",)
+BUILTIN_FORMATS = ("onnxruntime", "torchscript", "aoti", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class TensorSignature:
 class Signature:
     inputs: tuple[TensorSignature, ...]
     outputs: tuple[TensorSignature, ...]
+    # The largest batch the file allows (a TensorRT profile's bound); 0: no bound known.
+    max_batch_size: int = 0
 
 
 @dataclass(frozen=True)

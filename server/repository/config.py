@@ -92,7 +92,7 @@ def complete_from_signature(config: mc.ModelConfig, found: Signature, source: st
     """Fill inputs, outputs and max_batch_size from the model file where unambiguous."""
     batchable = all(t.dims and t.dims[0] == -1 for t in (*found.inputs, *found.outputs))
     if not config.input and not config.output and config.max_batch_size == 0 and batchable:
-        config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+        config.max_batch_size = found.max_batch_size or DEFAULT_MAX_BATCH_SIZE
         if not config.HasField("dynamic_batching"):
             config.dynamic_batching.SetInParent()
     skip = 1 if config.max_batch_size > 0 else 0
