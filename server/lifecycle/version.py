@@ -238,11 +238,20 @@ class ModelVersion:
         microseconds, handing each batch to a worker thread costs more than the model
         (thread wake-ups and GIL hand-offs), and throughput at 32 concurrent clients
         drops to a third. Models slower than INLINE_THRESHOLD_NS keep worker threads
-        so they never stall the loop.
+        so they never stall the loop. Formats whose spec does not offer inline execution
+        (a GPU run waits on its device; torch keeps its own thread pools) always keep them.
         """
         assert self.batcher is not None and self.validator is not None
         executors = self.batcher.executors
         if params.EXECUTION.read(self.config) != "auto":
+            return
+        if not formats.spec_for(self.config).capabilities.inline:
+            log.info(
+                "model '%s' version %d: executing on worker threads (%s does not run inline)",
+                self.name,
+                self.version,
+                self.config.platform,
+            )
             return
         known = self._runs
         if known is None:

@@ -184,5 +184,6 @@ def test_served_outputs_equal_eager_pytorch(
         tensor.set_data_from_numpy(x)
         got = client.infer(name, [tensor]).as_numpy("OUTPUT__0")
         np.testing.assert_allclose(got, tm.eager(modules[name], x).numpy(), rtol=1e-4, atol=1e-5)
+    assert f"model '{name}' version 1: executing on worker threads" in server.log()
     metadata = client.get_model_config(name).config
     assert metadata.platform == {"ts_mlp": "pytorch_libtorch", "aoti_mlp": "torch_aoti"}[name]
