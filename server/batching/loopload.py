@@ -36,7 +36,13 @@ from collections.abc import Callable
 SATURATED = 0.75  # loop utilisation above which batches are worth waiting for
 SMOOTHING = 0.1  # weight of the newest sample in the moving average
 LONELY_WINDOWS = 2  # consecutive windows under MIN_COMPANY that end holding
-MIN_COMPANY = 8  # requests a window must gather to count as having paid for itself
+# Rows a window that ended on a pause must have gathered to have paid for itself. Such
+# a window left the loop idle for the pause, and its callers waited for one batch
+# instead of overlapping with the loop's work. With fewer closed-loop clients than
+# this, serving each request at once (as the echo ceiling does) keeps their median
+# close to the ceiling's; holding is left to higher concurrency, where the loop spends
+# its time on per-request overhead that batches share.
+MIN_COMPANY = 16
 MIN_COOLDOWN = 16  # arrivals after an ending before holding may start again
 MAX_COOLDOWN = 4096
 
