@@ -9,7 +9,9 @@ names give positions, else the config's order is the exported program's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.backends import torch_runtime as rt
@@ -46,7 +48,31 @@ def load_instance(
     inputs = [t.name for t in config.input]
     outputs = [t.name for t in config.output]
     log.info("loaded %s instance %d/%d on %s", path, index + 1, count, device)
-    return rt.TorchInstance(model, config, device, rt.positions(inputs), rt.positions(outputs))
+    call = _direct_call(model, len(inputs))
+    return rt.TorchInstance(call, config, device, rt.positions(inputs), rt.positions(outputs))
+
+
+def _direct_call(model: Any, inputs: int) -> Callable[..., Any]:
+    """The package's runner without the wrapper's per-call work.
+
+    AOTICompiledModel.__call__ parses its input and output tree specs from text on
+    every call, which for a small model costs about as much as the model (measured:
+    25 us against 16 us eager for an 8-16-3 MLP). When the program takes exactly the
+    config's tensors, positionally, the flat inputs are those tensors, so the specs are
+    parsed once here.
+    """
+    from torch.utils import _pytree as pytree
+
+    in_text, out_text = model.loader.get_call_spec()
+    in_spec, out_spec = pytree.treespec_loads(in_text), pytree.treespec_loads(out_text)
+    if in_spec.num_leaves != inputs:
+        return model  # keyword or nested inputs: let the wrapper flatten them
+    run = model.loader.boxed_run
+
+    def call(*tensors: Any) -> Any:
+        return pytree.tree_unflatten(run(list(tensors)), out_spec)
+
+    return call
 
 
 SPEC = BackendSpec(
