@@ -38,7 +38,7 @@ from warpserve.server.repository.parameters import Parameter
 # (completed config, version folder, instance index, instance count) -> one instance
 Loader = Callable[[mc.ModelConfig, Path, int, int], ModelInstance]
 
-BUILTIN_FORMATS = ("onnxruntime", "torchscript", "aoti", "tensorrt")
+BUILTIN_FORMATS = ("onnxruntime", "torchscript", "aoti", "tensorrt", "kernels")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,177 @@
+"""Kernel backend: a plan of warpserve.kernels ops (see `kernel_plan`) run per batch.
+
+Each step calls one op with provider "auto": Numba on the CPU, Triton-lang when the
+instance group is KIND_GPU and a GPU is present (weights then live on the GPU, copied
+once at load; each batch crosses to the GPU and back). Numba releases the GIL, so
+instances on worker threads overlap. A load runs the plan once on a probe batch: a
+weight of the wrong shape fails the load naming the step, and the JIT compilation is
+done before the first request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from warpserve.kernels.errors import KernelInputError, ProviderUnavailable
+from warpserve.kernels.mlp import fused_linear
+from warpserve.kernels.preprocess import preprocess_images
+from warpserve.kernels.topk import score_topk
+from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.backends.kernel_plan import (
+    PLAN_FILE,
+    WEIGHTS_FILE,
+    Plan,
+    Step,
+    read_plan,
+    read_signature,
+    read_weights,
+)
+from warpserve.server.backends.spec import BackendSpec, Capabilities
+from warpserve.server.errors import InvalidInput, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+Values = dict[str, Any]
+Stage = Callable[[Any], Values]
+_WIRE_DTYPES = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "UINT8": np.uint8}
+
+
+class KernelInstance:
+    def __init__(self, plan: Plan, weights: dict[str, np.ndarray], device: str) -> None:
+        self.plan = plan
+        self.device = device
+        placed = {name: _place(array, device) for name, array in weights.items()}
+        self._stages = [_stage(step, index, placed) for index, step in enumerate(plan.steps)]
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        value = _place(inputs[self.plan.input.name], self.device)
+        values: Values = {"output": value}
+        for index, stage in enumerate(self._stages):
+            try:
+                values = stage(values["output"])
+            except KernelInputError as exc:
+                op = self.plan.steps[index].op
+                raise InvalidInput(
+                    f"input '{self.plan.input.name}' at steps[{index}] ({op}): {exc}"
+                ) from exc
+        return {o.name: _to_numpy(values[o.value]) for o in self.plan.outputs}
+
+    def probe(self) -> None:
+        """Run a one-row batch of zeros; raises ModelLoadError naming what does not fit."""
+        dims = tuple(8 if d == -1 else d for d in self.plan.input.dims)
+        dtype = _WIRE_DTYPES.get(self.plan.input.datatype)
+        if dtype is None:
+            raise ModelLoadError(
+                f"kernel plan input '{self.plan.input.name}': datatype "
+                f"{self.plan.input.datatype} is not one of {sorted(_WIRE_DTYPES)}"
+            )
+        try:
+            outputs = self.execute({self.plan.input.name: np.zeros((1, *dims), dtype)})
+        except InvalidInput as exc:
+            raise ModelLoadError(f"kernel plan does not fit its weights: {exc}") from exc
+        for spec in self.plan.outputs:
+            got = outputs[spec.name]
+            if got.dtype != _WIRE_DTYPES.get(spec.datatype) or got.shape[1:] != spec.dims:
+                raise ModelLoadError(
+                    f"kernel plan output '{spec.name}' declares {spec.datatype} "
+                    f"{list(spec.dims)} but the plan gives {got.dtype} {list(got.shape[1:])}"
+                )
+
+    def close(self) -> None:
+        self._stages = []
+
+
+def _stage(step: Step, index: int, weights: dict[str, Any]) -> Stage:
+    where = f"steps[{index}] ({step.op})"
+    args = step.args
+
+    def weight(key: str, required: bool = True) -> Any:
+        name = args.get(key)
+        if name is None and not required:
+            return None
+        if name not in weights:
+            raise ModelLoadError(
+                f"kernel plan {where}: {key} names weight {name!r}, "
+                f"not in {WEIGHTS_FILE} (has {sorted(weights)})"
+            )
+        return weights[name]
+
+    try:
+        if step.op == "linear":
+            w, b, act = weight("weight"), weight("bias", False), args.get("activation", "none")
+            return lambda x: {"output": fused_linear(x, w, b, act)}
+        if step.op == "score_topk":
+            items, bias, k = weight("items"), weight("item_bias", False), int(args["k"])
+
+            def best(x: Any) -> Values:
+                scores, ids = score_topk(x, items, k, item_bias=bias)
+                return {"scores": scores, "ids": ids}
+
+            return best
+        size = tuple(int(s) for s in args["size"])
+        mean, std = list(args["mean"]), list(args["std"])
+        dtype = str(args.get("out_dtype", "float32"))
+        return lambda x: {"output": preprocess_images(x, size, mean, std, dtype)}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"kernel plan {where}: bad or missing argument {exc}") from None
+
+
+def _place(array: np.ndarray, device: str) -> Any:
+    if device == "cpu":
+        return array
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    array: np.ndarray = value.cpu().numpy()
+    return array
+
+
+def load_instance(
+    config: mc.ModelConfig, version_dir: Path, index: int, count: int
+) -> KernelInstance:
+    plan = read_plan(SPEC.model_path(config, version_dir))
+    weights = read_weights(version_dir / WEIGHTS_FILE)
+    wants_gpu = any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in config.instance_group)
+    device = "cuda" if wants_gpu and gpu_available() else "cpu"
+    instance = KernelInstance(plan, weights, device)
+    try:
+        instance.probe()
+    except ProviderUnavailable as exc:
+        raise ModelLoadError(f"model '{config.name}': {exc}") from exc
+    log.info("loaded kernel plan %s instance %d/%d on %s", version_dir, index + 1, count, device)
+    return instance
+
+
+def gpu_available() -> bool:
+    """A CUDA device and Triton to compile the kernels for it."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None or importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+SPEC = BackendSpec(
+    platform="warpserve_kernels",
+    backend="warpserve_kernels",
+    default_filename=PLAN_FILE,
+    loader=load_instance,
+    description="warpserve's own kernels (Numba on the CPU, Triton-lang on a GPU) run a plan",
+    requires=("numba",),
+    install_hint="pip install numba",
+    capabilities=Capabilities(gpu=True),
+    gpu_available=gpu_available,
+    read_signature=read_signature,
+)

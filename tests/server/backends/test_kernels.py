@@ -1,0 +1,172 @@
+"""The kernel backend: plans load, run through the kernels, and refuse what does not fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from warpserve.kernels.mlp import fused_linear_reference
+from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.backends import spec as formats
+from warpserve.server.backends.kernel_plan import Plan, PlanTensor, Step, write_plan
+from warpserve.server.backends.kernels import KernelInstance, load_instance
+from warpserve.server.errors import InvalidInput, ModelLoadError
+from warpserve.server.repository import config as cfg
+
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+
+
+def mlp_weights(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shapes = {"w0": (32, 16), "b0": (32,), "w1": (1, 32), "b1": (1,)}
+    return {k: rng.standard_normal(s).astype(np.float32) * 0.3 for k, s in shapes.items()}
+
+
+def mlp_plan() -> Plan:
+    return Plan(
+        PlanTensor("TRANSACTION", "FP32", (16,)),
+        (
+            Step("linear", {"weight": "w0", "bias": "b0", "activation": "relu"}),
+            Step("linear", {"weight": "w1", "bias": "b1", "activation": "sigmoid"}),
+        ),
+        (PlanTensor("FRAUD_PROBABILITY", "FP32", (1,)),),
+    )
+
+
+def mlp_reference(x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+    hidden = fused_linear_reference(x, w["w0"], w["b0"], "relu")
+    return fused_linear_reference(hidden, w["w1"], w["b1"], "sigmoid")
+
+
+def topk_plan(k: int = 5) -> tuple[Plan, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    weights = {
+        "tower": rng.standard_normal((8, 6)).astype(np.float32),
+        "items": rng.standard_normal((300, 8)).astype(np.float32),
+        "popularity": rng.standard_normal(300).astype(np.float32),
+    }
+    plan = Plan(
+        PlanTensor("USER", "FP32", (6,)),
+        (
+            Step("linear", {"weight": "tower", "activation": "none"}),
+            Step("score_topk", {"items": "items", "item_bias": "popularity", "k": k}),
+        ),
+        (
+            PlanTensor("ITEM_IDS", "INT64", (k,), "ids"),
+            PlanTensor("SCORES", "FP32", (k,), "scores"),
+        ),
+    )
+    return plan, weights
+
+
+def _load(folder: Path, config: mc.ModelConfig | None = None) -> KernelInstance:
+    config = config or mc.ModelConfig(name="m", backend="warpserve_kernels")
+    done = cfg.complete(config, folder)
+    return load_instance(done, folder, 0, 1)
+
+
+def test_the_format_is_found_by_backend_and_by_its_plan_file(tmp_path: Path) -> None:
+    write_plan(tmp_path, mlp_plan(), mlp_weights())
+    spec = formats.by_backend("warpserve_kernels")
+    assert spec is not None and formats.guess(tmp_path) is spec
+    done = cfg.complete(mc.ModelConfig(name="m"), tmp_path)
+    assert done.platform == "warpserve_kernels"
+    assert [(t.name, list(t.dims)) for t in done.input] == [("TRANSACTION", [16])]
+    assert [(t.name, list(t.dims)) for t in done.output] == [("FRAUD_PROBABILITY", [1])]
+    assert done.max_batch_size > 0
+
+
+def test_an_mlp_plan_answers_as_the_reference(tmp_path: Path) -> None:
+    weights = mlp_weights()
+    write_plan(tmp_path, mlp_plan(), weights)
+    instance = _load(tmp_path)
+    assert instance.device == "cpu"
+    x = np.random.default_rng(2).standard_normal((33, 16)).astype(np.float32)
+    out = instance.execute({"TRANSACTION": x})["FRAUD_PROBABILITY"]
+    np.testing.assert_allclose(out, mlp_reference(x, weights), atol=1e-5)
+
+
+def test_a_scoring_plan_returns_the_best_items(tmp_path: Path) -> None:
+    plan, weights = topk_plan()
+    write_plan(tmp_path, plan, weights)
+    user = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32)
+    out = _load(tmp_path).execute({"USER": user})
+    full = (user @ weights["tower"].T) @ weights["items"].T + weights["popularity"]
+    want = np.argsort(-full, axis=1)[:, :5]
+    np.testing.assert_array_equal(out["ITEM_IDS"], want)
+    np.testing.assert_allclose(out["SCORES"], np.take_along_axis(full, want, 1), atol=1e-4)
+
+
+def test_a_preprocessing_plan_takes_uint8_images(tmp_path: Path) -> None:
+    plan = Plan(
+        PlanTensor("IMAGE", "UINT8", (10, 12, 3)),
+        (Step("preprocess", {"size": [4, 5], "mean": MEAN, "std": STD}),),
+        (PlanTensor("PIXELS", "FP32", (3, 4, 5)),),
+    )
+    write_plan(tmp_path, plan, {})
+    images = np.full((2, 10, 12, 3), 255, np.uint8)
+    out = _load(tmp_path).execute({"IMAGE": images})["PIXELS"]
+    np.testing.assert_allclose(out, np.full((2, 3, 4, 5), 2.0), atol=1e-5)
+
+
+def test_a_kernel_error_on_a_request_is_invalid_input(tmp_path: Path) -> None:
+    plan = Plan(
+        PlanTensor("IMAGE", "UINT8", (-1, -1, 3)),
+        (Step("preprocess", {"size": [4, 4], "mean": MEAN, "std": STD}),),
+        (PlanTensor("PIXELS", "FP32", (3, 4, 4)),),
+    )
+    write_plan(tmp_path, plan, {})
+    instance = _load(tmp_path)
+    huge = np.zeros((1, 10_000, 10_000, 3), np.uint8)  # never touched: refused first
+    with pytest.raises(
+        InvalidInput, match=r"input 'IMAGE' at steps\[0\] \(preprocess\): images: 10000x10000"
+    ):
+        instance.execute({"IMAGE": huge})
+
+
+def _rewrite(folder: Path, change: dict) -> None:
+    path = folder / "plan.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"steps": [{"op": "conv2d"}]}, "op 'conv2d' is not one of"),
+        ({"steps": [{"op": "linear", "weight": "nope"}]}, "names weight 'nope', not in"),
+        (
+            {"steps": [{"op": "linear", "weight": "w1"}]},
+            r"does not fit its weights.*steps\[0\] \(linear\): x: has 16 features",
+        ),
+        (
+            {"outputs": [{"name": "P", "datatype": "FP32", "dims": [1], "value": "ids"}]},
+            "takes value 'ids', but the last step",
+        ),
+        (
+            {"outputs": [{"name": "P", "datatype": "INT64", "dims": [32]}]},
+            "declares INT64 \\[32\\] but the plan gives float32 \\[1\\]",
+        ),
+        ({"input": {"name": "X", "datatype": "FP32"}}, "missing field 'dims'"),
+        ({"input": {"name": "X", "datatype": "BF16", "dims": [16]}}, "BF16 is not one of"),
+    ],
+)
+def test_a_plan_that_does_not_fit_fails_the_load_saying_why(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    write_plan(tmp_path, mlp_plan(), mlp_weights())
+    _rewrite(tmp_path, change)
+    config = mc.ModelConfig(name="m", backend="warpserve_kernels", max_batch_size=8)
+    config.input.add(name="X", data_type=mc.TYPE_FP32, dims=[16])
+    config.output.add(name="P", data_type=mc.TYPE_FP32, dims=[1])
+    with pytest.raises(ModelLoadError, match=message):
+        _load(tmp_path, config)
+
+
+def test_a_broken_plan_file_fails_the_load(tmp_path: Path) -> None:
+    write_plan(tmp_path, mlp_plan(), mlp_weights())
+    (tmp_path / "plan.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot be read"):
+        cfg.complete(mc.ModelConfig(name="m", backend="warpserve_kernels"), tmp_path)
