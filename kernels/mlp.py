@@ -146,6 +146,9 @@ class FusedMLP:
     Built from numpy weights (e.g. a trained `nn.Sequential`'s Linear layers); each call
     runs `fused_linear` per layer with the chosen provider. Weights are moved to the
     input's kind and device once per kind and kept, so a GPU caller copies them only once.
+    A float32 numpy batch on the Numba provider runs every layer in one compiled call
+    (`mlp_numba.PackedMLP`): for a small MLP the Python around per-layer calls costs
+    more than the arithmetic.
     """
 
     def __init__(self, layers: Sequence[LinearLayer]) -> None:
@@ -165,15 +168,44 @@ class FusedMLP:
                 )
         self.layers = tuple(layers)
         self._placed: dict[tuple[bool, str], list[tuple[Any, Any]]] = {}
+        self._float32 = all(
+            ly.weight.dtype == np.float32 and (ly.bias is None or ly.bias.dtype == np.float32)
+            for ly in self.layers
+        )
+        self._packed: Any = None
+        self._cpu_provider: dict[str, str] = {}
 
     @property
     def in_features(self) -> int:
         return int(self.layers[0].weight.shape[1])
 
     def __call__(self, x: Any, provider: str = "auto") -> Any:
+        if self._one_call(x, provider):
+            return self._packed(x)
         for (weight, bias), layer in zip(self._weights_like(x), self.layers, strict=True):
             x = fused_linear(x, weight, bias, layer.activation, provider)
         return x
+
+    def _one_call(self, x: Any, provider: str) -> bool:
+        if not (
+            self._float32
+            and type(x) is np.ndarray
+            and x.dtype == np.float32
+            and x.ndim == 2
+            and x.shape[1] == self.in_features
+            and x.flags.c_contiguous
+            and x.flags.aligned
+        ):
+            return False
+        if provider not in self._cpu_provider:
+            self._cpu_provider[provider] = select("mlp", "cpu", provider).name
+        if self._cpu_provider[provider] != "numba":
+            return False
+        if self._packed is None:
+            from warpserve.kernels.mlp_numba import PackedMLP
+
+            self._packed = PackedMLP([(ly.weight, ly.bias, ly.activation) for ly in self.layers])
+        return True
 
     def _weights_like(self, x: Any) -> list[tuple[Any, Any]]:
         key = (arrays.is_torch(x), str(x.device) if arrays.is_torch(x) else "cpu")

@@ -118,3 +118,110 @@ def fused_linear_packed(
     kernel = _fused_linear_parallel if m * n * packed.shape[0] >= PARALLEL_WORK else None
     (kernel or _fused_linear_serial)(x32, packed, b32, ACTIVATIONS.index(activation), out)
     return out.astype(out_dtype, copy=False)
+
+
+# ------------------------------------------------------------------ a whole MLP in one call
+# For a small MLP (the fraud scorer: 16-64-32-1) the per-layer Python around each kernel
+# call costs more than the arithmetic, so `PackedMLP` runs every layer of a block of rows
+# in one compiled call: weights packed once into one flat buffer, activations of the
+# block kept in two scratch rows-by-width buffers that stay in cache.
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"})
+def _dense(src, s0, params, w_off, b_off, k, n, act, dst, d0, rows):
+    """dst rows = act(src rows @ W + b) for `rows` rows, all arrays flat."""
+    a0 = np.empty(n, np.float32)
+    a1 = np.empty(n, np.float32)
+    a2 = np.empty(n, np.float32)
+    a3 = np.empty(n, np.float32)
+    i = 0
+    while i + 4 <= rows:
+        for j in range(n):
+            bj = params[b_off + j]
+            a0[j], a1[j], a2[j], a3[j] = bj, bj, bj, bj
+        base = s0 + i * k
+        for kk in range(k):
+            x0, x1 = src[base + kk], src[base + k + kk]
+            x2, x3 = src[base + 2 * k + kk], src[base + 3 * k + kk]
+            w = w_off + kk * n
+            for j in range(n):
+                wj = params[w + j]
+                a0[j] += x0 * wj
+                a1[j] += x1 * wj
+                a2[j] += x2 * wj
+                a3[j] += x3 * wj
+        out = d0 + i * n
+        for j in range(n):
+            dst[out + j] = _activate(a0[j], act)
+            dst[out + n + j] = _activate(a1[j], act)
+            dst[out + 2 * n + j] = _activate(a2[j], act)
+            dst[out + 3 * n + j] = _activate(a3[j], act)
+        i += 4
+    while i < rows:
+        for j in range(n):
+            a0[j] = params[b_off + j]
+        for kk in range(k):
+            xv = src[s0 + i * k + kk]
+            w = w_off + kk * n
+            for j in range(n):
+                a0[j] += xv * params[w + j]
+        for j in range(n):
+            dst[d0 + i * n + j] = _activate(a0[j], act)
+        i += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _mlp_rows(x, params, layout, out, r0, r1, widest):
+    rows = r1 - r0
+    ping = np.empty(rows * widest, np.float32)
+    pong = np.empty(rows * widest, np.float32)
+    layers = layout.shape[0]
+    src, s0 = x, r0 * layout[0, 2]
+    for layer in range(layers):
+        w_off, b_off, k, n, act = layout[layer]
+        if layer == layers - 1:
+            dst, d0 = out, r0 * n
+        else:
+            dst, d0 = (ping, 0) if layer % 2 == 0 else (pong, 0)
+        _dense(src, s0, params, w_off, b_off, k, n, act, dst, d0, rows)
+        src, s0 = dst, d0
+
+
+@numba.njit(nogil=True, cache=True, parallel=True)
+def _mlp_parallel(x, params, layout, out, m, widest):
+    tasks = (m + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for t in numba.prange(tasks):
+        r0 = t * ROWS_PER_TASK
+        _mlp_rows(x, params, layout, out, r0, min(r0 + ROWS_PER_TASK, m), widest)
+
+
+class PackedMLP:
+    """Float32 layers `(weight [out, in], bias [out] or None, activation)` packed for
+    `_mlp_rows`; calling it with a C-contiguous float32 `[M, in]` array runs them all."""
+
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray | None, str]]) -> None:
+        chunks: list[np.ndarray] = []
+        layout, offset = [], 0
+        for weight, bias, activation in layers:
+            n, k = weight.shape
+            packed = pack_weight(weight).reshape(-1)
+            b = np.zeros(n, np.float32) if bias is None else bias.astype(np.float32)
+            layout.append((offset, offset + packed.size, k, n, ACTIVATIONS.index(activation)))
+            chunks += [packed, b]
+            offset += packed.size + n
+        self.params = np.concatenate(chunks)
+        self.layout = np.asarray(layout, np.int64)
+        self.in_features = int(self.layout[0, 2])
+        self.out_features = int(self.layout[-1, 3])
+        self.widest = int(self.layout[:, 3].max())
+        self._work_per_row = int((self.layout[:, 2] * self.layout[:, 3]).sum())
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        m = x.shape[0]
+        out = np.empty(m * self.out_features, np.float32)
+        flat = x.reshape(-1)
+        if m * self._work_per_row >= PARALLEL_WORK:
+            _mlp_parallel(flat, self.params, self.layout, out, m, self.widest)
+        elif m:
+            _mlp_rows(flat, self.params, self.layout, out, 0, m, self.widest)
+        return out.reshape(m, self.out_features)

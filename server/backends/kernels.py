@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from warpserve.kernels.errors import KernelInputError, ProviderUnavailable
-from warpserve.kernels.mlp import fused_linear
+from warpserve.kernels.mlp import FusedMLP, LinearLayer
 from warpserve.kernels.preprocess import preprocess_images
 from warpserve.kernels.topk import score_topk
 from warpserve.protos import model_config_pb2 as mc
@@ -46,19 +46,30 @@ class KernelInstance:
         self.plan = plan
         self.device = device
         placed = {name: _place(array, device) for name, array in weights.items()}
-        self._stages = [_stage(step, index, placed) for index, step in enumerate(plan.steps)]
+        self._stages: list[tuple[str, Stage]] = []
+        steps, index = plan.steps, 0
+        while index < len(steps):
+            end = index + 1
+            if steps[index].op != "linear":
+                self._stages.append(
+                    (f"steps[{index}] ({steps[index].op})", _stage(steps[index], index, placed))
+                )
+            else:
+                # Consecutive linear steps run as one FusedMLP: one kernel call per batch.
+                while end < len(steps) and steps[end].op == "linear":
+                    end += 1
+                where = f"steps[{index}:{end}] (linear)"
+                self._stages.append((where, _mlp_stage(steps[index:end], where, weights)))
+            index = end
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         value = _place(inputs[self.plan.input.name], self.device)
         values: Values = {"output": value}
-        for index, stage in enumerate(self._stages):
+        for where, stage in self._stages:
             try:
                 values = stage(values["output"])
             except KernelInputError as exc:
-                op = self.plan.steps[index].op
-                raise InvalidInput(
-                    f"input '{self.plan.input.name}' at steps[{index}] ({op}): {exc}"
-                ) from exc
+                raise InvalidInput(f"input '{self.plan.input.name}' at {where}: {exc}") from exc
         return {o.name: _to_numpy(values[o.value]) for o in self.plan.outputs}
 
     def probe(self) -> None:
@@ -86,25 +97,42 @@ class KernelInstance:
         self._stages = []
 
 
+def _weight(step: Step, where: str, weights: dict[str, Any], key: str, required: bool) -> Any:
+    name = step.args.get(key)
+    if name is None and not required:
+        return None
+    if name not in weights:
+        raise ModelLoadError(
+            f"kernel plan {where}: {key} names weight {name!r}, "
+            f"not in {WEIGHTS_FILE} (has {sorted(weights)})"
+        )
+    return weights[name]
+
+
+def _mlp_stage(steps: tuple[Step, ...], where: str, weights: dict[str, np.ndarray]) -> Stage:
+    layers = [
+        LinearLayer(
+            _weight(step, where, weights, "weight", True),
+            _weight(step, where, weights, "bias", False),
+            str(step.args.get("activation", "none")),
+        )
+        for step in steps
+    ]
+    try:
+        model = FusedMLP(layers)
+    except KernelInputError as exc:
+        raise ModelLoadError(f"kernel plan {where}: {exc}") from None
+    return lambda x: {"output": model(x)}
+
+
 def _stage(step: Step, index: int, weights: dict[str, Any]) -> Stage:
     where = f"steps[{index}] ({step.op})"
     args = step.args
 
     def weight(key: str, required: bool = True) -> Any:
-        name = args.get(key)
-        if name is None and not required:
-            return None
-        if name not in weights:
-            raise ModelLoadError(
-                f"kernel plan {where}: {key} names weight {name!r}, "
-                f"not in {WEIGHTS_FILE} (has {sorted(weights)})"
-            )
-        return weights[name]
+        return _weight(step, where, weights, key, required)
 
     try:
-        if step.op == "linear":
-            w, b, act = weight("weight"), weight("bias", False), args.get("activation", "none")
-            return lambda x: {"output": fused_linear(x, w, b, act)}
         if step.op == "score_topk":
             items, bias, k = weight("items"), weight("item_bias", False), int(args["k"])
 

@@ -139,7 +139,11 @@ def _rewrite(folder: Path, change: dict) -> None:
         ({"steps": [{"op": "linear", "weight": "nope"}]}, "names weight 'nope', not in"),
         (
             {"steps": [{"op": "linear", "weight": "w1"}]},
-            r"does not fit its weights.*steps\[0\] \(linear\): x: has 16 features",
+            r"does not fit its weights.*steps\[0:1\] \(linear\): x: has 16 features",
+        ),
+        (
+            {"steps": [{"op": "linear", "weight": "w0"}, {"op": "linear", "weight": "w0"}]},
+            r"steps\[0:2\] \(linear\): layers\[1\].weight: takes 16 inputs but the layer before",
         ),
         (
             {"outputs": [{"name": "P", "datatype": "FP32", "dims": [1], "value": "ids"}]},
