@@ -185,7 +185,8 @@ def _onnx_mlp(batch: int) -> Runner:
     nodes, inits, name = [], [], "x"
     for index, layer in enumerate(layers):
         w, b = f"w{index}", f"b{index}"
-        inits += [numpy_helper.from_array(layer.weight, w), numpy_helper.from_array(layer.bias, b)]
+        bias = layer.bias if layer.bias is not None else np.zeros(len(layer.weight), np.float32)
+        inits += [numpy_helper.from_array(layer.weight, w), numpy_helper.from_array(bias, b)]
         nodes.append(helper.make_node("Gemm", [name, w, b], [f"g{index}"], transB=1))
         op = {"relu": "Relu", "sigmoid": "Sigmoid"}[layer.activation]
         name = f"a{index}"

@@ -141,7 +141,8 @@ def _stage(step: Step, index: int, weights: dict[str, Any]) -> Stage:
                 return {"scores": scores, "ids": ids}
 
             return best
-        size = tuple(int(s) for s in args["size"])
+        height, width = (int(s) for s in args["size"])
+        size = (height, width)
         mean, std = list(args["mean"]), list(args["std"])
         dtype = str(args.get("out_dtype", "float32"))
         return lambda x: {"output": preprocess_images(x, size, mean, std, dtype)}
