@@ -1,0 +1,83 @@
+"""The issue's CPU targets for the kernels, measured interleaved: min of alternating rounds.
+
+On a loaded machine the sequential pytest-benchmark run (bench_kernels.py) drifts between
+cases; here each round times every contender once, in turn, and the best round of each is
+compared, so a load spike hits both sides of a ratio alike.
+
+    python bench/kernel_targets.py [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import timeit
+from pathlib import Path
+
+from kernel_cases import CASES, Runner, versions
+
+# (op, shape prefix, contender, baseline, target ratio: baseline time / contender time)
+TARGETS = [
+    ("preprocess", "32x", "numba", "pillow+numpy", 3.0),
+    ("preprocess", "32x", "numba", "numpy", 3.0),
+    ("mlp", "fraud 16-64-32-1 batch 1 ", "numba", "onnxruntime", 1 / 1.5),
+    ("mlp", "fraud 16-64-32-1 batch 64", "numba", "onnxruntime", 1 / 1.5),
+    ("mlp", "fraud 16-64-32-1 batch 1024", "numba", "onnxruntime", 1 / 1.5),
+    ("topk", "32 users", "numba", "numpy+argpartition", 2.0),
+]
+RESULTS = Path(__file__).resolve().parent / "results" / "kernel_targets.json"
+
+
+def _runner(op: str, shape: str, provider: str) -> Runner:
+    case = next(
+        c
+        for c in CASES
+        if c.op == op and (c.shape + " ").startswith(shape) and c.provider == provider
+    )
+    run = case.prepare()
+    if run is None:
+        raise SystemExit(f"{op} {provider}: {case.skip_reason}")
+    return run
+
+
+def _seconds(run: Runner) -> float:
+    calls, elapsed = timeit.Timer(run).autorange()
+    per = max(1, round(calls * 0.1 / elapsed))
+    return timeit.timeit(run, number=per) / per
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    rows = []
+    for op, shape, contender, baseline, target in TARGETS:
+        runs = {name: _runner(op, shape, name) for name in (contender, baseline)}
+        best = {name: _seconds(run) for name, run in runs.items()}
+        for _ in range(args.rounds - 1):
+            for name, run in runs.items():
+                best[name] = min(best[name], _seconds(run))
+        ratio = best[baseline] / best[contender]
+        rows.append(
+            {
+                "op": op,
+                "shape": shape.strip(),
+                "contender": contender,
+                "baseline": baseline,
+                "contender_s": best[contender],
+                "baseline_s": best[baseline],
+                "ratio": round(ratio, 2),
+                "target": round(target, 2),
+                "met": ratio >= target,
+            }
+        )
+        print(
+            f"{op:<11}{shape.strip():<30}{contender} {best[contender] * 1e6:9.0f}us  "
+            f"{baseline} {best[baseline] * 1e6:9.0f}us  ratio {ratio:5.2f} (target {target:.2f})"
+        )
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({"versions": versions(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
