@@ -1,13 +1,12 @@
 """Write the chosen variant(s) into a Triton-layout model repository.
 
-A version folder is built under a hidden name beside its final place and renamed into
-place, so a server polling the repository never reads a half-written version.
+Version folders are written by the server's version-folder module (staged under a hidden
+name and renamed into place, so a server polling the repository never reads half of one).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +15,9 @@ from google.protobuf import text_format
 
 from warpserve.compile.errors import UsageError
 from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.repository import versionfolder
 
 CONFIG_FILE = "config.pbtxt"
-GOLDEN_DIR = "golden"
 
 
 @dataclass(frozen=True)
@@ -50,21 +49,15 @@ def plan_versions(model_dir: Path, requested: int | None, count: int) -> list[in
 
 
 def write_version(model_dir: Path, version: int, files: VersionFiles) -> Path:
-    final = model_dir / str(version)
-    staging = model_dir / f".{version}.incomplete-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / GOLDEN_DIR).mkdir(parents=True)
-    try:
-        shutil.copyfile(files.model_file, staging / files.model_file.name)
-        np.savez(staging / GOLDEN_DIR / "inputs.npz", **files.golden_inputs)  # type: ignore[arg-type]
-        np.savez(staging / GOLDEN_DIR / "outputs.npz", **files.golden_outputs)  # type: ignore[arg-type]
-        for name, text in files.texts.items():
-            (staging / name).write_text(text, encoding="utf-8")
-        os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final
+    golden = versionfolder.Golden(files.golden_inputs, files.golden_outputs)
+    return versionfolder.write_version(
+        model_dir,
+        version,
+        files.model_file,
+        files.model_file.name,
+        golden=golden,
+        reports=files.texts,
+    )
 
 
 def write_config(model_dir: Path, config: mc.ModelConfig) -> Path:
