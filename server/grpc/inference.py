@@ -38,10 +38,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         dataplane: DataPlane,
         registry: ModelRegistry,
         shm: SharedMemoryRegions | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.registry = registry
         self.shm = shm if shm is not None else SharedMemoryRegions(allowed=False)
+        # Requests and answers over it are refused with a hint naming the flag (limits).
+        self.max_message_bytes = max_message_bytes
         self.live = True
 
     async def ServerLive(self, request, context):
@@ -148,9 +151,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             mv, outputs = await self.dataplane.infer(decoded, context.time_remaining())
             if hook is not None:
                 await at_point(hook, "encoding")
-            return codec.encode_response(
-                mv.name, str(mv.version), decoded.id, outputs.items(), decoded.output_targets
+            return self._sized(
+                codec.encode_response(
+                    mv.name, str(mv.version), decoded.id, outputs.items(), decoded.output_targets
+                )
             )
+
+    def _sized(self, reply: bytes) -> bytes:
+        """The answer, unless it is over the message limit: gRPC's own refusal of it
+        names no flag (and in a stream it would end the whole stream)."""
+        if self.max_message_bytes is not None and len(reply) > self.max_message_bytes:
+            raise limits.answer_too_large(len(reply), self.max_message_bytes)
+        return reply
 
     async def _stream_reply(self, request: codec.ReceivedInfer, ticket: Ticket) -> bytes:
         """One streamed request's serialized ModelStreamInferResponse; errors in-band."""
@@ -163,8 +175,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 mv, outputs = await self.dataplane.infer(decoded, None)
                 if hook is not None:
                     await at_point(hook, "encoding")
-                return codec.encode_stream_response(
-                    mv.name, str(mv.version), decoded.id, outputs.items(), decoded.output_targets
+                return self._sized(
+                    codec.encode_stream_response(
+                        mv.name,
+                        str(mv.version),
+                        decoded.id,
+                        outputs.items(),
+                        decoded.output_targets,
+                    )
                 )
         except Exception as exc:
             return _stream_error(request, exc)
@@ -261,21 +279,20 @@ def _stream_error(request: codec.ReceivedInfer, exc: Exception) -> bytes:
 SERVICE = "inference.GRPCInferenceService"
 
 
-def add_inference_service(
-    servicer: InferenceServicer, server: grpc.aio.Server, max_message_bytes: int | None = None
-) -> None:
+def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     """Register the service as its generated code does, except for ModelInfer and
     ModelStreamInfer: they take their requests through ``codec.receive_infer`` (raw
     tensors stay views of the bytes gRPC received) and answer with bytes the codec
     serialized (raw output tensors are not copied through a protobuf message).
 
-    With ``max_message_bytes``, requests over it are refused with a hint naming the flag
-    that raises it (``limits``); the server's gRPC options must then let them through
-    (``limits.receive_ceiling``)."""
+    With the servicer's ``max_message_bytes``, requests over it are refused with a hint
+    naming the flag that raises it (``limits``); the server's gRPC options must then let
+    them through (``limits.receive_ceiling``)."""
     captured = _CapturedHandlers()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, captured)
     handlers = dict(captured.handlers)
     receive: Callable[[bytes], codec.ReceivedInfer] = codec.receive_infer
+    max_message_bytes = servicer.max_message_bytes
     if max_message_bytes is not None:
         handlers = {
             name: limits.bounded_unary(h, max_message_bytes) if h.unary_unary else h

@@ -42,6 +42,14 @@ def too_large(size: int, limit: int) -> ResourceExhausted:
     )
 
 
+def answer_too_large(size: int, limit: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"the answer is {size} bytes, over this server's gRPC message limit of {limit} "
+        f"bytes; restart the server with {FLAG} set above {size} (at most {INT32_MAX}), "
+        "send fewer rows per request, or have the outputs written to shared memory"
+    )
+
+
 def infer_receiver(limit: int) -> Callable[[bytes], codec.ReceivedInfer]:
     """ModelInfer's and ModelStreamInfer's deserializer: refuses without parsing."""
 

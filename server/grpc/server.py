@@ -190,7 +190,7 @@ async def start_server(options: ServerOptions) -> RunningServer:
     if shm.allowed:
         log.info("client shared memory: on (--allow-client-shm); regions map from %s", shm.root)
     add_inference_service(
-        InferenceServicer(dataplane, registry, shm), server, options.max_message_bytes
+        InferenceServicer(dataplane, registry, shm, options.max_message_bytes), server
     )
     add_bounded(
         health_pb2_grpc.add_HealthServicer_to_server,

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnx import TensorProto, helper
 
 from tests.models import write_affine
 from warpserve.protos import admin_pb2 as apb
@@ -112,3 +114,61 @@ def test_a_request_over_the_limit_names_the_flag(tmp_path: Path) -> None:
 )
 def test_grpc_itself_refuses_only_past_the_ceiling(limit: int, ceiling: int) -> None:
     assert receive_ceiling(limit) == ceiling
+
+
+def write_tile(repo: Path) -> None:
+    """tile: OUTPUT0 [N, 4000] repeats INPUT0 [N, 4], so a few rows answer 16 KB each."""
+    graph = helper.make_graph(
+        [helper.make_node("Tile", ["INPUT0", "R"], ["OUTPUT0"])],
+        "tile",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["N", 4000])],
+        [helper.make_tensor("R", TensorProto.INT64, [2], [1, 1000])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (repo / "tile" / "1").mkdir(parents=True)
+    onnx.save(model, str(repo / "tile" / "1" / "model.onnx"))
+    (repo / "tile" / "config.pbtxt").write_text(
+        'name: "tile" platform: "onnxruntime_onnx" max_batch_size: 64\n'
+        'input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }]\n'
+        'output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4000 ] }]\n'
+    )
+
+
+def test_an_answer_over_the_limit_names_the_flag(tmp_path: Path) -> None:
+    write_tile(tmp_path)
+    options = ServerOptions(
+        model_repository=tmp_path,
+        grpc_address="127.0.0.1",
+        grpc_port=0,
+        allow_metrics=False,
+        exit_timeout_secs=5.0,
+        max_message_bytes=LIMIT,
+    )
+
+    def tile_request(rows: int) -> pb.ModelInferRequest:
+        request = infer_request(rows)
+        request.model_name = "tile"
+        return request
+
+    async def main() -> None:
+        running = await start_server(options)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as ch:
+                stub = pb_grpc.GRPCInferenceServiceStub(ch)
+                code, text = await refusal(stub.ModelInfer(tile_request(8), timeout=30))
+                assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert f"limit of {LIMIT} bytes" in text and FLAG in text
+                # In a stream, only that answer is refused; the stream goes on.
+                requests = iter([tile_request(8), tile_request(1)])
+                replies = [r async for r in stub.ModelStreamInfer(requests)]
+                errors = {r.infer_response.id: r.error_message for r in replies}
+                assert FLAG in errors["rows-8"] and errors["rows-1"] == ""
+                # Positive control: an answer under the limit (16 KB) comes back.
+                reply = await stub.ModelInfer(tile_request(1), timeout=30)
+                assert len(reply.raw_output_contents[0]) == 4000 * 4
+        finally:
+            await running.shutdown()
+
+    asyncio.run(main())
