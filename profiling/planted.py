@@ -83,7 +83,12 @@ def write_slowed_copy(source: Path, target: Path, factor: int = 2) -> Path:
         raise ValueError(f"slowdown factor {factor} must be at least 2")
     if target.exists():
         raise FileExistsError(f"{target} exists; choose a new version folder")
-    shutil.copytree(source, target)
+    # Built under a hidden name and renamed into place, so a polling server never
+    # loads half a version.
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
     model = onnx.load(str(source / MODEL_FILE))
-    onnx.save(slowed_graph(model, factor), str(target / MODEL_FILE))
+    onnx.save(slowed_graph(model, factor), str(staging / MODEL_FILE))
+    staging.rename(target)
     return target

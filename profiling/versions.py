@@ -19,9 +19,10 @@ from warpserve.server.backends import spec as formats
 from warpserve.server.batching.executor import ModelInstance
 from warpserve.server.errors import WarpserveError
 from warpserve.server.repository import config as cfg
+from warpserve.server.repository import versionfolder
 from warpserve.server.repository.repository import ModelRepository
 
-GOLDEN_INPUTS = Path("golden") / "inputs.npz"
+GOLDEN_INPUTS = Path(versionfolder.GOLDEN_DIR) / versionfolder.INPUTS_FILE
 
 
 class ProfileError(Exception):
@@ -106,17 +107,13 @@ def load_version(repository: Path, model: str, version: int) -> LoadedVersion:
 
 
 def _golden_inputs(version_dir: Path) -> dict[str, np.ndarray]:
-    path = version_dir / GOLDEN_INPUTS
-    if not path.is_file():
-        raise ProfileError(
-            f"{version_dir} has no {GOLDEN_INPUTS}: profiles run a version on its golden "
-            "inputs; save representative inputs there with numpy.savez"
-        )
     try:
-        with np.load(path, allow_pickle=False) as data:
-            inputs = {name: data[name] for name in data.files}
+        golden = versionfolder.read_golden(version_dir)
     except (OSError, ValueError) as exc:
-        raise ProfileError(f"{path} is not a readable .npz file: {exc}") from exc
-    if not inputs:
-        raise ProfileError(f"{path} holds no arrays")
-    return inputs
+        raise ProfileError(f"{version_dir}: golden data is not readable .npz: {exc}") from exc
+    if golden is None or not golden.inputs:
+        raise ProfileError(
+            f"{version_dir} has no golden data ({GOLDEN_INPUTS} and outputs.npz): profiles "
+            "run a version on its golden inputs, the rows its load check replays"
+        )
+    return golden.inputs

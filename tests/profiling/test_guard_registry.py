@@ -20,11 +20,14 @@ from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.lifecycle.version import VersionState
 from warpserve.server.repository.repository import ModelRepository
 
+# The failing model's latency differs from the affine model's, so a latency limit no
+# version reaches leaves the error rate as the only possible reason.
 GUARDED = """
 parameters { key: "guard.enabled" value { string_value: "true" } }
-parameters { key: "guard.window_seconds" value { string_value: "1" } }
+parameters { key: "guard.window_seconds" value { string_value: "5" } }
 parameters { key: "guard.min_samples" value { string_value: "30" } }
 parameters { key: "guard.max_error_rate" value { string_value: "0.02" } }
+parameters { key: "guard.max_latency_ratio" value { string_value: "1000" } }
 """
 
 

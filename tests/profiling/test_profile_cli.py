@@ -24,11 +24,13 @@ FAST = ["--batch-sizes", "32", "--iterations", "60", "--warmup", "3"]
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """mlp: version 1, version 2 = version 1 computed twice, version 3 = a copy of 1."""
+    """mlp: version 1, version 2 = version 1 computed twice, version 3 = a copy of 1,
+    version 4 = version 1 computed three times."""
     root = tmp_path_factory.mktemp("repo")
     model_dir = write_mlp(root, width=384)
     write_slowed_copy(model_dir / "1", model_dir / "2", factor=2)
     shutil.copytree(model_dir / "1", model_dir / "3")
+    write_slowed_copy(model_dir / "1", model_dir / "4", factor=3)
     return root
 
 
@@ -86,7 +88,7 @@ def test_the_faster_version_is_an_improvement(
     repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["--model-repository", str(repo), "--model", "mlp", "--version", "1"]
-    code = main([*args, "--baseline-version", "2", *FAST, "--format", "json"])
+    code = main([*args, "--baseline-version", "4", *FAST, "--format", "json"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["verdict"] == "improvement"
 
