@@ -3,12 +3,14 @@ labels files."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from tests.models import affine_reference, write_affine
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.classification import (
@@ -17,7 +19,11 @@ from warpserve.server.classification import (
     read_labels,
     requested_count,
 )
+from warpserve.server.codec import InferRequest
+from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import InvalidInput, ModelLoadError
+from warpserve.server.lifecycle.registry import ModelRegistry
+from warpserve.server.repository.repository import ModelRepository
 from warpserve.server.validation import InputValidator
 
 
@@ -118,3 +124,35 @@ def test_a_labels_file_outside_the_model_folder_fails_the_load(tmp_path: Path, n
 def test_a_missing_labels_file_fails_the_load(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="cannot be read"):
         read_labels(tmp_path, _config("labels.txt"))
+
+
+def test_classes_through_the_queue_and_shadow_compares_the_raw_scores(tmp_path: Path) -> None:
+    """Worker-thread execution (the queued path) answers classes too; a shadow version
+    still compares the model's own values, not the class strings."""
+    on_threads = 'parameters { key: "execution" value: { string_value: "thread" } }'
+    write_affine(tmp_path, "affine", (1,), extra=on_threads)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) / 8
+
+    async def main() -> tuple[np.ndarray, float]:
+        registry = ModelRegistry(ModelRepository(tmp_path))
+        try:
+            await registry.load("affine")
+            write_affine(tmp_path, "affine", (2,), config=False)
+            await registry.load("affine", [2], activate=False)
+            registry.set_shadow("affine", 2, 100)
+            served = registry.models["affine"]
+            plane = DataPlane(registry)
+            request = InferRequest("affine", "", "r", {"INPUT0": x}, ["OUTPUT0"])
+            request.classes = {"OUTPUT0": 1}
+            mv, outputs = await plane.infer(request)
+            assert mv.version == 1
+            await asyncio.gather(*plane._shadow_tasks)
+            return outputs["OUTPUT0"], served.versions[2].stats.shadow_max_abs_diff
+        finally:
+            await registry.close()
+
+    top, diff = asyncio.run(main())
+    scores = affine_reference(x, scale=1.0)
+    assert top.shape == (2, 1)
+    assert [int(e.split(b":")[1]) for e in top[:, 0]] == np.argmax(scores, axis=1).tolist()
+    assert diff > 0.1  # version 2 doubles the weights: the raw outputs were compared
