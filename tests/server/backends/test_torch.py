@@ -108,6 +108,11 @@ def test_aoti_matches_eager_over_batch_sizes(
     tm.write_model(tmp_path, "compiled", text, package, "model.pt2")
     config, version = _load(tmp_path, "compiled")
     instance = aoti.load_instance(config, version, 0, 1)
+    # The runner is called directly (specs parsed once) when the config's tensors are the
+    # program's flat inputs, and through the package's wrapper otherwise.
+    loaded = torch._inductor.aoti_load_package(str(package))
+    assert aoti._direct_call(loaded, 1) is not loaded
+    assert aoti._direct_call(loaded, 2) is loaded
     for n in (1, 3, tm.MAX_BATCH):
         x = tm.rows(n, seed=n)
         got = instance.execute({"INPUT__0": x})["OUTPUT__0"]
