@@ -124,3 +124,53 @@ def test_a_model_without_guard_settings_is_not_watched(tmp_path: Path) -> None:
         await registry.close()
 
     asyncio.run(main())
+
+
+async def _guarded_with_failing_v2(tmp_path: Path) -> tuple[ModelRegistry, LatencyGuard, DataPlane]:
+    write_affine(tmp_path, "affine", (1,), extra=GUARDED)
+    (tmp_path / "affine" / "2").mkdir()
+    (tmp_path / "affine" / "2" / "model.onnx").write_bytes(failing_model())
+    registry = ModelRegistry(ModelRepository(tmp_path), grace_period_s=0.0)
+    guard = LatencyGuard(registry, tick_s=0.05)
+    await registry.load("affine", [1])
+    await registry.load("affine", [2], activate=False)
+    dp = DataPlane(registry)
+    assert await send(dp, 100, np.random.default_rng(0)) == 0
+    return registry, guard, dp
+
+
+def test_a_failing_canary_is_ended_by_the_guard(tmp_path: Path) -> None:
+    async def main() -> None:
+        registry, guard, dp = await _guarded_with_failing_v2(tmp_path)
+        await registry.rollout("affine", 2, canary_percent=50)
+        served = registry.models["affine"]
+        rng = np.random.default_rng(1)
+        while served.router.canary:
+            await send(dp, 20, rng)
+            assert len(served.versions[2].stats.timeline) < 5000, served.versions[2].guard
+        status = served.versions[2].guard
+        assert status is not None and status.mode == "canary"
+        assert status.rolled_back == "error_rate_guard" and served.router.active == 1
+        await guard.close()
+        await registry.close()
+
+    asyncio.run(main())
+
+
+def test_a_failing_shadow_is_stopped_by_the_guard(tmp_path: Path) -> None:
+    async def main() -> None:
+        registry, guard, dp = await _guarded_with_failing_v2(tmp_path)
+        registry.set_shadow("affine", 2, 100)
+        served = registry.models["affine"]
+        rng = np.random.default_rng(2)
+        while served.router.shadow_version is not None:
+            assert await send(dp, 20, rng) == 0  # clients never see the shadow's failures
+            assert len(served.versions[2].stats.timeline) < 5000, served.versions[2].guard
+        status = served.versions[2].guard
+        assert status is not None and status.mode == "shadow"
+        assert status.rolled_back == "error_rate_guard"
+        assert registry.events.rollbacks == {("affine", 2, "error_rate_guard"): 1}
+        await guard.close()
+        await registry.close()
+
+    asyncio.run(main())
