@@ -42,7 +42,7 @@ INLINE_WINDOW_US = 2000
 # A timer that fires this early counts as on time: the event loop itself runs timers
 # up to its clock resolution early, and re-arming for microseconds costs a loop pass.
 _TIMER_SLACK_S = 10e-6
-_LATE_TIMER_S = 5e-3
+_LATE_TIMER_S = 1.5e-3
 
 # Tests set this to inject a delay at a named point (race windows are hit on purpose).
 Hook = Callable[[str], None]
@@ -195,10 +195,11 @@ class DynamicBatcher:
         if now + _TIMER_SLACK_S < due:
             self._holding = loop.call_later(due - now, self._window_due)
             return
-        # A timer a whole window late (and later than a loop that sleeps in whole
-        # milliseconds makes it) means the loop thread did not run meanwhile, as when
-        # the machine runs something else: the pause says nothing about arrivals.
-        judged = now - due < max(self._window.max_delay_s, _LATE_TIMER_S)
+        # A timer later than the pause it waited for (and later than a loop that sleeps
+        # in whole milliseconds makes it) means the loop thread did not run meanwhile,
+        # as when the machine runs something else: requests may have arrived unread,
+        # so the pause says nothing about arrivals.
+        judged = now - due < max(self._window.quiet_s, _LATE_TIMER_S)
         self._tick(busy=self._window.unpaused(), judged=judged)
 
     def _tick(self, busy: bool = False, judged: bool = True) -> None:

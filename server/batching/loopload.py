@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 SATURATED = 0.75  # loop utilisation above which batches are worth waiting for
 SMOOTHING = 0.1  # weight of the newest sample in the moving average
-LONELY_WINDOWS = 2  # consecutive windows under MIN_COMPANY that end holding
+LONELY_WINDOWS = 3  # consecutive windows that did not pay that end holding
 # Rows a window that ended on a pause must have gathered to have paid for itself. Such
 # a window left the loop idle for the pause, and its callers waited for one batch
 # instead of overlapping with the loop's work. With fewer closed-loop clients than

@@ -12,7 +12,7 @@ import pytest
 
 from warpserve.server.batching.batcher import DynamicBatcher
 from warpserve.server.batching.executor import Executor
-from warpserve.server.batching.loopload import LONELY_WINDOWS, LoopLoad
+from warpserve.server.batching.loopload import LoopLoad
 from warpserve.server.batching.policy import BatchingPolicy, QueuePolicy
 from warpserve.server.batching.request import QueuedRequest, signature_of
 from warpserve.server.errors import BackendError, DeadlineExceeded, QueueFull, Unavailable
@@ -372,32 +372,6 @@ def test_inline_full_batch_goes_before_the_window_closes() -> None:
             batcher.submit(r)
         assert all(r.future.done() for r in rs), "four rows fill max_batch_size: no wait"
         assert model.batches == [4]
-
-    run(body)
-
-
-def test_inline_lonely_windows_return_to_running_at_once() -> None:
-    async def body() -> None:
-        model = FakeModel()
-        load = LoopLoad()
-        load.holding = True  # as if the loop had been saturated
-        batcher = make_inline(
-            # A long delay: a window that ends on a pause is judged even if the timer
-            # for the pause fires late on a busy machine.
-            BatchingPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=10**6),
-            model,
-            load,
-        )
-        held = 0
-        for _ in range(5):
-            r = request()
-            out = run_now(batcher, r.inputs, r.rows)
-            if out is None:
-                held += 1
-                batcher.submit(r)
-                await r.future
-        assert held == LONELY_WINDOWS, "a lone client stops being held"
-        assert model.batches == [1] * 5
 
     run(body)
 

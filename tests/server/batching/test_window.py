@@ -14,6 +14,7 @@ import pytest
 from tests.server.batching.test_batcher import FakeModel, Saturated, request
 from warpserve.server.batching.batcher import DynamicBatcher
 from warpserve.server.batching.executor import Executor
+from warpserve.server.batching.loopload import LONELY_WINDOWS, LoopLoad
 from warpserve.server.batching.policy import BatchingPolicy
 from warpserve.server.batching.window import FIRST_GAP_S, GAP_FACTOR, MIN_QUIET_S, HoldingWindow
 from warpserve.server.stats import VersionStats
@@ -184,5 +185,33 @@ def test_a_window_whose_timer_fired_far_too_late_is_no_evidence() -> None:
         await passes()
         assert held.future.done() and model.batches == [1]
         assert load.windows == []
+
+    on_fake_time(body)
+
+
+def test_a_lone_client_stops_being_held() -> None:
+    async def body(loop: FakeTimeLoop) -> None:
+        model = FakeModel()
+        load = LoopLoad()
+        load.holding = True  # as if the loop had been saturated
+        policy = BatchingPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=2000)
+        executor = Executor(model, batched=True, label="inline", inline=True)
+        batcher = DynamicBatcher(
+            "fake", policy, [executor], VersionStats(), load=load, clock=loop.time
+        )
+        held = 0
+        for _ in range(LONELY_WINDOWS + 3):
+            r = request()
+            slot = batcher.inline_slot()
+            if slot is not None:
+                batcher.run_inline(slot, r.inputs, r.rows)
+                continue
+            held += 1
+            batcher.submit(r)
+            loop.now += QUIET_S + 10 * US
+            await passes()
+            assert r.future.done()
+        assert held == LONELY_WINDOWS, "windows of one end holding"
+        assert model.batches == [1] * (LONELY_WINDOWS + 3)
 
     on_fake_time(body)
