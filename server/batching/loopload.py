@@ -44,7 +44,11 @@ LONELY_WINDOWS = 3  # consecutive windows that did not pay that end holding
 # its time on per-request overhead that batches share.
 MIN_COMPANY = 16
 MIN_COOLDOWN = 16  # arrivals after an ending before holding may start again
-MAX_COOLDOWN = 4096
+# The longest wait between trials. Load changes: after minutes of two alternating
+# clients (every trial failed), 64 arriving clients must get batches within a fraction
+# of a second; a trial at 2 clients costs three short windows every MAX_COOLDOWN
+# arrivals (about 1% of requests held, by under a millisecond).
+MAX_COOLDOWN = 512
 
 
 class LoopLoad:

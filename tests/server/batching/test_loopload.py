@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from warpserve.server.batching.loopload import (
     LONELY_WINDOWS,
+    MAX_COOLDOWN,
     MIN_COMPANY,
     MIN_COOLDOWN,
     LoopLoad,
@@ -115,9 +116,22 @@ def held_share(callers: int, arrivals: int, company: int = MIN_COMPANY) -> float
 
 def test_two_alternating_callers_are_not_held() -> None:
     """Two callers keep the loop busy, but a window can only ever gather the two of
-    them: holding stops after a couple of windows, and the trials that follow, ever
-    further apart, hold a vanishing share of the requests."""
-    assert held_share(callers=2, arrivals=20_000) < 0.01
+    them: holding stops after a few windows, and the trials that follow, further and
+    further apart up to MAX_COOLDOWN arrivals, hold a small share of the requests."""
+    assert held_share(callers=2, arrivals=20_000) < 0.02
+
+
+def test_trials_resume_soon_after_a_long_quiet_spell() -> None:
+    """After a long spell of windows that never paid, many callers arriving get their
+    batches within MAX_COOLDOWN arrivals."""
+    clocks = Clocks()
+    load = load_with(clocks)
+    for _ in range(100):  # many failed trials: the cooldown is at its longest
+        arrivals(load, clocks, 40, busy=1.0)
+        while load.holding:
+            load.window_closed(2)
+    seen = arrivals(load, clocks, MAX_COOLDOWN + 40, busy=1.0)
+    assert seen[-1], "holding again within MAX_COOLDOWN arrivals"
 
 
 def test_many_callers_keep_being_held() -> None:
