@@ -1,8 +1,9 @@
 """Build, cache and find the built-in demo model repository.
 
 `warpserve serve` without a repository serves three small models trained here on synthetic
-data and exported to ONNX in Triton's layout. The build takes seconds, so it runs on first
-use and is cached under a name that changes whenever the demo's code changes.
+data and written by the compile pipeline (`warpserve compile`'s, with the ONNX targets and
+a short sweep) in Triton's layout. The build takes seconds, so it runs on first use and is
+cached under a name that changes whenever the demo's or the compile pipeline's code changes.
 
 torch is imported only when a build actually runs: finding a cached repository needs numpy
 and the standard library alone, and torch stays an optional extra (`warpserve[torch]`).
@@ -24,20 +25,27 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, TYPE_CHECKING
 
+import numpy as np
 from google.protobuf import text_format
 
 from warpserve.protos import model_config_pb2 as mc
-from warpserve.server.repository import parameters, versionfolder
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .train import Report, TrainedModel
 
 Progress = Callable[[str, float], None]
 MODEL_NAMES = ("image_classifier", "fraud_scorer", "recommender")
-GOLDEN_ATOL = "1e-4"
-GOLDEN_RTOL = "1e-4"
+GOLDEN_ATOL = 1e-4
+GOLDEN_RTOL = 1e-4
+# The ONNX targets only: AOTInductor's C++ build would take minutes of a first start on two
+# cores, and ONNX Runtime serves on every machine. A short sweep keeps the first start within
+# about a minute; `warpserve compile` measures longer.
+DEMO_TARGETS = ("onnx", "ort")
+SECONDS_PER_POINT = 0.1
 # Sources whose change must invalidate a cached build: they decide the data, the models and
-# the files written.
+# the files written (with every module of the compile pipeline).
 _SOURCES = ("data.py", "models.py", "train.py", "build.py")
 _STALE_STAGING_S = 3600.0
 # An output's class names, one per line (Triton's label_filename), beside config.pbtxt.
@@ -101,11 +109,12 @@ MODEL_SPECS = (
 
 
 def build_demo_repository(target: Path, progress: Progress | None = None) -> Path:
-    """Train the three demo models and write them to `target` in Triton's repository layout.
+    """Train the three demo models and compile them into `target` in Triton's layout.
 
-    Each model gets config.pbtxt, 1/model.onnx, 1/golden/{inputs,outputs}.npz (outputs from
-    PyTorch) and 1/training.json; `target` gets a README.md. Raises DemoBuildError when torch
-    is missing or an exported model does not reproduce its golden outputs.
+    Each model gets config.pbtxt (batching settings from the measured curve) and version 1
+    with the chosen ONNX variant, golden/{inputs,outputs}.npz (outputs from PyTorch),
+    compile_report.{json,md} and training.json; `target` gets a README.md. Raises
+    DemoBuildError when torch is missing or no variant reproduces PyTorch's outputs.
     """
     report = progress or (lambda message, fraction: None)
     train = _import_training()
@@ -119,10 +128,15 @@ def build_demo_repository(target: Path, progress: Progress | None = None) -> Pat
     with _torch_threads():
         for spec in MODEL_SPECS:
             started = time.perf_counter()
-            stage = _stage_reporter(report, spec.name, done, spec.train_weight * 0.85)
+            stage = _stage_reporter(report, spec.name, done, spec.train_weight * 0.7)
             trained = trainers[spec.name](stage)
-            report(f"exporting {spec.name} to ONNX", done + spec.train_weight * 0.85)
-            _write_model(target / spec.name, spec, trained, time.perf_counter() - started)
+            summary = _training_summary(spec, trained, time.perf_counter() - started)
+            compiling = _compile_reporter(
+                report, spec.name, done + spec.train_weight * 0.7, spec.train_weight * 0.3
+            )
+            compile_demo_model(
+                target, spec, trained.module, trained.golden_inputs, summary, compiling
+            )
             done += spec.train_weight
     (target / "README.md").write_text(_readme(target), encoding="utf-8")
     report("demo repository ready", 1.0)
@@ -136,10 +150,14 @@ def default_demo_path() -> Path:
 
 
 def demo_version() -> str:
-    """A digest of the demo's source files, so that editing them triggers a rebuild."""
+    """A digest of the demo's and the compile pipeline's sources: editing them rebuilds."""
+    import warpserve.compile  # its __init__ holds a docstring only: no torch here
+
     digest = hashlib.sha256()
     for name in _SOURCES:
         digest.update((Path(__file__).parent / name).read_bytes())
+    for path in sorted(Path(warpserve.compile.__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -166,10 +184,11 @@ def ensure_demo_repository(progress: bool = True) -> Path:
 
 
 def is_complete(repository: Path) -> bool:
-    """True when every demo model has its config and ONNX file."""
+    """True when every demo model has its config and version 1 (renamed into place only
+    once complete, report included)."""
     return all(
         (repository / name / "config.pbtxt").is_file()
-        and (repository / name / "1" / "model.onnx").is_file()
+        and (repository / name / "1" / "compile_report.json").is_file()
         for name in MODEL_NAMES
     )
 
@@ -188,88 +207,78 @@ def _import_training() -> ModuleType:
     return train
 
 
-def _write_model(folder: Path, spec: ModelSpec, trained: TrainedModel, seconds: float) -> None:
-    from .train import ONNX_OPSET, export_onnx
-
-    output_names = [output.name for output in spec.outputs]
-    golden = versionfolder.Golden(
-        {spec.input.name: trained.golden_inputs},
-        dict(zip(output_names, trained.golden_outputs(), strict=True)),
-    )
+def _training_summary(spec: ModelSpec, trained: TrainedModel, seconds: float) -> str:
     summary = {
         "model": spec.name,
         "held_out_metrics": trained.metrics,
         "training": trained.details,
         "train_seconds": round(seconds, 2),
-        "exporter": f"torch.onnx.export(dynamo=True), opset {ONNX_OPSET}",
+        "compiled_by": f"warpserve compile, targets {', '.join(DEMO_TARGETS)}",
         "golden": {"rows": len(trained.golden_inputs), "computed_by": "pytorch"},
     }
-    with tempfile.TemporaryDirectory() as scratch:
-        exported = Path(scratch) / "model.onnx"
-        export_onnx(trained, exported, spec.input.name, output_names)
-        _check_with_onnxruntime(exported, golden, spec.name)
-        versionfolder.write_version(
-            folder,
-            1,
-            exported,
-            "model.onnx",
-            golden=golden,
-            reports={"training.json": json.dumps(summary, indent=2) + "\n"},
-        )
-    for output in spec.outputs:
-        if output.labels:
-            (folder / LABELS_FILE).write_text("\n".join(output.labels) + "\n", "utf-8")
-    (folder / "config.pbtxt").write_text(model_config_text(spec), encoding="utf-8")
+    return json.dumps(summary, indent=2) + "\n"
 
 
-def _check_with_onnxruntime(model_path: Path, golden: versionfolder.Golden, name: str) -> None:
-    # A cache entry is reused forever, so refuse to publish an export that drifted from
-    # PyTorch rather than let the server's golden check fail on every start.
-    import onnxruntime as ort
+def compile_demo_model(
+    repository: Path,
+    spec: ModelSpec,
+    module: nn.Module,
+    golden_inputs: np.ndarray,
+    training_json: str,
+    progress: Progress,
+) -> None:
+    """Version 1 of one demo model, through the compile pipeline.
 
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    actual = dict(
-        zip(golden.outputs, session.run(list(golden.outputs), golden.inputs), strict=True)
+    The pipeline checks every variant against PyTorch on the golden rows before writing
+    it: a cache entry is reused forever, so an export that drifted must never be published.
+    """
+    from warpserve.compile.errors import CompileError
+    from warpserve.compile.parity import DEFAULT_TOLERANCES, Tolerance
+    from warpserve.compile.pipeline import CompileRequest, compile_model
+    from warpserve.compile.source import ModelSource
+    from warpserve.compile.specs import TensorSpec as InputSpec
+
+    dtype = spec.input.data_type.removeprefix("TYPE_")
+    request = CompileRequest(
+        source=ModelSource(module, "module", f"demo model {spec.name} (server/demo/train.py)"),
+        name=spec.name,
+        repository=repository,
+        version=1,
+        inputs=[InputSpec(spec.input.name, spec.input.dims, dtype)],
+        examples={spec.input.name: golden_inputs},
+        output_names=[output.name for output in spec.outputs],
+        max_batch_size=spec.max_batch_size,
+        targets=list(DEMO_TARGETS),
+        batch_sizes=sorted({1, 8, spec.max_batch_size}),
+        seconds_per_point=SECONDS_PER_POINT,
+        tolerances={**DEFAULT_TOLERANCES, "fp32": Tolerance(GOLDEN_ATOL, GOLDEN_RTOL)},
+        extra_files={"training.json": training_json},
     )
-    result = versionfolder.compare(actual, golden.outputs, float(GOLDEN_ATOL), float(GOLDEN_RTOL))
-    if not result.ok:
-        raise DemoBuildError(
-            f"{name}: ONNX Runtime against PyTorch: {'; '.join(result.failures())}; the "
-            "export is wrong, please report it with your torch and onnxruntime versions"
-        )
+    try:
+        compile_model(request, progress)
+    except CompileError as error:
+        raise DemoBuildError(f"{spec.name}: {error}") from error
+    _add_labels(repository / spec.name, spec)
 
 
-def model_config_text(spec: ModelSpec) -> str:
-    """The model's config.pbtxt, built as a ModelConfig message so it always parses."""
-    config = mc.ModelConfig(
-        name=spec.name, platform="onnxruntime_onnx", max_batch_size=spec.max_batch_size
-    )
-    config.input.append(
-        mc.ModelInput(
-            name=spec.input.name,
-            data_type=mc.DataType.Value(spec.input.data_type),
-            dims=spec.input.dims,
-        )
-    )
-    for output in spec.outputs:
-        config.output.append(
-            mc.ModelOutput(
-                name=output.name,
-                data_type=mc.DataType.Value(output.data_type),
-                dims=output.dims,
-                label_filename=LABELS_FILE if output.labels else "",
-            )
-        )
-    # How long a request may be held for a batch: in warpserve's eager batching only a
-    # tiny model served inline on a saturated loop waits (see batching/loopload.py);
-    # 2 ms gathered the most requests per run there before latency grew.
-    config.dynamic_batching.max_queue_delay_microseconds = 2000
-    config.instance_group.append(
-        mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
-    )
-    config.parameters[parameters.GOLDEN_ATOL.key].string_value = GOLDEN_ATOL
-    config.parameters[parameters.GOLDEN_RTOL.key].string_value = GOLDEN_RTOL
-    return text_format.MessageToString(config)
+def _add_labels(folder: Path, spec: ModelSpec) -> None:
+    """Class names beside the config, named by the output's label_filename (Triton's)."""
+    labelled = [output for output in spec.outputs if output.labels]
+    if not labelled:
+        return
+    path = folder / "config.pbtxt"
+    config = text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())
+    for output in labelled:
+        (folder / LABELS_FILE).write_text("\n".join(output.labels) + "\n", "utf-8")
+        next(o for o in config.output if o.name == output.name).label_filename = LABELS_FILE
+    path.write_text(text_format.MessageToString(config), encoding="utf-8")
+
+
+def _compile_reporter(report: Progress, name: str, start: float, span: float) -> Progress:
+    def stage(message: str, fraction: float) -> None:
+        report(f"compiling {name}: {message}", start + span * fraction)
+
+    return stage
 
 
 def _stage_reporter(report: Progress, name: str, start: float, span: float) -> Report:
@@ -348,9 +357,10 @@ def _readme(repository: Path) -> str:
         "# warpserve demo model repository",
         "",
         "Built by `warpserve serve` when no repository is given: three small PyTorch models",
-        "trained on seeded synthetic data (server/demo/data.py) and exported to ONNX in",
-        "Triton's layout. Each version folder holds `model.onnx`, golden inputs/outputs",
-        "(8 rows, outputs computed by PyTorch) and `training.json` with held-out metrics.",
+        "trained on seeded synthetic data (server/demo/data.py) and compiled by the",
+        "`warpserve compile` pipeline in Triton's layout. Each version folder holds the",
+        "chosen variant's model file, golden inputs/outputs (8 rows, outputs computed by",
+        "PyTorch), `compile_report.{json,md}` and `training.json` with held-out metrics.",
         "",
     ]
     for spec in MODEL_SPECS:
@@ -359,8 +369,10 @@ def _readme(repository: Path) -> str:
 
 
 def _readme_section(spec: ModelSpec, repository: Path) -> list[str]:
-    summary = json.loads((repository / spec.name / "1" / "training.json").read_text("utf-8"))
+    version = repository / spec.name / "1"
+    summary = json.loads((version / "training.json").read_text("utf-8"))
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in summary["held_out_metrics"].items())
+    choice = json.loads((version / "compile_report.json").read_text("utf-8"))["choice"]
     return [
         f"## {spec.name}",
         "",
@@ -370,6 +382,8 @@ def _readme_section(spec: ModelSpec, repository: Path) -> list[str]:
         f"- input: {_tensor_line(spec.input)}",
         *(f"- output: {_tensor_line(output)}{_labels_note(output)}" for output in spec.outputs),
         f"- held-out: {metrics}",
+        f"- compiled: {choice['variant']}, {choice['throughput']:,.0f} rows/s at batch "
+        f"{choice['batch']} ({choice['speedup_vs_eager']:.2f}x eager PyTorch where it was built)",
         "",
     ]
 

@@ -1,4 +1,4 @@
-"""Training, evaluation and ONNX export of the demo models (needs torch).
+"""Training and evaluation of the demo models (needs torch); build.py compiles them.
 
 Kept apart from `build.py` so that finding an already-built demo repository never imports
 torch: the server starts in a fraction of a second, and torch stays an optional extra.
@@ -7,17 +7,12 @@ torch: the server starts in a fraction of a second, and torch stays an optional 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import logging
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
@@ -33,7 +28,6 @@ from .models import (
 
 Report = Callable[[float], None]  # fraction of the current model's training, 0..1
 GOLDEN_ROWS = 8
-ONNX_OPSET = 18
 
 
 @dataclass(frozen=True)
@@ -244,55 +238,3 @@ def _batches(split: data.Split, batch_size: int) -> Iterator[tuple[torch.Tensor,
 def _predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model(torch.from_numpy(x)).numpy()
-
-
-# --- export ---------------------------------------------------------------------------------
-
-
-def export_onnx(
-    trained: TrainedModel, path: Path, input_name: str, output_names: list[str]
-) -> None:
-    """Export with torch.export (the `dynamo=True` exporter), batch axis 0 dynamic.
-
-    The TorchScript exporter still works in torch 2.13 but warns that it will be removed;
-    the torch.export path is the default since 2.9 and emits a clean graph (topk included).
-    Its lowest native opset is 18: asking for 17 triggers a down-conversion pass, so we
-    ask for 18 directly.
-    """
-    example = torch.from_numpy(trained.golden_inputs)
-    argument = _first_argument_name(trained.module)
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            trained.module,
-            (example,),
-            dynamo=True,
-            input_names=[input_name],
-            output_names=output_names,
-            opset_version=ONNX_OPSET,
-            dynamic_shapes={argument: {0: torch.export.Dim("batch")}},
-            verbose=False,
-        )
-    if program is None:
-        raise RuntimeError(f"torch.onnx.export returned no program for {path}")
-    program.save(str(path))
-    onnx.checker.check_model(str(path), full_check=True)
-
-
-def _first_argument_name(module: nn.Module) -> str:
-    # dynamic_shapes is keyed by the forward() parameter name, which differs per model.
-    return next(iter(inspect.signature(module.forward).parameters))
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    # The exporter logs a warning per missing torchvision op and raises deprecation
-    # warnings from torch internals; none of it is actionable for a demo build.
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
