@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from warpserve.compile.sweep import Point
+from warpserve.server.batching.batcher import INLINE_WINDOW_US
 from warpserve.server.cpus import usable_cores
+from warpserve.server.lifecycle.version import INLINE_BATCH_LIMIT_NS, INLINE_THRESHOLD_NS
 
 # A batch costing more than this is compute-bound on a CPU: a second instance lets one
 # batch compute while the other's requests are decoded and answered (see the README on
@@ -69,19 +71,42 @@ def batching(curve: list[Point], choice: Choice, budget_ms: float | None) -> Bat
     )
     preferred = sorted({b for b in (knee, choice.point.batch) if b > 1})
     single = next((p for p in curve if p.batch == 1), curve[0])
-    # Holding a request longer than a batch-1 run costs more latency than running what
-    # is queued would; the budget caps it too.
-    delay_ms = single.median_ms
-    if budget_ms is not None:
-        delay_ms = min(delay_ms, max(budget_ms - choice.point.p99_ms, 0.0))
-    delay_us = max(MIN_QUEUE_DELAY_US, round(delay_ms * 1000))
+    delay_us, delay_why = _queue_delay(single, choice, curve, budget_ms)
     compute_bound = choice.point.median_ms > COMPUTE_BOUND_MS and usable_cores() >= 2
     instances = 2 if compute_bound else 1
     why = (
         f"preferred batch sizes {preferred or 'none'} (the chosen batch, and the smallest "
-        f"reaching {KNEE:.0%} of its throughput); queue delay {delay_us} us (a batch-1 run "
-        f"takes {single.median_ms:.3f} ms); {instances} instance(s): a batch of "
+        f"reaching {KNEE:.0%} of its throughput); queue delay {delay_us} us ({delay_why}); "
+        f"{instances} instance(s): a batch of "
         f"{choice.point.batch} takes {choice.point.median_ms:.3f} ms, "
         f"{'compute-bound' if compute_bound else 'overhead-bound'}"
     )
     return Batching(preferred, delay_us, instances, why)
+
+
+def _queue_delay(
+    single: Point, choice: Choice, curve: list[Point], budget_ms: float | None
+) -> tuple[int, str]:
+    """How long a request may be held for a batch, and why.
+
+    The server holds a request only while no instance is idle, and closes a window as soon
+    as arrivals pause, so the delay is a cap rather than a cost. A model fast enough to run
+    on the event loop (a batch-1 run and a full batch under the server's inline limits)
+    gets the window measured best for such models; a slower one, the run time of the
+    chosen batch: holding longer than one such run gathers nothing a busy instance would
+    not gather anyway. The latency budget caps either.
+    """
+    largest = max(curve, key=lambda p: p.batch)
+    inline = (
+        single.median_ms * 1e6 < INLINE_THRESHOLD_NS
+        and largest.median_ms * 1e6 < INLINE_BATCH_LIMIT_NS
+    )
+    if inline:
+        delay_ms, why = INLINE_WINDOW_US / 1000, "the server's window for models run inline"
+    else:
+        delay_ms = choice.point.median_ms
+        why = f"a batch of {choice.point.batch} takes {delay_ms:.3f} ms"
+    if budget_ms is not None and delay_ms > budget_ms - choice.point.p99_ms:
+        delay_ms = max(budget_ms - choice.point.p99_ms, 0.0)
+        why += ", capped by the latency budget"
+    return max(MIN_QUEUE_DELAY_US, round(delay_ms * 1000)), why

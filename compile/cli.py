@@ -128,6 +128,15 @@ def run(args: argparse.Namespace) -> int:
     from warpserve.compile.errors import CompileError
 
     try:
+        import torch  # noqa: F401 - only to say plainly that it is missing
+    except ImportError as exc:
+        print(
+            f"warpserve compile: error: compiling needs torch ({exc}); install it with "
+            "pip install 'warpserve[torch]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
         return _run(args)
     except CompileError as exc:
         print(f"warpserve compile: error: {exc}", file=sys.stderr)

@@ -202,3 +202,13 @@ def test_torchscript_file_compiles_to_onnx_and_torchscript(
         "skipped",
         "AOTInductor needs a torch.export program; a TorchScript model has none",
     )
+
+
+def test_without_torch_exits_2_naming_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # what `import torch` meets without it
+    assert main(_compile(tmp_path, "--input", "x:16:FP32")) == 2
+    assert "compiling needs torch" in capsys.readouterr().err
