@@ -213,6 +213,13 @@ def _check_and_measure(
 def _eager_points(
     request: CompileRequest, examples: dict[str, np.ndarray], names: list[str], batches: list[int]
 ) -> list[sweep.Point]:
+    """Eager PyTorch at its best per batch size: one intra-op thread and every usable core.
+
+    Which wins depends on the model and on the machine's load: torch's OpenMP workers
+    spin-wait, and on a shared machine two of them ran small models several times slower
+    than one. A variant is compared with the faster. The caller's setting (the demo build
+    pins one thread for reproducible golden outputs) comes back after.
+    """
     import torch
 
     module = request.source.module
@@ -220,14 +227,15 @@ def _eager_points(
     def run(inputs: dict[str, np.ndarray]) -> object:
         return run_eager(module, as_tensors(inputs, names))
 
-    # Eager gets every usable core, as the variants' backends do; the caller's setting
-    # (the demo build pins one thread for reproducible golden outputs) comes back after.
     previous = torch.get_num_threads()
-    torch.set_num_threads(usable_cores())
+    curves = []
     try:
-        return sweep.sweep(run, examples, batches, request.seconds_per_point)
+        for threads in sorted({1, usable_cores()}):
+            torch.set_num_threads(threads)
+            curves.append(sweep.sweep(run, examples, batches, request.seconds_per_point))
     finally:
         torch.set_num_threads(previous)
+    return [max(points, key=lambda p: p.throughput) for points in zip(*curves, strict=True)]
 
 
 def _finish(

@@ -31,7 +31,7 @@ def environment() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torch_threads_eager": usable_cores(),
+        "eager_threads_tried": sorted({1, usable_cores()}),
         "onnxruntime": onnxruntime.__version__,
         "cpu": platform.processor() or platform.machine(),
         "usable_cores": usable_cores(),
@@ -121,7 +121,8 @@ def markdown(built: dict[str, Any]) -> str:
     lines = [f"# Compile report: {built['model']}", "", f"- source: {built['source']}"]
     env = built["environment"]
     lines += [
-        f"- environment: torch {env['torch']} ({env['torch_threads_eager']} threads), onnxruntime "
+        f"- environment: torch {env['torch']} (eager: the best of {env['eager_threads_tried']} "
+        f"threads per batch size), onnxruntime "
         f"{env['onnxruntime']}, {env['usable_cores']} usable cores, GPU: {env['gpu'] or 'none'}",
         f"- max batch size {built['max_batch_size']}, latency budget "
         f"{built['latency_budget_ms'] or 'none'} ms (p99)",

@@ -27,7 +27,9 @@ class Point:
     runs: int
     median_ms: float
     p99_ms: float
-    throughput: float  # rows per second
+    # Rows per second at the median run time. Not the mean: on a shared machine a run
+    # that the OS parks for tens of ms would otherwise decide the comparison.
+    throughput: float
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -58,7 +60,7 @@ def measure(run: Run, inputs: dict[str, np.ndarray], batch: int, seconds: float)
         len(times),
         float(np.median(array) * 1e3),
         float(np.percentile(array, 99) * 1e3),
-        float(batch * len(times) / array.sum()),
+        float(batch / np.median(array)),
     )
 
 
