@@ -48,6 +48,9 @@ class DataPlane:
         validator, batcher = mv.validator, mv.batcher
         if validator is None or batcher is None:
             return mv, None  # infer reports why
+        stage = mv.stage
+        if stage is not None and not stage.is_cheap(request.inputs):
+            return mv, None  # decoded on a worker thread by infer
         executor = batcher.inline_slot()
         if executor is None:
             return mv, None
@@ -56,7 +59,8 @@ class DataPlane:
             rows = _checked_rows(validator, request)
             if request.parameters:
                 _queue_parameters(request.parameters, batcher.policy)  # checked, not needed
-            outputs = batcher.run_inline(executor, request.inputs, rows)
+            inputs = stage.apply(request.inputs) if stage is not None else request.inputs
+            outputs = batcher.run_inline(executor, inputs, rows)
         except WarpserveError as exc:
             mv.stats.record_failure(type(exc).__name__, time.perf_counter_ns() - start)
             raise
@@ -91,7 +95,8 @@ class DataPlane:
                 )
             rows = _checked_rows(validator, request)
             priority, timeout_us = _queue_parameters(request.parameters, batcher.policy)
-            queued = self._queued(mv, request, rows, priority, timeout_us, deadline_s)
+            inputs = await _prepared(mv, request.inputs)
+            queued = self._queued(mv, inputs, rows, priority, timeout_us, deadline_s)
             batcher.submit(queued)
             try:
                 outputs = await queued.future
@@ -108,7 +113,7 @@ class DataPlane:
     def _queued(
         self,
         mv: ModelVersion,
-        request: InferRequest,
+        inputs: dict[str, np.ndarray],
         rows: int,
         priority: int,
         timeout_us: int,
@@ -124,9 +129,9 @@ class DataPlane:
             deadline_ns = min(deadline_ns, client) if deadline_ns else client
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         return QueuedRequest(
-            request.inputs,
+            inputs,
             rows,
-            signature_of(request.inputs, mv.validator.batched),
+            signature_of(inputs, mv.validator.batched),
             future,
             priority=priority,
             deadline_ns=deadline_ns,
@@ -171,6 +176,17 @@ def _checked_rows(validator: InputValidator, request: InferRequest) -> int:
         if request.classes:
             classification.check_classifiable(request.classes, validator.outputs)
     return rows
+
+
+async def _prepared(mv: ModelVersion, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The (validated) inputs as the model takes them: raw images decoded and resized
+    per request, before batching; large ones off the event loop."""
+    stage = mv.stage
+    if stage is None:
+        return inputs
+    if stage.is_cheap(inputs):
+        return stage.apply(inputs)
+    return await asyncio.to_thread(stage.apply, inputs)
 
 
 def _select(outputs: Outputs, requested: list[str], mv: ModelVersion) -> Outputs:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from warpserve.protos import model_config_pb2 as mc
-from warpserve.server import classification
+from warpserve.server import classification, preprocessing
 from warpserve.server.backends import reshape
 from warpserve.server.backends import spec as formats
 from warpserve.server.batching.batcher import DynamicBatcher, Hook
@@ -24,14 +24,14 @@ from warpserve.server.batching.executor import Executor
 from warpserve.server.batching.policy import from_config
 from warpserve.server.batching.request import Outputs, QueuedRequest
 from warpserve.server.busypoll import BusyPoller
-from warpserve.server.errors import GoldenMismatch, ModelLoadError, WarpserveError
+from warpserve.server.errors import GoldenMismatch, InvalidInput, ModelLoadError, WarpserveError
 from warpserve.server.lifecycle import warmup
 from warpserve.server.lifecycle.guarding import GuardStatus
 from warpserve.server.repository import config as cfg
 from warpserve.server.repository import parameters as params
 from warpserve.server.repository import versionfolder
 from warpserve.server.stats import VersionStats
-from warpserve.server.validation import InputValidator
+from warpserve.server.validation import InputValidator, tensor_specs
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ class ModelVersion:
         self.guard: GuardStatus | None = None  # set by a latency guard watching this version
         self.validator: InputValidator | None = None
         self.labels: classification.Labels = {}  # per output, from its label_filename
+        # Raw images to the model's tensor, per request before batching (config parameters).
+        self.stage: preprocessing.ImageStage | None = None
         self._warmup: list[warmup.WarmupSample] = []  # the config's model_warmup
         self._runs: dict[str, np.ndarray] | None = None  # inputs that ran at warm-up
         self.batcher: DynamicBatcher | None = None
@@ -175,14 +177,18 @@ class ModelVersion:
         self._warmup = await asyncio.to_thread(
             warmup.configured_samples, self.config, self.path.parent, self.validator
         )
-        loader = formats.loader_for(self.config)
-        reshapes = reshape.plan(self.config, str(self.path.parent / cfg.CONFIG_FILE))
+        source = str(self.path.parent / cfg.CONFIG_FILE)
+        self.stage = preprocessing.plan(self.config, source)
+        # The backend sees the image input as the model's tensor, not the client's.
+        inner = self.stage.model_config(self.config) if self.stage else self.config
+        loader = formats.loader_for(inner)
+        reshapes = reshape.plan(inner, source)
         count = sum(g.count for g in self.config.instance_group)
         batched = self.config.max_batch_size > 0
         mode = params.EXECUTION.read(self.config)
         executors = []
         for index in range(count):
-            loaded = await asyncio.to_thread(loader, self.config, self.path, index, count)
+            loaded = await asyncio.to_thread(loader, inner, self.path, index, count)
             instance = reshapes.wrap(loaded)
             label = f"{self.name}-{self.version}-{index}"
             executors.append(Executor(instance, batched, label, inline=mode == "inline"))
@@ -199,25 +205,31 @@ class ModelVersion:
         """Run the config's warm-up samples and the golden check; with neither, a run
         that may fail (see ``warmup``). Notes inputs known to run, for timing."""
         for sample in self._warmup:
+            where = f"model_warmup sample '{sample.name}'"
+            inputs = await self._model_inputs(sample.inputs, where)
             for _ in range(sample.count):
                 try:
-                    await self.run_direct(sample.inputs)
+                    await self.run_direct(inputs)
                 except ModelLoadError as exc:
-                    raise ModelLoadError(f"model_warmup sample '{sample.name}': {exc}") from exc
-            self._runs = self._runs or sample.inputs
+                    raise ModelLoadError(f"{where}: {exc}") from exc
+            self._runs = self._runs or inputs
         golden = versionfolder.read_golden(self.path)
         if golden is not None:
-            outputs = await self.run_direct(golden.inputs)
+            inputs = await self._model_inputs(golden.inputs, "golden inputs")
+            outputs = await self.run_direct(inputs)
             self._check(outputs, golden.outputs)
-            self._runs = golden.inputs
+            self._runs = inputs
         elif not self._warmup:
             await self._warm_up_unasked()
 
     async def _warm_up_unasked(self) -> None:
         assert self.validator is not None
         rows = [1, self.config.max_batch_size] if self.validator.batched else [None]
+        specs = self.validator.inputs
+        if self.stage is not None:  # zeros in the model's tensor: an empty string is no image
+            specs = tensor_specs(self.stage.model_config(self.config).input)
         for n in rows:
-            inputs = warmup.default_inputs(self.validator.inputs, n)
+            inputs = warmup.default_inputs(specs, n)
             try:
                 await self.run_direct(inputs)
             except ModelLoadError as exc:
@@ -301,6 +313,16 @@ class ModelVersion:
         previous, executor.instance = executor.instance, replacement
         await asyncio.to_thread(previous.close)
         await self._warm_up_and_verify()  # the new session answers as the old one did
+
+    async def _model_inputs(self, inputs: dict[str, np.ndarray], where: str) -> Outputs:
+        """Warm-up or golden inputs as the model takes them (see ``preprocessing``)."""
+        stage = self.stage
+        if stage is None:
+            return inputs
+        try:
+            return await asyncio.to_thread(stage.for_warmup, inputs)
+        except InvalidInput as exc:
+            raise ModelLoadError(f"{where}: {exc}") from exc
 
     async def run_direct(self, inputs: dict[str, np.ndarray]) -> Outputs:
         """Run inputs on the first instance, bypassing the queue, in chunks that fit."""
