@@ -60,6 +60,7 @@ class DynamicBatcher:
         load: LoopLoad | None = None,
         poller: BusyPoller | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        busy_clock: Callable[[], float] | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -77,9 +78,9 @@ class DynamicBatcher:
         self._tick_pending = False
         self._queued_rows = 0
         self._poller = poller
+        cpu_ns = poller.busy_cpu_ns if poller else time.thread_time_ns
         if load is None:
             company = min(MIN_COMPANY, max(policy.batch_limit, 1))
-            cpu_ns = poller.busy_cpu_ns if poller else time.thread_time_ns
             load = LoopLoad(company=company, cpu_ns=cpu_ns)
         self._load = load
         self._saturated = False  # at the last arrival (inline executors only)
@@ -89,6 +90,9 @@ class DynamicBatcher:
         # The holding window's clock, in seconds. Not loop.time(): uvloop's advances in
         # whole milliseconds, and a window's pauses are tens to hundreds of microseconds.
         self._clock = clock
+        # The loop thread's busy (CPU, not idle-polling) time in seconds: a window's
+        # pauses count only the loop's idle time (see ``window``).
+        self._busy_clock = busy_clock or (lambda: cpu_ns() / 1e9)
 
     # -- public ------------------------------------------------------------------
 
@@ -176,14 +180,15 @@ class DynamicBatcher:
                 self._holding.cancel()
                 self._tick(busy=True)
             else:
-                self._window.arrival(self._clock())  # its timer finds the window's new end
+                # its timer finds the window's new end
+                self._window.arrival(self._clock(), self._busy_clock())
             return
         if self._tick_pending:
             return
         self._tick_pending = True
         if self._saturated:
             now = self._clock()
-            self._window.open(now)
+            self._window.open(now, self._busy_clock())
             self._holding = loop.call_later(self._window.due() - now, self._window_due)
         else:
             loop.call_soon(self._tick)
@@ -191,16 +196,17 @@ class DynamicBatcher:
     def _window_due(self) -> None:
         """The holding window's timer: close it unless requests kept arriving."""
         loop = asyncio.get_running_loop()
-        due, now = self._window.due(), self._clock()
+        busy_s = self._window.busy_since_arrival(self._busy_clock())
+        due, now = self._window.due(busy_s), self._clock()
         if now + _TIMER_SLACK_S < due:
             self._holding = loop.call_later(due - now, self._window_due)
             return
-        # A timer later than the pause it waited for (and later than a loop that sleeps
-        # in whole milliseconds makes it) means the loop thread did not run meanwhile,
-        # as when the machine runs something else: requests may have arrived unread,
-        # so the pause says nothing about arrivals.
+        # A timer later than the pause it waited for, beyond the loop's busy time (and
+        # later than a loop that sleeps in whole milliseconds makes it), means the loop
+        # thread did not run meanwhile, as when the machine runs something else:
+        # requests may have arrived unread, so the pause says nothing about arrivals.
         judged = now - due < max(self._window.quiet_s, _LATE_TIMER_S)
-        self._tick(busy=self._window.unpaused(), judged=judged)
+        self._tick(busy=self._window.unpaused(busy_s), judged=judged)
 
     def _tick(self, busy: bool = False, judged: bool = True) -> None:
         """Form batches now. ``busy``: a holding window that ends here saw arrivals

@@ -63,6 +63,17 @@ def test_a_window_knows_whether_arrivals_paused() -> None:
     assert not paused.unpaused(), "two arrivals, then nothing"
 
 
+def test_the_loops_busy_time_is_no_pause() -> None:
+    window = HoldingWindow(max_delay_s=2000 * US)
+    window.open(0.0, busy=5.0)
+    window.arrival(FIRST_GAP_S, busy=5.0 + FIRST_GAP_S)
+    assert window.busy_since_arrival(5.0 + FIRST_GAP_S + 300 * US) == pytest.approx(300 * US)
+    assert window.due(300 * US) == pytest.approx(window.due() + 300 * US)
+    assert not window.unpaused(), "idle since the arrival: a pause"
+    assert window.unpaused(2000 * US), "busy the whole window: no pause"
+    assert window.due(5.0) == pytest.approx(2000 * US), "never past the max delay"
+
+
 def test_the_quiet_time_has_a_floor_and_a_ceiling() -> None:
     window = HoldingWindow(max_delay_s=2000 * US)
     window.open(0.0)
@@ -90,6 +101,7 @@ class FakeTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         super().__init__()
         self.now = 1000.0
+        self.busy = 0.0  # the loop thread's busy time: the test adds what it spends
 
     def time(self) -> float:
         return self.now
@@ -104,11 +116,19 @@ def on_fake_time(test: Callable[[FakeTimeLoop], Awaitable[None]]) -> None:
 
 
 def on_the_loop_clock(
-    loop: FakeTimeLoop, policy: BatchingPolicy, model: FakeModel, load: Saturated
+    loop: FakeTimeLoop, policy: BatchingPolicy, model: FakeModel, load: LoopLoad
 ) -> DynamicBatcher:
     """An inline batcher whose windows read the fake loop's clock."""
     executor = Executor(model, batched=True, label="inline", inline=True)
-    return DynamicBatcher("fake", policy, [executor], VersionStats(), load=load, clock=loop.time)
+    return DynamicBatcher(
+        "fake",
+        policy,
+        [executor],
+        VersionStats(),
+        load=load,
+        clock=loop.time,
+        busy_clock=lambda: loop.busy,
+    )
 
 
 async def passes(n: int = 3) -> None:
@@ -197,7 +217,13 @@ def test_a_lone_client_stops_being_held() -> None:
         policy = BatchingPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=2000)
         executor = Executor(model, batched=True, label="inline", inline=True)
         batcher = DynamicBatcher(
-            "fake", policy, [executor], VersionStats(), load=load, clock=loop.time
+            "fake",
+            policy,
+            [executor],
+            VersionStats(),
+            load=load,
+            clock=loop.time,
+            busy_clock=lambda: loop.busy,
         )
         held = 0
         for _ in range(LONELY_WINDOWS + 3):
@@ -213,5 +239,82 @@ def test_a_lone_client_stops_being_held() -> None:
             assert r.future.done()
         assert held == LONELY_WINDOWS, "windows of one end holding"
         assert model.batches == [1] * (LONELY_WINDOWS + 3)
+
+    on_fake_time(body)
+
+
+# The fraud scorer at 64 clients: the loop spends about 300 us of CPU on each request it
+# reads, and every few requests more on other work (the last batch's answers) while
+# no request reaches the batcher.
+READ_S = 300 * US
+OTHER_WORK_S = 600 * US
+
+
+async def slow_loop(loop: FakeTimeLoop, batcher: DynamicBatcher, reads: int, busy: bool) -> int:
+    """Feed ``reads`` requests as a slow loop reads them, with a stretch of
+    OTHER_WORK_S after every third one: spent on the CPU when ``busy``, else idle
+    (clients stopped sending). Returns how many were held for a batch."""
+    held = 0
+    for i in range(reads):
+        loop.now += READ_S
+        loop.busy += READ_S
+        r = request()
+        slot = batcher.inline_slot()
+        if slot is None:
+            held += 1
+            batcher.submit(r)
+        else:
+            batcher.run_inline(slot, r.inputs, r.rows)
+        await passes(1)
+        if i % 3 == 2:
+            loop.now += OTHER_WORK_S
+            loop.busy += OTHER_WORK_S if busy else 0.0
+            await passes()
+    loop.now += 1.0  # whatever is still held goes
+    await passes()
+    return held
+
+
+def fake_time_load(loop: FakeTimeLoop) -> LoopLoad:
+    """A LoopLoad that measures utilisation on the fake clocks, already holding."""
+    load = LoopLoad(wall_ns=lambda: int(loop.now * 1e9), cpu_ns=lambda: int(loop.busy * 1e9))
+    load.holding = True
+    return load
+
+
+def test_a_busy_loop_between_arrivals_is_no_pause() -> None:
+    """Many callers, a slow loop: gaps between arrivals longer than the quiet time,
+    but spent by the loop on the CPU, where it could read no request. Holding stays
+    on, and windows run to max_queue_delay and gather several requests each."""
+
+    async def body(loop: FakeTimeLoop) -> None:
+        model = FakeModel()
+        policy = BatchingPolicy(max_batch_size=64, dynamic=True, max_queue_delay_us=2000)
+        load = fake_time_load(loop)
+        batcher = on_the_loop_clock(loop, policy, model, load)
+        reads = 60
+        held = await slow_loop(loop, batcher, reads, busy=True)
+        assert held == reads, "every request joined a batch"
+        assert load.holding
+        assert sum(model.batches) == reads
+        assert min(model.batches[:-1]) >= 5, model.batches
+
+    on_fake_time(body)
+
+
+def test_an_idle_loop_between_arrivals_is_a_pause() -> None:
+    """The same arrivals, but the loop idles between them (clients paused): windows
+    end on those pauses with a few rows, and holding ends."""
+
+    async def body(loop: FakeTimeLoop) -> None:
+        model = FakeModel()
+        policy = BatchingPolicy(max_batch_size=64, dynamic=True, max_queue_delay_us=2000)
+        load = fake_time_load(loop)
+        batcher = on_the_loop_clock(loop, policy, model, load)
+        reads = 60
+        held = await slow_loop(loop, batcher, reads, busy=False)
+        assert not load.holding
+        assert held < reads / 2, "holding ended after a few windows that did not pay"
+        assert max(model.batches) <= 3, model.batches
 
     on_fake_time(body)
