@@ -30,13 +30,15 @@ from google.protobuf import text_format
 
 from warpserve.protos import model_config_pb2 as mc
 
+from . import raw
+
 if TYPE_CHECKING:
     from torch import nn
 
     from .train import Report, TrainedModel
 
 Progress = Callable[[str, float], None]
-MODEL_NAMES = ("image_classifier", "fraud_scorer", "recommender")
+MODEL_NAMES = ("image_classifier", "fraud_scorer", "recommender", raw.NAME)
 GOLDEN_ATOL = 1e-4
 GOLDEN_RTOL = 1e-4
 # The ONNX targets only: AOTInductor's C++ build would take minutes of a first start on two
@@ -46,7 +48,7 @@ DEMO_TARGETS = ("onnx", "ort")
 SECONDS_PER_POINT = 0.1
 # Sources whose change must invalidate a cached build: they decide the data, the models and
 # the files written (with every module of the compile pipeline).
-_SOURCES = ("data.py", "models.py", "train.py", "build.py")
+_SOURCES = ("data.py", "models.py", "train.py", "build.py", "raw.py")
 _STALE_STAGING_S = 3600.0
 # An output's class names, one per line (Triton's label_filename), beside config.pbtxt.
 LABELS_FILE = "labels.txt"
@@ -138,6 +140,7 @@ def build_demo_repository(target: Path, progress: Progress | None = None) -> Pat
                 target, spec, trained.module, trained.golden_inputs, summary, compiling
             )
             done += spec.train_weight
+    raw.write_image_classifier_jpeg(target)
     (target / "README.md").write_text(_readme(target), encoding="utf-8")
     report("demo repository ready", 1.0)
     return target
@@ -365,6 +368,7 @@ def _readme(repository: Path) -> str:
     ]
     for spec in MODEL_SPECS:
         lines += _readme_section(spec, repository)
+    lines += raw.readme_section()
     return "\n".join(lines) + "\n"
 
 

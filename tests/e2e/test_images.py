@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +98,13 @@ def _bytes_input(items: list[bytes]) -> grpcclient.InferInput:
 
 
 def _top(
-    client: grpcclient.InferenceServerClient, model: str, tensor: grpcclient.InferInput
+    client: grpcclient.InferenceServerClient,
+    model: str,
+    tensor: grpcclient.InferInput,
+    output: str = "SCORES",
 ) -> list[str]:
-    top = grpcclient.InferRequestedOutput("SCORES", class_count=1)
-    result = client.infer(model, [tensor], outputs=[top]).as_numpy("SCORES")
+    top = grpcclient.InferRequestedOutput(output, class_count=1)
+    result = client.infer(model, [tensor], outputs=[top]).as_numpy(output)
     assert result is not None
     return [element.decode() for element in result[:, 0]]
 
@@ -137,7 +141,8 @@ def test_bad_images_are_invalid_arguments(client: grpcclient.InferenceServerClie
         (truncated, "cannot be decoded"),
         (b"", "empty"),
     ):
-        code, message = failure(lambda item=item: _top(client, "encoded", _bytes_input([item])))
+        tensor = _bytes_input([item])
+        code, message = failure(partial(_top, client, "encoded", tensor))
         assert code == "INVALID_ARGUMENT" and "'IMAGE'" in message and says in message, message
     floats = grpcclient.InferInput("IMAGE", [1, 8, 8, 3], "FP32")
     floats.set_data_from_numpy(np.zeros((1, 8, 8, 3), np.float32))
@@ -153,3 +158,20 @@ def test_bad_images_are_invalid_arguments(client: grpcclient.InferenceServerClie
 def test_metadata_shows_the_clients_tensor(client: grpcclient.InferenceServerClient) -> None:
     meta = client.get_model_metadata("encoded", as_json=True)
     assert meta["inputs"] == [{"name": "IMAGE", "datatype": "BYTES", "shape": ["-1", "1"]}]
+
+
+def _stripes(horizontal: bool, period: int = 8) -> bytes:
+    yy, xx = np.mgrid[0:96, 0:128]
+    grey = (128 + 100 * np.sin(2 * np.pi * (yy if horizontal else xx) / period)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([grey, grey, grey], axis=-1)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_demo_classifier_names_the_stripes_of_a_jpeg(demo_server: ServerProcess) -> None:
+    # The demo's cats have horizontal stripes, its dogs vertical ones (server/demo/data.py).
+    photos = [_stripes(True), _stripes(False), _stripes(True, 10)]
+    with grpcclient.InferenceServerClient(demo_server.url) as triton:
+        answers = _top(triton, "image_classifier_jpeg", _bytes_input(photos), "PROBS")
+    assert [a.split(":")[2] for a in answers] == ["cat", "dog", "cat"]
+    assert all(a.split(":")[1] == ("0" if a.endswith("cat") else "1") for a in answers)

@@ -364,3 +364,24 @@ def test_build_refuses_an_export_that_drifted_from_pytorch(tmp_path: Path) -> No
         )
     assert "FRAUD_PROBABILITY: max abs error 0.01" in str(info.value)
     assert not (tmp_path / "fraud_scorer" / "1").exists()
+
+
+def test_the_raw_image_classifier_shares_the_version_and_declares_a_stage(
+    repository: Path,
+) -> None:
+    from warpserve.server import preprocessing
+    from warpserve.server.demo import raw
+
+    config = _config(repository, raw.NAME)
+    stage = preprocessing.plan(config, "config.pbtxt")
+    assert stage is not None and stage.encoded and stage.size == (32, 32)
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [
+        ("IMAGE", mc.TYPE_STRING, [1])
+    ]
+    source = repository / "image_classifier" / "1"
+    for path in source.rglob("*"):
+        if path.is_file():
+            copy = repository / raw.NAME / "1" / path.relative_to(source)
+            assert copy.read_bytes() == path.read_bytes(), path.name
+    assert (repository / raw.NAME / "labels.txt").read_text() == "cat\ndog\n"
+    assert raw.NAME in (repository / "README.md").read_text(encoding="utf-8")
