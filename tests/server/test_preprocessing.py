@@ -206,3 +206,14 @@ def test_cost_decides_inline_or_thread() -> None:
     stage = _stage("TYPE_UINT8", "-1, -1, 3")
     assert stage.is_cheap({"IMAGE": _pixels(32, 32)[np.newaxis]})
     assert not stage.is_cheap({"IMAGE": np.zeros((1, 480, 640, 3), np.uint8)})
+
+
+def test_larger_outputs_take_the_parallel_kernel_and_match_the_reference() -> None:
+    config = _config("TYPE_UINT8", "-1, -1, 3")
+    config.parameters["image_size"].string_value = "80,72"  # over SMALL_OUTPUT_PIXELS
+    stage = preprocessing.plan(config, "c")
+    assert stage is not None and preprocessing.SMALL_OUTPUT_PIXELS < 80 * 72
+    batch = np.stack([_pixels(50, 90, 3)])
+    out = stage.apply({"IMAGE": batch})["IMAGE"]
+    want = preprocess_images(batch, (80, 72), MEAN, STD, provider="numpy")
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
