@@ -34,6 +34,7 @@ from warpserve.kernels.preprocess import preprocess_images
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.demo.build import ensure_demo_repository
+from warpserve.server.preprocessing import SMALL_OUTPUT_PIXELS
 from warpserve.server.tools import loadgen
 
 MODEL = "image_classifier"
@@ -95,7 +96,11 @@ def served(url: str, pool: loadgen.RequestPool, concurrency: int, seconds: float
 
 def _prepare(jpeg: bytes) -> np.ndarray:
     pixels = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
-    return preprocess_images(pixels[np.newaxis], SIZE, MEAN, STD)
+    # The provider the server's stage picks for one image (numpy for small outputs).
+    small = SIZE[0] * SIZE[1] <= SMALL_OUTPUT_PIXELS
+    return preprocess_images(
+        pixels[np.newaxis], SIZE, MEAN, STD, provider="numpy" if small else "auto"
+    )
 
 
 def in_process(jpegs: list[bytes], model: Path, batch: int, threads: int, seconds: float) -> float:
