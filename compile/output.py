@@ -26,6 +26,7 @@ class VersionFiles:
     golden_inputs: dict[str, np.ndarray]
     golden_outputs: dict[str, np.ndarray]
     texts: dict[str, str]  # extra files by name: reports, training summaries
+    companions: tuple[Path, ...] = ()  # further model files (a kernel plan's weights)
 
 
 def existing_versions(model_dir: Path) -> list[int]:
@@ -57,6 +58,7 @@ def write_version(model_dir: Path, version: int, files: VersionFiles) -> Path:
         files.model_file.name,
         golden=golden,
         reports=files.texts,
+        companions={path.name: path for path in files.companions},
     )
 
 

@@ -18,7 +18,7 @@ from warpserve.compile.modelconfig import output_specs
 from warpserve.compile.runners import Runner, open_runner
 from warpserve.compile.source import ModelSource, specs_from_program
 from warpserve.compile.specs import TensorSpec, check_examples, random_examples, specs_from_examples
-from warpserve.compile.variants import TARGETS, BuildContext, Skipped, Target
+from warpserve.compile.variants import TARGETS, BuildContext, Refused, Skipped, Target
 from warpserve.server.cpus import usable_cores
 
 Progress = Callable[[str, float], None]
@@ -161,6 +161,8 @@ def _variant(
         target.build(ctx, folder / target.filename)
     except Skipped as exc:
         return VariantResult(target, "skipped", str(exc))
+    except Refused as exc:
+        return VariantResult(target, "rejected", f"unsupported: {exc}")
     except UsageError:
         raise
     except Exception as exc:

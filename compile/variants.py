@@ -1,10 +1,12 @@
 """The variants ``compile`` can build: one target per format and precision.
 
-Each builder writes one model file (named as the platform's backend spec says) into its
-own folder, which then serves as a version
-folder for measuring (through the server's backend for the target's platform) and, if the
-variant is chosen, is copied into the repository. A builder raises ``Skipped`` when its
-toolchain is absent here: the report lists it with that reason.
+Each builder writes one model file (named as the platform's backend spec says), and the
+target's companion files where its format has several, into its own folder, which then
+serves as a version folder for measuring (through the server's backend for the target's
+platform) and, if the variant is chosen, is copied into the repository. A builder raises
+``Skipped`` when its toolchain is absent here (the report lists it with that reason), and
+``Refused`` when the model has a structure the target cannot express (the variant is
+rejected with that message).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ ONNX_OPSET = 18
 
 class Skipped(Exception):
     """The target cannot be built here; the message says why (a missing toolchain)."""
+
+
+class Refused(Exception):
+    """The model cannot be expressed by the target; the message names the module."""
 
 
 @dataclass
@@ -61,6 +67,7 @@ class Target:
     precision: str  # fp32, fp16 or int8: picks the parity tolerance
     build: Callable[[BuildContext, Path], None]  # (context, model file to write)
     description: str
+    companions: tuple[str, ...] = ()  # further files of the format, beside the model file
 
     @property
     def filename(self) -> str:
@@ -165,9 +172,33 @@ def _aoti(ctx: BuildContext, path: Path) -> None:
 
 
 def _kernels(ctx: BuildContext, path: Path) -> None:
-    # compile.kernel_lowering turns MLPs into kernel plans and the server has a backend for
-    # them; writing such a plan as a variant file is the step still missing here.
-    raise Skipped("the kernels variant is not built by compile yet (no plan file writer)")
+    # An nn.Sequential of Linear layers and supported activations lowers to a plan of
+    # fused linear steps; anything else is refused naming the module.
+    import importlib.util
+
+    if importlib.util.find_spec("numba") is None:
+        raise Skipped("the kernel backend runs Numba kernels on the CPU; numba is not installed")
+    from warpserve.compile.kernel_lowering import LoweringError, lower_sequential
+    from warpserve.server.backends.kernel_plan import write_plan
+
+    if len(ctx.inputs) != 1 or len(ctx.output_names) != 1:
+        raise Refused(
+            f"the kernels take one input and give one output; the model has {len(ctx.inputs)} "
+            f"inputs and {len(ctx.output_names)} outputs"
+        )
+    spec = ctx.inputs[0]
+    if spec.dtype != "FP32" or len(spec.dims) != 1:
+        raise Refused(f"input {spec.text()}: the kernels take FP32 rows [batch, features]")
+    try:
+        plan, weights = lower_sequential(ctx.source.module, spec.name, ctx.output_names[0])
+    except LoweringError as exc:
+        raise Refused(str(exc)) from None
+    if plan.input.dims != spec.dims:
+        raise Refused(
+            f"input {spec.text()}: the model's first Linear layer takes {plan.input.dims[0]} "
+            "features"
+        )
+    write_plan(path.parent, plan, weights)
 
 
 def _tensorrt(precision: str) -> Callable[[BuildContext, Path], None]:
@@ -249,10 +280,11 @@ TARGETS: dict[str, Target] = {
         Target(
             "kernels",
             "warpserve_kernels",
-            "model.pt",
+            "plan.json",
             "fp32",
             _kernels,
-            "warpserve's custom kernels",
+            "warpserve's kernels: fused Linear + activation layers (Numba on the CPU)",
+            ("weights.npz",),
         ),
     )
 }

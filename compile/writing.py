@@ -106,6 +106,7 @@ def write(
             {k: v[:rows] for k, v in examples.items()},
             {k: v[:rows] for k, v in expected.items()},
             texts,
+            tuple(result.folder / name for name in result.target.companions),
         )
         dirs.append(output.write_version(model_dir, number, files))
     return dirs

@@ -1,6 +1,8 @@
 """One model version folder: written atomically; its golden data read and compared.
 
     <model>/<version>/<model file>            model.onnx, model.pt, model.plan ...
+    <model>/<version>/<companion files>       what the model file needs beside it
+                                              (weights.npz of a kernel plan.json)
     <model>/<version>/golden/inputs.npz       rows the version must reproduce
     <model>/<version>/golden/outputs.npz      what the reference model gave for them
     <model>/<version>/<report files>          compile_report.json, training.json ...
@@ -69,11 +71,14 @@ def write_version(
     *,
     golden: Golden | None = None,
     reports: Mapping[str, str | bytes] | None = None,
+    companions: Mapping[str, Path | bytes] | None = None,
 ) -> Path:
     """Write ``<model_dir>/<version>/`` in one step and return it.
 
-    ``model`` is the model file's path or bytes, stored as ``filename``. Reports are
-    extra files by name (text or bytes). An existing version is never overwritten.
+    ``model`` is the model file's path or bytes, stored as ``filename``. Companions are
+    further model files by name (paths or bytes), staged and renamed with the rest, so a
+    format of several files appears whole or not at all. Reports are extra files by name
+    (text or bytes). An existing version is never overwritten.
     """
     if version < 1:
         raise ValueError(f"version {version}: version folders are numbered from 1")
@@ -84,7 +89,9 @@ def write_version(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
-        _fill(staging, model, filename, golden, reports or {})
+        for name, content in {filename: model, **(companions or {})}.items():
+            _put_model_file(staging, name, content)
+        _fill(staging, golden, reports or {})
         # rename() would replace an empty folder created meanwhile; a non-empty one fails.
         os.rename(staging, target)
     except BaseException:
@@ -93,17 +100,16 @@ def write_version(
     return target
 
 
-def _fill(
-    folder: Path,
-    model: Path | bytes,
-    filename: str,
-    golden: Golden | None,
-    reports: Mapping[str, str | bytes],
-) -> None:
+def _put_model_file(folder: Path, filename: str, model: Path | bytes) -> None:
+    if Path(filename).name != filename or filename in ("", ".", ".."):
+        raise ValueError(f"model file name {filename!r}: a plain file name is needed")
     if isinstance(model, bytes):
         (folder / filename).write_bytes(model)
     else:
         shutil.copyfile(model, folder / filename)
+
+
+def _fill(folder: Path, golden: Golden | None, reports: Mapping[str, str | bytes]) -> None:
     if golden is not None:
         write_golden(folder, golden)
     for name, content in reports.items():

@@ -63,3 +63,17 @@ def data_dependent() -> nn.Module:
 
 def not_a_module() -> object:
     return "weights.bin"
+
+
+def sequential_mlp() -> nn.Module:
+    """An nn.Sequential of Linear layers and supported activations: lowers to the kernels."""
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16), nn.GELU(), nn.Linear(16, 4), nn.Sigmoid()
+    )
+
+
+def tanh_mlp() -> nn.Module:
+    """A Sequential with Tanh, which the kernels have no epilogue for."""
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 4))

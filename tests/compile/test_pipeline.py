@@ -149,7 +149,7 @@ def test_taken_version_is_refused_before_compiling(compiled_mlp: Outcome, tmp_pa
         compile_model(request, silent)
 
 
-def test_tensorrt_and_kernels_are_listed_as_skipped_with_the_reason(tmp_path: Path) -> None:
+def test_tensorrt_skipped_and_kernels_refused_are_listed_with_the_reason(tmp_path: Path) -> None:
     request = fast_request(
         source=ModelSource(models.mlp(), "module", "test MLP"),
         name="m",
@@ -163,6 +163,10 @@ def test_tensorrt_and_kernels_are_listed_as_skipped_with_the_reason(tmp_path: Pa
         entry = variant(outcome, name)
         if entry["status"] == "skipped":
             assert entry["reason"], name
+    # The test MLP wraps its Sequential in a module with its own forward(): not lowered.
+    kernels = variant(outcome, "kernels")
+    assert kernels["status"] == "rejected"
+    assert "model (MLP): only nn.Sequential lowers" in kernels["reason"]
     trt = variant(outcome, "tensorrt-fp16")
     if trt["status"] == "skipped":
         assert "tensorrt" in trt["reason"].lower() or "GPU" in trt["reason"]

@@ -45,6 +45,10 @@ def compiled_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         output_names=["LOGITS", "CLASS"],
         targets=["ort"],
     )
+    kernels = _compile(
+        repo, models.sequential_mlp(), "seq", inputs=[parse_input("x:16:FP32")], targets=["kernels"]
+    )
+    assert (kernels / "plan.json").is_file() and (kernels / "weights.npz").is_file()
     return repo
 
 
@@ -86,6 +90,8 @@ def test_compiled_models_serve_what_eager_pytorch_computes(compiled_server: Serv
     want_logits, want_classes = _eager(models.cnn(), images)
     np.testing.assert_allclose(logits, want_logits, atol=1e-4, rtol=1e-3)
     np.testing.assert_array_equal(classes, want_classes)
+    (scores,) = _infer(compiled_server.url, "seq", "x", x, ["OUTPUT0"])  # the kernels variant
+    np.testing.assert_allclose(scores, _eager(models.sequential_mlp(), x)[0], atol=1e-4, rtol=1e-3)
 
 
 def test_a_new_compile_is_picked_up_by_a_polling_server(

@@ -43,6 +43,29 @@ def test_write_version_copies_a_model_file(tmp_path: Path) -> None:
     assert vf.read_golden(path) is None
 
 
+def test_write_version_carries_companion_model_files(tmp_path: Path) -> None:
+    weights = tmp_path / "built" / "weights.npz"
+    weights.parent.mkdir()
+    weights.write_bytes(b"npz")
+    path = vf.write_version(
+        tmp_path / "m", 1, b"{}", "plan.json", companions={"weights.npz": weights, "x": b"y"}
+    )
+    assert sorted(p.name for p in path.iterdir()) == ["plan.json", "weights.npz", "x"]
+    assert (path / "weights.npz").read_bytes() == b"npz"
+
+
+def test_a_missing_companion_leaves_no_version(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    with pytest.raises(FileNotFoundError):
+        vf.write_version(
+            tmp_path / "m", 1, b"{}", "plan.json", companions={"weights.npz": tmp_path / "no"}
+        )
+    assert list((tmp_path / "m").iterdir()) == []
+    with pytest.raises(ValueError, match="plain file name"):
+        vf.write_version(tmp_path / "m", 1, b"{}", "plan.json", companions={"../w": b""})
+    assert list((tmp_path / "m").iterdir()) == []
+
+
 def test_existing_version_is_never_overwritten(tmp_path: Path) -> None:
     vf.write_version(tmp_path / "m", 1, b"first", "model.onnx")
     with pytest.raises(FileExistsError, match="choose a new version"):

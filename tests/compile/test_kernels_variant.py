@@ -1,0 +1,94 @@
+"""The kernels variant through ``warpserve compile``: lowered, checked, measured, written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("numba")
+
+import torch
+
+from tests.compile import models
+from warpserve.server.backends import spec as backend_spec
+from warpserve.server.cli import main
+from warpserve.server.repository import config as cfg
+
+FAST = ["--max-batch-size", "8", "--batch-sizes", "1,8", "--seconds-per-point", "0.02"]
+
+
+def _compile(repo: Path, model: str, targets: str) -> int:
+    return main(
+        [
+            "compile",
+            f"tests.compile.models:{model}",
+            "--name",
+            "m",
+            "--model-repository",
+            str(repo),
+            "--input",
+            "x:16:FP32",
+            "--targets",
+            targets,
+            "--json",
+            *FAST,
+        ]
+    )
+
+
+def test_kernels_alone_is_checked_measured_chosen_and_served(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = _compile(tmp_path, "sequential_mlp", "kernels")
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    (entry,) = report["variants"]
+    assert entry["status"] == "passed", entry["reason"]
+    assert entry["runs_on"] == "server backend for warpserve_kernels" and entry["servable"]
+    parity = entry["parity"]
+    assert parity["passed"] and (parity["atol"], parity["rtol"]) == (1e-4, 1e-3)
+    assert 0 <= parity["outputs"]["OUTPUT0"]["max_abs"] <= 1e-4
+    assert [p["batch"] for p in entry["points"]] == [1, 8]
+    assert report["choice"]["variant"] == "kernels"
+
+    folder = tmp_path / "m" / "1"
+    assert {"plan.json", "weights.npz"} <= {p.name for p in folder.iterdir()}
+    config = cfg.complete(cfg.read_config(folder.parent), folder)
+    assert config.platform == "warpserve_kernels"
+    instance = backend_spec.loader_for(config)(config, folder, 0, 1)
+    x = np.random.default_rng(5).standard_normal((5, 16)).astype(np.float32)
+    try:
+        got = instance.execute({"x": x})["OUTPUT0"]
+    finally:
+        instance.close()
+    with torch.no_grad():
+        want = models.sequential_mlp().eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+    assert np.ptp(want) > 0.05  # outputs that differ per row: a constant would not pass
+
+
+def test_an_unsupported_module_rejects_kernels_naming_it_and_others_continue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = _compile(tmp_path, "tanh_mlp", "onnx,kernels")
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert by_name["kernels"]["status"] == "rejected"
+    assert "model.1 (Tanh)" in by_name["kernels"]["reason"]
+    assert by_name["onnx"]["status"] == "passed"
+    assert report["choice"]["variant"] == "onnx"
+
+
+def test_only_kernels_on_an_unsupported_model_exits_1_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = _compile(tmp_path, "tanh_mlp", "kernels")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "kernels: rejected (unsupported: model.1 (Tanh)" in err
+    assert not (tmp_path / "m" / "1").exists()
