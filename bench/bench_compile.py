@@ -19,87 +19,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
+import serverproc
 
 from warpserve.compile import sweep
 from warpserve.compile.runners import open_runner
 from warpserve.compile.specs import TensorSpec
-from warpserve.protos import grpc_service_pb2 as pb
-from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server.demo.build import MODEL_NAMES, build_demo_repository
 from warpserve.server.tools import loadgen
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compile.json"
-READY_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def server(repo: Path, log_path: Path) -> Iterator[str]:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "warpserve.server.cli",
-        "serve",
-        "--model-repository",
-        str(repo),
-        "--grpc-address",
-        "127.0.0.1",
-        "--grpc-port",
-        str(port),
-        "--allow-metrics",
-        "false",
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        url = f"127.0.0.1:{port}"
-        try:
-            _wait_ready(process, url, log_path)
-            yield url
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    with grpc.insecure_channel(url) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited early; its log:\n{log_path.read_text()}")
-            try:
-                if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)  # poll interval while the server loads
-    raise RuntimeError(f"the server was not ready in time; its log:\n{log_path.read_text()}")
 
 
 def _tensors(entries: list[dict[str, Any]]) -> list[TensorSpec]:
@@ -163,7 +101,7 @@ def main() -> int:
         build_demo_repository(repo)
         build_s = time.perf_counter() - started
         rows = []
-        with server(repo, Path(tmp) / "server.log") as url:
+        with serverproc.warpserve(repo, Path(tmp) / "server.log") as url:
             for name in MODEL_NAMES:
                 rows.append(measure_model(url, repo, name, args))
         reports = {n: (repo / n / "1" / "compile_report.md").read_text() for n in MODEL_NAMES}

@@ -22,19 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,12 +37,12 @@ from typing import Any
 import grpc
 import numpy as np
 import onnxruntime as ort
+import serverproc
 from onnx import TensorProto, helper
 
 from warpserve.protos import admin_pb2 as apb
 from warpserve.protos import admin_pb2_grpc as apb_grpc
 from warpserve.protos import grpc_service_pb2 as pb
-from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server.repository import versionfolder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lifecycle.json"
@@ -114,60 +109,6 @@ def write_repository(root: Path, versions: int) -> None:
 
 
 # ------------------------------------------------------------------ the server process
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def server(repo: Path, log_path: Path) -> Iterator[str]:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "warpserve.server.cli",
-        "serve",
-        "--model-repository",
-        str(repo),
-        "--grpc-address",
-        "127.0.0.1",
-        "--grpc-port",
-        str(port),
-        "--allow-metrics",
-        "false",
-        "--rollback-grace-secs",
-        "600",
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "WARPSERVE_ADMIN_TOKEN"}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        url = f"127.0.0.1:{port}"
-        try:
-            wait_ready(process, url)
-            yield url
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + 120
-    with grpc.insecure_channel(url) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"warpserve exited with {process.returncode}")
-            with contextlib.suppress(grpc.RpcError):
-                if stub.ModelReady(pb.ModelReadyRequest(name=MODEL), timeout=2).ready:
-                    return
-            time.sleep(0.2)
-    raise RuntimeError("warpserve not ready after 120 s")
 
 
 # ------------------------------------------------------------------ load and measurement
@@ -383,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         repo = Path(work) / "repo"
         write_repository(repo, versions=args.swaps + 1)
-        with server(repo, Path(work) / "server.log") as url:
+        # Without the token variable the admin API needs no credentials on loopback.
+        env = {k: v for k, v in os.environ.items() if k != "WARPSERVE_ADMIN_TOKEN"}
+        log = Path(work) / "server.log"
+        flags = ("--rollback-grace-secs", "600")
+        with serverproc.warpserve(repo, log, *flags, model=MODEL, env=env) as url:
             result = asyncio.run(scenario(url, args))
     result["quick"] = args.quick
     print_table(result)

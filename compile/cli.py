@@ -9,28 +9,9 @@ import sys
 from pathlib import Path
 
 from warpserve.compile.names import AUTO, TARGET_NAMES
+from warpserve.server.argtypes import positive_float, positive_int
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
-    return number
 
 
 def _targets(value: str) -> list[str]:
@@ -47,7 +28,7 @@ def _targets(value: str) -> list[str]:
 
 
 def _batch_sizes(value: str) -> list[int]:
-    return sorted({_positive_int(v) for v in value.split(",")})
+    return sorted({positive_int(v) for v in value.split(",")})
 
 
 def _model_name(value: str) -> str:
@@ -67,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--name", required=True, type=_model_name, help="model name in the repository")
     p.add_argument("--model-repository", required=True, type=Path, help="repository to write to")
-    p.add_argument("--version", type=_positive_int, help="version number (default: next free)")
+    p.add_argument("--version", type=positive_int, help="version number (default: next free)")
     p.add_argument(
         "--input",
         action="append",
@@ -89,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="names of forward()'s outputs, in order (default OUTPUT0, OUTPUT1, ...)",
     )
     p.add_argument("--state-dict", type=Path, help="weights for a package.module:factory MODEL")
-    p.add_argument("--max-batch-size", type=_positive_int, default=32, help="default 32")
+    p.add_argument("--max-batch-size", type=positive_int, default=32, help="default 32")
     p.add_argument(
         "--targets",
         type=_targets,
@@ -98,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--latency-budget-ms",
-        type=_positive_float,
+        type=positive_float,
         help="the chosen variant's p99 at its batch size must stay within this",
     )
     p.add_argument(
@@ -116,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--seconds-per-point",
-        type=_positive_float,
+        type=positive_float,
         default=0.2,
         help="time spent measuring each variant at each batch size (default 0.2)",
     )

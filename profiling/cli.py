@@ -23,28 +23,9 @@ from warpserve.profiling import report
 from warpserve.profiling.compare import EXIT_CODES, compare_files
 from warpserve.profiling.stats import Thresholds
 from warpserve.profiling.versions import ProfileError
+from warpserve.server.argtypes import non_negative_int, positive_int
 
 ERROR = 2
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -103,7 +84,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--min-samples",
-        type=_positive_int,
+        type=positive_int,
         default=Thresholds.min_samples,
         help="samples per side below which there is no verdict",
     )
@@ -119,11 +100,11 @@ def profile_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model-repository", type=Path, required=True)
     p.add_argument("--model", required=True)
-    p.add_argument("--version", type=_positive_int, default=None, help="default: the latest")
-    p.add_argument("--baseline-version", type=_positive_int, default=None)
+    p.add_argument("--version", type=positive_int, default=None, help="default: the latest")
+    p.add_argument("--baseline-version", type=positive_int, default=None)
     p.add_argument("--batch-sizes", type=_batch_sizes, default=(1, 8, 32))
-    p.add_argument("--iterations", type=_positive_int, default=100, help="timed runs each")
-    p.add_argument("--warmup", type=_non_negative_int, default=10, help="untimed runs first")
+    p.add_argument("--iterations", type=positive_int, default=100, help="timed runs each")
+    p.add_argument("--warmup", type=non_negative_int, default=10, help="untimed runs first")
     _common(p)
     return p
 

@@ -15,27 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from warpserve import __version__
+from warpserve.server.argtypes import boolean, non_negative_int
 from warpserve.server.busypoll import DEFAULT_WINDOW_US, MIN_CORES
 from warpserve.server.options import ServerOptions
 from warpserve.server.ports import PortUnavailable, check_ports
-
-
-def _bool(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
-    return number
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +59,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--metrics-address", default="0.0.0.0", help="address metrics bind")
     p.add_argument(
-        "--allow-metrics", type=_bool, default=True, help="serve Prometheus metrics (true/false)"
+        "--allow-metrics", type=boolean, default=True, help="serve Prometheus metrics (true/false)"
     )
     p.add_argument(
         "--model-control-mode",
@@ -142,7 +125,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--busy-poll-us",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=None,
         metavar="US",
         help="after each request, the event loop polls without sleeping for up to this many "
@@ -154,7 +137,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--allow-client-shm",
-        type=_bool,
+        type=boolean,
         nargs="?",
         const=True,
         default=False,

@@ -1,0 +1,94 @@
+"""A warpserve process for a benchmark: started on a free loopback port, waited for, stopped.
+
+Shared by the benchmarks that drive one real server (compile, lifecycle); the serving
+benchmark runs several kinds of server side by side and keeps its own launcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import grpc
+
+from warpserve.protos import grpc_service_pb2 as pb
+from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+
+READY_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def warpserve(
+    repo: Path,
+    log_path: Path,
+    *flags: str,
+    model: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """Serve ``repo`` until the block ends; yields the gRPC address.
+
+    Ready means ServerReady, or ModelReady of ``model`` when one is named.
+    """
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "warpserve.server.cli",
+        "serve",
+        "--model-repository",
+        str(repo),
+        "--grpc-address",
+        "127.0.0.1",
+        "--grpc-port",
+        str(port),
+        "--allow-metrics",
+        "false",
+        *flags,
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        url = f"127.0.0.1:{port}"
+        try:
+            wait_ready(process, url, log_path, model)
+            yield url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes], url: str, log_path: Path, model: str | None = None
+) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    with grpc.insecure_channel(url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited early; its log:\n{log_path.read_text()}")
+            with contextlib.suppress(grpc.RpcError):
+                if _ready(stub, model):
+                    return
+            time.sleep(0.2)  # poll interval while the server loads
+    raise RuntimeError(f"the server was not ready in time; its log:\n{log_path.read_text()}")
+
+
+def _ready(stub: pb_grpc.GRPCInferenceServiceStub, model: str | None) -> bool:
+    if model is None:
+        return bool(stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready)
+    return bool(stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready)
