@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from warpserve import __version__
+from warpserve.server import tls
 from warpserve.server.argtypes import boolean, non_negative_int
 from warpserve.server.busypoll import DEFAULT_WINDOW_US, MIN_CORES
 from warpserve.server.options import ServerOptions
@@ -148,6 +149,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "client that reaches the gRPC port can then read and write shared memory objects "
         "this server's user can open, so it is off by default",
     )
+    tls.add_arguments(p)
     p.add_argument("--log-verbose", type=int, default=0, help="0: info; 1 or more: debug logging")
     p.set_defaults(func=_serve)
 
@@ -173,6 +175,7 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         log_verbose=args.log_verbose,
         busy_poll_us=args.busy_poll_us,
         allow_client_shm=args.allow_client_shm,
+        grpc_tls=tls.from_args(args, "grpc"),
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from warpserve.server.tls import TlsSettings
+
 
 @dataclass
 class ServerOptions:
@@ -25,3 +27,4 @@ class ServerOptions:
     log_verbose: int = 0
     busy_poll_us: int | None = None  # None: busypoll.default_window_us(); 0: off
     allow_client_shm: bool = False  # clients may register system shared memory regions
+    grpc_tls: TlsSettings | None = None  # None: plaintext gRPC

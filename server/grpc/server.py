@@ -31,6 +31,7 @@ from warpserve.server.options import ServerOptions
 from warpserve.server.ports import check_ports, unavailable
 from warpserve.server.repository.repository import ModelRepository
 from warpserve.server.shm import SharedMemoryRegions
+from warpserve.server.tls import grpc_server_credentials
 
 log = logging.getLogger("warpserve")
 
@@ -214,7 +215,9 @@ async def start_server(options: ServerOptions) -> RunningServer:
     gc.collect()
     gc.freeze()
     await health.serving()
-    log.info("Started GRPCInferenceService at %s:%d", options.grpc_address, port)
+    log.info(
+        "Started GRPCInferenceService at %s:%d%s", options.grpc_address, port, _tls_note(options)
+    )
     if running.metrics_port:
         log.info("Started Metrics Service at %s:%d", options.metrics_address, running.metrics_port)
     return running
@@ -222,13 +225,23 @@ async def start_server(options: ServerOptions) -> RunningServer:
 
 def _bind_grpc(server: grpc.aio.Server, options: ServerOptions) -> int:
     address, port = options.grpc_address, options.grpc_port
+    target = f"{address}:{port}"
     try:
-        bound = server.add_insecure_port(f"{address}:{port}")
+        if options.grpc_tls is None:
+            bound = server.add_insecure_port(target)
+        else:
+            bound = server.add_secure_port(target, grpc_server_credentials(options.grpc_tls))
     except RuntimeError as exc:  # taken since check_ports looked
         raise unavailable(address, port, "--grpc-port", "gRPC", exc) from None
     if bound == 0:
         raise unavailable(address, port, "--grpc-port", "gRPC", OSError("bind failed"))
     return bound
+
+
+def _tls_note(options: ServerOptions) -> str:
+    if options.grpc_tls is None:
+        return ""
+    return " (mutual TLS)" if options.grpc_tls.mutual else " (TLS)"
 
 
 def _start_metrics(registry: ModelRegistry, options: ServerOptions) -> tuple[Any, int]:

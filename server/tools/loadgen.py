@@ -27,6 +27,7 @@ import numpy as np
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+from warpserve.server.tools import tls_client
 from warpserve.server.tools.client_shm import DEFAULT_OUTPUT_SHM_BYTES, ClientRegion
 from warpserve.server.tools.shaping import (
     BenchError,
@@ -129,8 +130,8 @@ def parse_url(url: str) -> str:
     return target if has_port else f"{target}:8001"
 
 
-def open_channel(url: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(parse_url(url), options=CHANNEL_OPTIONS)
+def open_channel(url: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    return tls_client.aio_channel(parse_url(url), credentials, options=CHANNEL_OPTIONS)
 
 
 async def fetch_model(
@@ -161,7 +162,9 @@ def _describe_metadata_error(e: grpc.aio.AioRpcError, model: str) -> str:
     if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return (
             f"server unreachable: {e.code().name}: {e.details()}; "
-            "check that it is running and that -u names its gRPC HOST:PORT"
+            "check that it is running, that -u names its gRPC HOST:PORT, and that the TLS "
+            "options match its own (--ssl, --root-certificates; --certificate-chain and "
+            "--private-key for mutual TLS)"
         )
     return f"ModelMetadata for '{model}' failed: {e.code().name}: {e.details()}"
 
@@ -314,10 +317,11 @@ async def measure(
     warmup_s: float = DEFAULT_WARMUP_S,
     progress: Callable[[Progress], None] | None = None,
     shared_memory: str = "none",
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> BenchResult:
     """Benchmark one concurrency level; raises BenchError when the model is unusable."""
     region = ClientRegion() if shared_memory == "system" else None
-    async with open_channel(url) as channel:
+    async with open_channel(url, credentials) as channel:
         try:
             pool = await prepare(channel, model, batch_size, version, region)
             return await run_load(channel, pool, concurrency, duration_s, warmup_s, progress)
@@ -418,6 +422,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document instead of a table"
     )
+    tls_client.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -458,7 +463,11 @@ async def _run_levels(
     region = None
     if args.shared_memory == "system":
         region = ClientRegion(args.output_shared_memory_size)
-    async with open_channel(args.url) as channel:
+    try:
+        credentials = tls_client.channel_credentials(args)
+    except tls_client.ClientTlsError as exc:
+        raise BenchError(str(exc), exit_code=2) from None
+    async with open_channel(args.url, credentials) as channel:
         try:
             pool = await prepare(channel, args.model, args.batch_size, args.model_version, region)
             if not args.json:

@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 from warpserve.protos import admin_pb2 as apb
 from warpserve.protos import admin_pb2_grpc as apb_grpc
 from warpserve.server.grpc.admin_auth import METADATA_KEY, TOKEN_ENV, load_token
+from warpserve.server.tools import tls_client
 
 USAGE_ERROR = 2
 REFUSED = 1
@@ -74,6 +75,7 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=default(120.0),
         help="seconds to wait for the server (loads can take a while)",
     )
+    tls_client.add_arguments(parser, suppress=suppress)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,10 +149,15 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"warpserve models: error: admin token: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    try:
+        credentials = tls_client.channel_credentials(args)
+    except tls_client.ClientTlsError as exc:
+        print(f"warpserve models: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     kwargs: dict[str, Any] = {"timeout": args.timeout}
     if token:
         kwargs["metadata"] = ((METADATA_KEY, f"Bearer {token}"),)
-    with grpc.insecure_channel(args.url) as channel:
+    with tls_client.channel(args.url, credentials) as channel:
         stub = apb_grpc.ModelAdminStub(channel)
         try:
             response = CALLS[args.action](stub, args, kwargs)
@@ -171,7 +178,11 @@ def _refusal(err: grpc.RpcError, url: str) -> str:
         grpc.StatusCode.UNAUTHENTICATED: f"pass --token-file or set {TOKEN_ENV}",
     }
     if code is grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
-        return f"cannot reach a warpserve server at {url}: {details}"
+        return (
+            f"cannot reach a warpserve server at {url}: {details} (if it serves TLS, pass "
+            "--ssl or --root-certificates, and for mutual TLS --certificate-chain and "
+            "--private-key)"
+        )
     hint = f" ({hints[code]})" if code in hints else ""
     return f"{code.name}: {details}{hint}"
 
