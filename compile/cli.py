@@ -64,6 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "golden data",
     )
     p.add_argument(
+        "--reference-inputs",
+        type=Path,
+        metavar="FILE.npz",
+        help="training rows, one array per input, for the version's drift reference "
+        "(default: --example-inputs; without either, none is written)",
+    )
+    p.add_argument(
         "--output-names",
         type=lambda v: [n for n in v.split(",") if n],
         metavar="A,B",
@@ -141,6 +148,11 @@ def _request(args: argparse.Namespace) -> object:
     tolerances.update(parity.parse_tolerance(t) for t in args.tolerance)
     inputs = [specs.parse_input(text) for text in args.input] if args.input else None
     examples = specs.read_examples(args.example_inputs) if args.example_inputs else None
+    reference = (
+        specs.read_examples(args.reference_inputs, "--reference-inputs")
+        if args.reference_inputs
+        else None
+    )
     import_path_hint()
     source = load_source(args.model, args.state_dict)
     return CompileRequest(
@@ -150,6 +162,7 @@ def _request(args: argparse.Namespace) -> object:
         version=args.version,
         inputs=inputs,
         examples=examples,
+        reference_inputs=reference,
         output_names=args.output_names,
         max_batch_size=args.max_batch_size,
         targets=args.targets,

@@ -44,6 +44,10 @@ class CompileRequest:
     batch_sizes: list[int] | None = None
     seconds_per_point: float = 0.2
     extra_files: dict[str, str] = field(default_factory=dict)  # written into the version
+    # Rows the drift reference is taken from (default: the example inputs), and names
+    # of an input's features (its values per row, in order) for metrics and status.
+    reference_inputs: dict[str, np.ndarray] | None = None
+    feature_names: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

@@ -158,9 +158,19 @@ def markdown(built: dict[str, Any]) -> str:
         ]
         for v in built.get("versions", []):
             lines.append(f"- version {v['version']}: {v['variant']} ({v['path']})")
+        lines += _drift_lines(built.get("drift_reference"))
     if "failure" in built:
         lines += ["", "## No variant written", "", built["failure"]]
     return "\n".join(lines) + "\n"
+
+
+def _drift_lines(drift: dict[str, Any] | None) -> list[str]:
+    if drift is None:
+        return []
+    if not drift["written"]:
+        return ["", f"No drift reference written: {drift['why']}"]
+    inputs = ", ".join(f"{name} ({n} features)" for name, n in drift["inputs"].items())
+    return ["", f"Drift reference: {drift['rows']} rows of {inputs} (drift_reference.json)."]
 
 
 def _worst(values: list[float | None]) -> str:

@@ -60,20 +60,20 @@ def parse_input(text: str) -> TensorSpec:
     return TensorSpec(name, dims, dtype)
 
 
-def read_examples(path: Path) -> dict[str, np.ndarray]:
+def read_examples(path: Path, flag: str = "--example-inputs") -> dict[str, np.ndarray]:
     """The arrays of an ``.npz``, each with the batch dimension first."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--example-inputs {path}: not a readable .npz file ({exc})") from exc
+        raise UsageError(f"{flag} {path}: not a readable .npz file ({exc})") from exc
     if not arrays:
-        raise UsageError(f"--example-inputs {path}: the archive holds no arrays")
+        raise UsageError(f"{flag} {path}: the archive holds no arrays")
     rows = {len(a) if a.ndim else -1 for a in arrays.values()}
     if len(rows) != 1 or -1 in rows or 0 in rows:
         shapes = {k: list(v.shape) for k, v in arrays.items()}
         raise UsageError(
-            f"--example-inputs {path}: every array needs the same number of rows (the first "
+            f"{flag} {path}: every array needs the same number of rows (the first "
             f"dimension), at least one; got {shapes}"
         )
     return arrays

@@ -13,6 +13,7 @@ from warpserve.compile import output, report
 from warpserve.compile.modelconfig import base_config
 from warpserve.compile.specs import TensorSpec
 from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.drift import reference as drift
 
 if TYPE_CHECKING:
     from warpserve.compile.pipeline import CompileRequest, VariantResult
@@ -93,10 +94,12 @@ def write(
     inputs = [s for s in _input_specs(built)]
     output.write_config(model_dir, model_config(request, kept, inputs, outputs, plan))
     rows = min(GOLDEN_ROWS, len(next(iter(examples.values()))))
+    references = drift_reference(request, examples, built)
     texts = {
         REPORT_JSON: json.dumps(built, indent=2) + "\n",
         REPORT_MD: report.markdown(built),
         **request.extra_files,
+        **references,
     }
     dirs = []
     for number, result in zip(numbers, kept, strict=True):
@@ -110,6 +113,29 @@ def write(
         )
         dirs.append(output.write_version(model_dir, number, files))
     return dirs
+
+
+def drift_reference(
+    request: CompileRequest, examples: dict[str, np.ndarray], built: dict[str, Any]
+) -> dict[str, str]:
+    """The version's drift reference file, taken from the reference (or example) inputs;
+    none, with the reason in the report, when they cannot describe a distribution."""
+    inputs = request.reference_inputs if request.reference_inputs is not None else examples
+    if request.reference_inputs is None and request.examples is None:
+        why = "no example or reference inputs were given (random rows describe no data)"
+        built["drift_reference"] = {"written": False, "why": why}
+        return {}
+    try:
+        built_ref = drift.build_reference(inputs, feature_names=request.feature_names)
+    except ValueError as exc:
+        built["drift_reference"] = {"written": False, "why": str(exc)}
+        return {}
+    built["drift_reference"] = {
+        "written": True,
+        "rows": built_ref.rows,
+        "inputs": {n: len(r.features) for n, r in built_ref.inputs.items()},
+    }
+    return {drift.REFERENCE_FILE: built_ref.to_json()}
 
 
 def _input_specs(built: dict[str, Any]) -> list[TensorSpec]:

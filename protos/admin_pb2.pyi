@@ -138,7 +138,7 @@ class LatencySummary(_message.Message):
     def __init__(self, count: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
 
 class VersionStatus(_message.Message):
-    __slots__ = ("version", "state", "reason", "weight", "active", "shadow", "success_count", "failure_count", "in_flight", "latency", "shadow_max_abs_diff", "guard")
+    __slots__ = ("version", "state", "reason", "weight", "active", "shadow", "success_count", "failure_count", "in_flight", "latency", "shadow_max_abs_diff", "guard", "drift", "shed_count")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,8 @@ class VersionStatus(_message.Message):
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     SHADOW_MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
     GUARD_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    SHED_COUNT_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: str
     reason: str
@@ -163,7 +165,43 @@ class VersionStatus(_message.Message):
     latency: LatencySummary
     shadow_max_abs_diff: float
     guard: GuardStatus
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., weight: _Optional[float] = ..., active: _Optional[bool] = ..., shadow: _Optional[bool] = ..., success_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., in_flight: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., shadow_max_abs_diff: _Optional[float] = ..., guard: _Optional[_Union[GuardStatus, _Mapping]] = ...) -> None: ...
+    drift: DriftStatus
+    shed_count: int
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., weight: _Optional[float] = ..., active: _Optional[bool] = ..., shadow: _Optional[bool] = ..., success_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., in_flight: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., shadow_max_abs_diff: _Optional[float] = ..., guard: _Optional[_Union[GuardStatus, _Mapping]] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ..., shed_count: _Optional[int] = ...) -> None: ...
+
+class DriftStatus(_message.Message):
+    __slots__ = ("alarm", "window_rows", "window_seconds", "min_rows", "psi_threshold", "ks_threshold", "alarms_raised", "features")
+    ALARM_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_ROWS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    PSI_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    KS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ALARMS_RAISED_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    alarm: bool
+    window_rows: int
+    window_seconds: float
+    min_rows: int
+    psi_threshold: float
+    ks_threshold: float
+    alarms_raised: int
+    features: _containers.RepeatedCompositeFieldContainer[FeatureDrift]
+    def __init__(self, alarm: _Optional[bool] = ..., window_rows: _Optional[int] = ..., window_seconds: _Optional[float] = ..., min_rows: _Optional[int] = ..., psi_threshold: _Optional[float] = ..., ks_threshold: _Optional[float] = ..., alarms_raised: _Optional[int] = ..., features: _Optional[_Iterable[_Union[FeatureDrift, _Mapping]]] = ...) -> None: ...
+
+class FeatureDrift(_message.Message):
+    __slots__ = ("input", "feature", "psi", "ks", "over")
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
+    KS_FIELD_NUMBER: _ClassVar[int]
+    OVER_FIELD_NUMBER: _ClassVar[int]
+    input: str
+    feature: str
+    psi: float
+    ks: float
+    over: bool
+    def __init__(self, input: _Optional[str] = ..., feature: _Optional[str] = ..., psi: _Optional[float] = ..., ks: _Optional[float] = ..., over: _Optional[bool] = ...) -> None: ...
 
 class GuardStatus(_message.Message):
     __slots__ = ("verdict", "baseline_version", "mode", "reason", "rolled_back", "median_ratio", "p99_ratio", "candidate_samples", "baseline_samples", "candidate_error_rate", "baseline_error_rate", "trace", "seconds_to_verdict")
@@ -196,11 +234,15 @@ class GuardStatus(_message.Message):
     def __init__(self, verdict: _Optional[str] = ..., baseline_version: _Optional[int] = ..., mode: _Optional[str] = ..., reason: _Optional[str] = ..., rolled_back: _Optional[str] = ..., median_ratio: _Optional[float] = ..., p99_ratio: _Optional[float] = ..., candidate_samples: _Optional[int] = ..., baseline_samples: _Optional[int] = ..., candidate_error_rate: _Optional[float] = ..., baseline_error_rate: _Optional[float] = ..., trace: _Optional[str] = ..., seconds_to_verdict: _Optional[float] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("model", "versions", "previous_version")
+    __slots__ = ("model", "versions", "previous_version", "fallback_model", "fallback_count")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_MODEL_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_COUNT_FIELD_NUMBER: _ClassVar[int]
     model: str
     versions: _containers.RepeatedCompositeFieldContainer[VersionStatus]
     previous_version: int
-    def __init__(self, model: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ..., previous_version: _Optional[int] = ...) -> None: ...
+    fallback_model: str
+    fallback_count: int
+    def __init__(self, model: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ..., previous_version: _Optional[int] = ..., fallback_model: _Optional[str] = ..., fallback_count: _Optional[int] = ...) -> None: ...

@@ -2,6 +2,27 @@
 
 A collector reads the registry's counters at scrape time, so the request path
 pays nothing for metrics. ``warpserve_*`` families cover what Triton lacks.
+
+Input drift, for versions that have a drift reference (``server/drift``), over the
+version's rolling window (``drift_window_s``), computed at scrape time:
+
+- ``warpserve_drift_psi{model,version,input,feature}``: population stability index of
+  one feature's live histogram against its reference (0 = same; above
+  ``drift_psi_threshold``, 0.2 by default, counts as drift).
+- ``warpserve_drift_ks{model,version,input,feature}``: two-sample Kolmogorov-Smirnov
+  statistic at the reference's bin edges (0..1; threshold ``drift_ks_threshold``).
+- ``warpserve_drift_threshold{model,version,statistic="psi"|"ks"}``: the thresholds,
+  to draw beside the two families above.
+- ``warpserve_drift_window_rows{model,version}``: live rows in the window (sampled:
+  ``drift_sample_rate`` of the executed batches, at most 64 rows of each).
+- ``warpserve_drift_alarm{model,version}``: 1 while some feature is over a threshold
+  and the window holds at least ``drift_min_rows`` rows, else 0.
+- ``warpserve_drift_alarms_total{model,version}``: times the alarm went on.
+
+Live histograms are kept per version as counts (``DriftMonitor.window``); several
+processes' windows merge by adding counts (``DriftWindow.merged``) and
+``DriftMonitor.report(merged)`` gives the statistics of the merged data. The drift
+gauges are not summable across processes themselves: merge the windows, not the PSI.
 """
 
 from __future__ import annotations
@@ -18,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from warpserve.server.lifecycle.registry import ModelRegistry
-from warpserve.server.lifecycle.version import VersionState
+from warpserve.server.lifecycle.version import ModelVersion, VersionState
 
 LABELS = ["model", "version"]
 
@@ -178,6 +199,51 @@ class RegistryCollector(Collector):
             ratio.add_metric([*labels, "0.99"], guard.p99_ratio)
             errors.add_metric(labels, guard.candidate_error_rate)
         yield from (verdict, ratio, errors)
+        yield from drift_families(self.registry.all_versions())
+
+
+def drift_families(versions: Iterable[ModelVersion]) -> Iterator[Metric]:
+    """The ``warpserve_drift_*`` families of the versions that have a drift reference."""
+    feature_labels = [*LABELS, "input", "feature"]
+    psi = GaugeMetricFamily(
+        "warpserve_drift_psi",
+        "PSI of a feature's live inputs against its reference",
+        labels=feature_labels,
+    )
+    ks = GaugeMetricFamily(
+        "warpserve_drift_ks",
+        "KS statistic of a feature's live inputs against its reference",
+        labels=feature_labels,
+    )
+    threshold = GaugeMetricFamily(
+        "warpserve_drift_threshold",
+        "Drift alarm threshold per statistic (psi, ks)",
+        labels=[*LABELS, "statistic"],
+    )
+    rows = GaugeMetricFamily(
+        "warpserve_drift_window_rows", "Live rows in the drift window", labels=LABELS
+    )
+    alarm = GaugeMetricFamily(
+        "warpserve_drift_alarm", "1 while the version's inputs have drifted", labels=LABELS
+    )
+    raised = CounterMetricFamily(
+        "warpserve_drift_alarms", "Times the drift alarm went on", labels=LABELS
+    )
+    for mv in versions:
+        monitor = mv.drift
+        if monitor is None:
+            continue
+        labels = [mv.name, str(mv.version)]
+        report = monitor.report()
+        for f in report.features:
+            psi.add_metric([*labels, f.input, f.feature], f.psi)
+            ks.add_metric([*labels, f.input, f.feature], f.ks)
+        threshold.add_metric([*labels, "psi"], report.settings.psi_threshold)
+        threshold.add_metric([*labels, "ks"], report.settings.ks_threshold)
+        rows.add_metric(labels, report.rows)
+        alarm.add_metric(labels, 1 if report.alarm else 0)
+        raised.add_metric(labels, monitor.alarms_raised)
+    yield from (psi, ks, threshold, rows, alarm, raised)
 
 
 METRICS_PATH = "/metrics"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -47,6 +48,9 @@ class Executor:
     # Run on the event loop thread instead of a worker: for models so small that
     # the thread hop costs more than the compute (see the serving benchmark).
     inline: bool = False
+    # Sees the inputs of every batch run for serving (the drift monitor's sampling);
+    # None, as for most models, costs one attribute check per batch.
+    observer: Callable[[dict[str, np.ndarray]], None] | None = None
     pool: ThreadPoolExecutor = field(init=False)
     _buffers: dict[str, np.ndarray] = field(init=False, repr=False)
 
@@ -78,6 +82,8 @@ class Executor:
             outputs = self.instance.execute(inputs)
         except Exception as exc:
             raise _as_backend_error(exc) from exc
+        if self.observer is not None:
+            self.observer(inputs)
         return outputs, time.perf_counter_ns() - start
 
     def _run_together(self, batch: list[QueuedRequest]) -> BatchResult:
@@ -85,6 +91,8 @@ class Executor:
         inputs = self._gather(batch)
         t1 = time.perf_counter_ns()
         outputs = self.instance.execute(inputs)
+        if self.observer is not None:
+            self.observer(inputs)
         if len(batch) > 1:
             outputs = self._detach(outputs)
         t2 = time.perf_counter_ns()

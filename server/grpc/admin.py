@@ -22,6 +22,7 @@ import grpc
 
 from warpserve.protos import admin_pb2 as apb
 from warpserve.protos import admin_pb2_grpc as apb_grpc
+from warpserve.server.drift.monitor import DriftMonitor
 from warpserve.server.errors import (
     InvalidInput,
     ModelNotFound,
@@ -224,6 +225,29 @@ def version_status(mv: ModelVersion, router: VersionRouter, weight: float) -> ap
         latency=apb.LatencySummary(count=len(stats.latency), p50_ms=p50, p90_ms=p90, p99_ms=p99),
         shadow_max_abs_diff=stats.shadow_max_abs_diff,
         guard=_guard_status(mv.guard),
+        drift=drift_status(mv.drift),
+    )
+
+
+def drift_status(monitor: DriftMonitor | None) -> apb.DriftStatus | None:
+    if monitor is None:
+        return None
+    report = monitor.report()
+    settings = report.settings
+    return apb.DriftStatus(
+        alarm=report.alarm,
+        window_rows=report.rows,
+        window_seconds=settings.window_s,
+        min_rows=settings.min_rows,
+        psi_threshold=settings.psi_threshold,
+        ks_threshold=settings.ks_threshold,
+        alarms_raised=monitor.alarms_raised,
+        features=[
+            apb.FeatureDrift(
+                input=f.input, feature=f.feature, psi=f.psi, ks=f.ks, over=report.over(f)
+            )
+            for f in report.features
+        ],
     )
 
 

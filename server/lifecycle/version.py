@@ -24,6 +24,8 @@ from warpserve.server.batching.executor import Executor
 from warpserve.server.batching.policy import from_config
 from warpserve.server.batching.request import Outputs, QueuedRequest
 from warpserve.server.busypoll import BusyPoller
+from warpserve.server.drift.monitor import DriftMonitor, monitor_for
+from warpserve.server.drift.reference import read_reference
 from warpserve.server.errors import GoldenMismatch, InvalidInput, ModelLoadError, WarpserveError
 from warpserve.server.lifecycle import warmup
 from warpserve.server.lifecycle.guarding import GuardStatus
@@ -112,6 +114,8 @@ class ModelVersion:
         self.failure: type[ModelLoadError] = ModelLoadError  # what FAILED raises to callers
         self.stats = VersionStats()
         self.guard: GuardStatus | None = None  # set by a latency guard watching this version
+        # Live inputs against the version's drift reference; None without one.
+        self.drift: DriftMonitor | None = None
         self.validator: InputValidator | None = None
         self.labels: classification.Labels = {}  # per output, from its label_filename
         # Raw images to the model's tensor, per request before batching (config parameters).
@@ -151,6 +155,7 @@ class ModelVersion:
             await at_point(self._hook, "warming")
             await self._warm_up_and_verify()
             await self._choose_execution()
+            self._watch_drift()  # after warm-up: its inputs are no live traffic
         except Exception as exc:
             await self._discard()
             reason = str(exc) if isinstance(exc, WarpserveError) else f"{type(exc).__name__}: {exc}"
@@ -192,6 +197,11 @@ class ModelVersion:
             instance = reshapes.wrap(loaded)
             label = f"{self.name}-{self.version}-{index}"
             executors.append(Executor(instance, batched, label, inline=mode == "inline"))
+        try:
+            reference = await asyncio.to_thread(read_reference, self.path)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        self.drift = monitor_for(self.config, reference, f"'{self.name}' version {self.version}")
         self.batcher = DynamicBatcher(
             f"{self.name}:{self.version}",
             from_config(self.config),
@@ -200,6 +210,12 @@ class ModelVersion:
             hook=sync_points(self._hook),
             poller=self._poller,
         )
+
+    def _watch_drift(self) -> None:
+        if self.drift is None or self.batcher is None:
+            return
+        for executor in self.batcher.executors:
+            executor.observer = self.drift.observe
 
     async def _warm_up_and_verify(self) -> None:
         """Run the config's warm-up samples and the golden check; with neither, a run

@@ -226,7 +226,28 @@ def status_table(status: apb.ModelStatus) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append(f"previous version (rollback target): {status.previous_version or '-'}")
     lines += [guard_line(v) for v in status.versions if v.HasField("guard")]
+    for v in status.versions:
+        if v.HasField("drift"):
+            lines += drift_lines(v.version, v.drift)
     return "\n".join(lines)
+
+
+def drift_lines(version: int, d: apb.DriftStatus) -> list[str]:
+    """The drift alarm of a version, and its features, worst PSI first."""
+    state = "ALARM" if d.alarm else "ok"
+    if d.window_rows < d.min_rows:
+        state += f" (alarm needs {d.min_rows} rows)"
+    head = (
+        f"drift: version {version}: {state}, {d.window_rows} rows in the last "
+        f"{d.window_seconds:g} s, thresholds PSI {d.psi_threshold:g} KS {d.ks_threshold:g}"
+    )
+    if d.alarms_raised:
+        head += f", raised {d.alarms_raised}x"
+    worst = sorted(d.features, key=lambda f: -f.psi)
+    return [head] + [
+        f"  {f.input}[{f.feature}]  PSI {f.psi:.3f}  KS {f.ks:.3f}{'  over' if f.over else ''}"
+        for f in worst
+    ]
 
 
 def guard_line(v: apb.VersionStatus) -> str:
