@@ -44,6 +44,8 @@ class InferRequest:
     # Some inputs are views of client shared memory, which the client may reuse as soon
     # as it has its answer: anything that reads them later must copy them first.
     shared_inputs: bool = False
+    # Set by the data plane when the answer needs parameters (a fallback answered).
+    response_parameters: dict[str, bool | int | str] | None = None
 
 
 # ModelInferRequest.raw_input_contents: field 7, wire type 2 (length-delimited).
@@ -421,10 +423,12 @@ def encode_response(
     request_id: str,
     outputs: Iterable[tuple[str, np.ndarray]],
     targets: Mapping[str, OutputTarget] | None = None,
+    parameters: Mapping[str, bool | int | str] | None = None,
 ) -> bytes:
     """A serialized ModelInferResponse (what ModelInfer answers with). Outputs named in
     ``targets`` are written into the client's shared memory instead."""
-    return b"".join(_response_parts(model_name, model_version, request_id, outputs, targets))
+    parts = _response_parts(model_name, model_version, request_id, outputs, targets, parameters)
+    return b"".join(parts)
 
 
 def encode_stream_response(
@@ -433,9 +437,10 @@ def encode_stream_response(
     request_id: str,
     outputs: Iterable[tuple[str, np.ndarray]],
     targets: Mapping[str, OutputTarget] | None = None,
+    parameters: Mapping[str, bool | int | str] | None = None,
 ) -> bytes:
     """A serialized ModelStreamInferResponse carrying a successful reply."""
-    parts = _response_parts(model_name, model_version, request_id, outputs, targets)
+    parts = _response_parts(model_name, model_version, request_id, outputs, targets, parameters)
     size = sum(len(part) for part in parts)
     return b"".join([_STREAM_REPLY_TAG, _encode_varint(size), *parts])
 
@@ -446,6 +451,7 @@ def _response_parts(
     request_id: str,
     outputs: Iterable[tuple[str, np.ndarray]],
     targets: Mapping[str, OutputTarget] | None,
+    parameters: Mapping[str, bool | int | str] | None = None,
 ) -> list[bytes | memoryview]:
     """The response's bytes in pieces: protobuf serializes everything but the raw output
     tensors, which follow as raw_output_contents fields holding the arrays' own memory.
@@ -455,6 +461,8 @@ def _response_parts(
     response = pb.ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request_id
     )
+    if parameters:
+        _set_parameters(response, parameters)
     parts: list[bytes | memoryview] = [b""]
     for name, array in outputs:
         dt = dtypes.from_numpy(array.dtype)
@@ -468,6 +476,19 @@ def _response_parts(
         parts += (_RAW_OUTPUT_TAG, _encode_varint(len(data)), data)
     parts[0] = response.SerializeToString()
     return parts
+
+
+def _set_parameters(
+    response: pb.ModelInferResponse, parameters: Mapping[str, bool | int | str]
+) -> None:
+    for key, value in parameters.items():
+        slot = response.parameters[key]
+        if isinstance(value, bool):
+            slot.bool_param = value
+        elif isinstance(value, int):
+            slot.int64_param = value
+        else:
+            slot.string_param = value
 
 
 def _c_order_bytes(array: np.ndarray) -> bytes | memoryview:

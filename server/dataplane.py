@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from warpserve.server import classification
+from warpserve.server import fallback as fallbacks
 from warpserve.server.batching.policy import BatchingPolicy
 from warpserve.server.batching.request import Outputs, QueuedRequest, signature_of
 from warpserve.server.busypoll import BusyPoller
@@ -70,18 +71,70 @@ class DataPlane:
         return mv, _classified(outputs, request, mv) if request.classes else outputs
 
     async def infer(
-        self, request: InferRequest, deadline_s: float | None = None
+        self, request: InferRequest, deadline_s: float | None = None, *, fall_back: bool = True
     ) -> tuple[ModelVersion, Outputs]:
         """Serve ``request``: at once where ``infer_now`` can, else through its
-        version's queue."""
+        version's queue; by its model's fallback when the version cannot (``fallback``)."""
         if self._poller:
             self._poller.arm()
-        mv, outputs = self.infer_now(request)
-        if outputs is not None:
-            return mv, outputs
-        outputs = await self._queue(mv, request, deadline_s)
+        try:
+            mv, outputs = self.infer_now(request)
+            if outputs is not None:
+                return mv, outputs
+            queue_deadline_s = deadline_s
+            if deadline_s is not None and mv.fallback is not None:
+                queue_deadline_s = self._primary_deadline(mv.fallback, deadline_s)
+            outputs = await self._queue(mv, request, queue_deadline_s)
+        except fallbacks.FALLBACK_ERRORS as exc:
+            plan = self._fallback_plan(request.model_name) if fall_back else None
+            if plan is None:
+                raise
+            return await self._fall_back(plan, request, exc, deadline_s)
         self._maybe_shadow(mv, request, outputs)
         return mv, _classified(outputs, request, mv) if request.classes else outputs
+
+    @staticmethod
+    def _primary_deadline(plan: fallbacks.FallbackPlan, deadline_s: float) -> float:
+        """The primary's share of the client's deadline: all but the fallback's reserve."""
+        missed = fallbacks.would_miss(plan, deadline_s)
+        if missed is not None:
+            raise missed
+        return deadline_s - plan.reserve_s
+
+    def _fallback_plan(self, name: str) -> fallbacks.FallbackPlan | None:
+        """The fallback named by the model's newest version that names one, in any
+        state (a version that failed to load still says who answers for it)."""
+        served = self.registry.models.get(name)
+        if served is None:
+            return None
+        for _, mv in sorted(served.versions.items(), reverse=True):
+            if mv.fallback is not None:
+                return mv.fallback
+        return None
+
+    async def _fall_back(
+        self,
+        plan: fallbacks.FallbackPlan,
+        request: InferRequest,
+        primary: WarpserveError,
+        deadline_s: float | None,
+    ) -> tuple[ModelVersion, Outputs]:
+        reason = fallbacks.reason_of(primary)
+        rerouted = dataclasses.replace(
+            request,
+            model_name=plan.model,
+            model_version="",
+            parameters=fallbacks.fallback_parameters(request.parameters),
+        )
+        try:
+            mv, outputs = await self.infer(rerouted, deadline_s, fall_back=False)
+        except WarpserveError as exc:
+            raise fallbacks.both_failed(primary, plan, exc) from exc
+        key = (request.model_name, plan.model, reason)
+        table = self.registry.events.fallbacks
+        table[key] = table.get(key, 0) + 1
+        request.response_parameters = fallbacks.response_parameters(request.model_name, reason)
+        return mv, outputs
 
     async def _queue(
         self, mv: ModelVersion, request: InferRequest, deadline_s: float | None

@@ -46,6 +46,11 @@ class QueueFull(Unavailable):
     """The version's queue is at max_queue_size (retryable, Triton's choice)."""
 
 
+class LoadShed(Unavailable):
+    """A low-priority request refused while the version's queue is over its level's
+    shed_queue_size: retryable, so a spike degrades low-priority traffic first."""
+
+
 class DeadlineExceeded(WarpserveError):
     """The client's deadline or the queue policy's timeout passed while queued."""
 

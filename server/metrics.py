@@ -19,6 +19,13 @@ version's rolling window (``drift_window_s``), computed at scrape time:
   and the window holds at least ``drift_min_rows`` rows, else 0.
 - ``warpserve_drift_alarms_total{model,version}``: times the alarm went on.
 
+Graceful degradation:
+
+- ``warpserve_fallback_responses_total{model,fallback,reason}``: answers a fallback model
+  gave for ``model`` (reason: error, unavailable, shed, deadline).
+- ``warpserve_shed_requests_total{model,version,priority}``: requests refused by load
+  shedding (``shed_queue_size``), per priority level.
+
 Live histograms are kept per version as counts (``DriftMonitor.window``); several
 processes' windows merge by adding counts (``DriftWindow.merged``) and
 ``DriftMonitor.report(merged)`` gives the statistics of the merged data. The drift
@@ -200,6 +207,28 @@ class RegistryCollector(Collector):
             errors.add_metric(labels, guard.candidate_error_rate)
         yield from (verdict, ratio, errors)
         yield from drift_families(self.registry.all_versions())
+        yield from self._degradation_families()
+
+    def _degradation_families(self) -> Iterator[Metric]:
+        answered = CounterMetricFamily(
+            "warpserve_fallback_responses",
+            "Answers given by a model's fallback model, by reason",
+            labels=["model", "fallback", "reason"],
+        )
+        for key, count in sorted(list(self.registry.events.fallbacks.items())):
+            answered.add_metric(list(key), count)
+        shed = CounterMetricFamily(
+            "warpserve_shed_requests",
+            "Requests refused by priority load shedding (shed_queue_size)",
+            labels=[*LABELS, "priority"],
+        )
+        for mv in self.registry.all_versions():
+            batcher = mv.batcher
+            if batcher is None or not batcher.policy.shed_queue_size:
+                continue
+            for level, count in enumerate(batcher.shed, start=1):
+                shed.add_metric([mv.name, str(mv.version), str(level)], count)
+        yield from (answered, shed)
 
 
 def drift_families(versions: Iterable[ModelVersion]) -> Iterator[Metric]:

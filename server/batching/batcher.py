@@ -31,7 +31,7 @@ from warpserve.server.batching.policy import BatchingPolicy
 from warpserve.server.batching.request import DONE, QUEUED, RUNNING, Outputs, QueuedRequest
 from warpserve.server.batching.window import HoldingWindow
 from warpserve.server.busypoll import BusyPoller
-from warpserve.server.errors import DeadlineExceeded, QueueFull, Unavailable
+from warpserve.server.errors import DeadlineExceeded, LoadShed, QueueFull, Unavailable
 from warpserve.server.stats import VersionStats
 
 # How long a saturated loop holds a request for an inline batch when the config sets
@@ -77,6 +77,7 @@ class DynamicBatcher:
         self._hook = hook
         self._tick_pending = False
         self._queued_rows = 0
+        self.shed = [0] * policy.priority_levels  # requests refused per level
         self._poller = poller
         cpu_ns = poller.busy_cpu_ns if poller else time.thread_time_ns
         if load is None:
@@ -151,6 +152,8 @@ class DynamicBatcher:
         if self._closed:
             raise Unavailable(f"model '{self.name}' is draining; retry the request")
         level = request.priority - 1
+        if self.policy.shed_queue_size:
+            self._maybe_shed(level)
         limit = self.policy.queue_for(request.priority).max_queue_size
         if limit and self._queued[level] >= limit:
             raise QueueFull(
@@ -169,6 +172,19 @@ class DynamicBatcher:
             self._collect_inline()
             return
         self._schedule()
+
+    def _maybe_shed(self, level: int) -> None:
+        """Refuse a request of ``level`` while the queue (all levels) is at its level's
+        shed size: lower levels shed first, so a spike leaves higher ones their latency."""
+        size = self.policy.shed_queue_size[level]
+        queued = self.queued
+        if size and queued >= size:
+            self.shed[level] += 1
+            raise LoadShed(
+                f"load shed: model '{self.name}' has {queued} requests queued, at or over "
+                f"{size} for priority {level + 1} (shed_queue_size); retry with backoff or "
+                "send at a higher priority"
+            )
 
     def _collect_inline(self) -> None:
         """Inline executors run on this thread, so a batch is formed from what arrives

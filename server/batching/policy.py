@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from warpserve.protos import model_config_pb2 as mc
-from warpserve.server.repository.parameters import BATCHING
+from warpserve.server.errors import ModelLoadError
+from warpserve.server.repository.parameters import BATCHING, integer_list_with_zeros
+
+# Load shedding by priority: per level, how many queued requests (all levels together)
+# make the version refuse new requests of that level. 0: never.
+SHED_QUEUE_SIZE = integer_list_with_zeros(
+    "shed_queue_size",
+    "one per priority level: refuse a request of that level while this many requests "
+    "are queued (0: never), e.g. 0,64 keeps level 1 and sheds level 2 at 64",
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,9 @@ class BatchingPolicy:
     # max_queue_delay for a fuller batch (parameters { key: "batching" value: "triton" }
     # restores Triton's wait).
     eager: bool = True
+    # warpserve: queued requests at which each level is shed (see SHED_QUEUE_SIZE);
+    # empty when no level is ever shed.
+    shed_queue_size: tuple[int, ...] = ()
 
     def queue_for(self, level: int) -> QueuePolicy:
         return self.priority_queues.get(level, self.default_queue)
@@ -65,4 +77,18 @@ def from_config(config: mc.ModelConfig) -> BatchingPolicy:
         default_queue=_queue_policy(db.default_queue_policy),
         priority_queues={int(k): _queue_policy(v) for k, v in db.priority_queue_policy.items()},
         eager=mode != "triton",
+        shed_queue_size=_shed_sizes(config, levels),
     )
+
+
+def _shed_sizes(config: mc.ModelConfig, levels: int) -> tuple[int, ...]:
+    sizes = SHED_QUEUE_SIZE.read(config)
+    if not sizes:
+        return ()
+    if len(sizes) != levels or not config.HasField("dynamic_batching"):
+        raise ModelLoadError(
+            f"model '{config.name}': parameter shed_queue_size has {len(sizes)} values for "
+            f"{levels} priority level(s); give one per dynamic_batching priority level, "
+            "0 for a level that is never shed"
+        )
+    return sizes if any(sizes) else ()

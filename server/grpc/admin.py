@@ -33,7 +33,7 @@ from warpserve.server.grpc.admin_auth import TOKEN_ENV, is_loopback, token_match
 from warpserve.server.grpc.limits import add_bounded
 from warpserve.server.grpc.status import maps_errors
 from warpserve.server.lifecycle.guarding import GuardStatus
-from warpserve.server.lifecycle.registry import ModelRegistry
+from warpserve.server.lifecycle.registry import ModelRegistry, RegistryEvents
 from warpserve.server.lifecycle.router import VersionRouter
 from warpserve.server.lifecycle.served import ServedModel
 from warpserve.server.lifecycle.version import ModelVersion
@@ -193,19 +193,26 @@ class AdminServicer(apb_grpc.ModelAdminServicer):
         )
 
     def _status(self, name: str) -> apb.ModelStatus:
-        return model_status(name, self.registry.models.get(name))
+        return model_status(name, self.registry.models.get(name), self.registry.events)
 
 
-def model_status(name: str, served: ServedModel | None) -> apb.ModelStatus:
+def model_status(
+    name: str, served: ServedModel | None, events: RegistryEvents | None = None
+) -> apb.ModelStatus:
     """Every version with its state, routing and counters; no versions when not loaded."""
     status = apb.ModelStatus(model=name)
     if served is None:
         return status
+    events = events or RegistryEvents()
     router = served.router
     weights = router.weights()
     for number, mv in sorted(served.versions.items()):
         status.versions.append(version_status(mv, router, weights.get(number, 0.0)))
     status.previous_version = router.previous or 0
+    plans = [mv.fallback for _, mv in sorted(served.versions.items()) if mv.fallback]
+    if plans:
+        status.fallback_model = plans[-1].model
+    status.fallback_count = sum(n for (m, _, _), n in list(events.fallbacks.items()) if m == name)
     return status
 
 
@@ -226,6 +233,7 @@ def version_status(mv: ModelVersion, router: VersionRouter, weight: float) -> ap
         shadow_max_abs_diff=stats.shadow_max_abs_diff,
         guard=_guard_status(mv.guard),
         drift=drift_status(mv.drift),
+        shed_count=sum(mv.batcher.shed) if mv.batcher is not None else 0,
     )
 
 

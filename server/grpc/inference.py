@@ -153,7 +153,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await at_point(hook, "encoding")
             return self._sized(
                 codec.encode_response(
-                    mv.name, str(mv.version), decoded.id, outputs.items(), decoded.output_targets
+                    mv.name,
+                    str(mv.version),
+                    decoded.id,
+                    outputs.items(),
+                    decoded.output_targets,
+                    decoded.response_parameters,
                 )
             )
 
@@ -182,6 +187,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         decoded.id,
                         outputs.items(),
                         decoded.output_targets,
+                        decoded.response_parameters,
                     )
                 )
         except Exception as exc:

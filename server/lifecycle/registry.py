@@ -54,6 +54,8 @@ class RegistryEvents:
 
     rollouts: dict[EventKey, int] = field(default_factory=dict)  # outcome per version
     rollbacks: dict[EventKey, int] = field(default_factory=dict)  # reason per version left
+    # Answers a fallback model gave: (model asked for, fallback model, reason).
+    fallbacks: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def count(self, table: dict[EventKey, int], model: str, version: int, label: str) -> None:
         key = (model, version, label)

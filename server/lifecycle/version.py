@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from warpserve.protos import model_config_pb2 as mc
-from warpserve.server import classification, preprocessing
+from warpserve.server import classification, fallback, preprocessing
 from warpserve.server.backends import reshape
 from warpserve.server.backends import spec as formats
 from warpserve.server.batching.batcher import DynamicBatcher, Hook
@@ -114,6 +114,8 @@ class ModelVersion:
         self.failure: type[ModelLoadError] = ModelLoadError  # what FAILED raises to callers
         self.stats = VersionStats()
         self.guard: GuardStatus | None = None  # set by a latency guard watching this version
+        # The model that answers when this version cannot (config fallback_model).
+        self.fallback: fallback.FallbackPlan | None = None
         # Live inputs against the version's drift reference; None without one.
         self.drift: DriftMonitor | None = None
         self.validator: InputValidator | None = None
@@ -176,6 +178,7 @@ class ModelVersion:
     async def _load(self) -> None:
         self.config = await asyncio.to_thread(cfg.complete, self.config, self.path)
         self.validator = InputValidator(self.config)
+        self.fallback = fallback.plan_of(self.config)
         self.labels = await asyncio.to_thread(
             classification.read_labels, self.path.parent, self.config
         )

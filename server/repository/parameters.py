@@ -113,6 +113,20 @@ def integer_list(key: str, help: str = "") -> Parameter[tuple[int, ...]]:
     return Parameter(key, parse, (), "comma-separated positive integers", help)
 
 
+def integer_list_with_zeros(key: str, help: str = "") -> Parameter[tuple[int, ...]]:
+    """Comma-separated integers >= 0, e.g. one per priority level ("0,64")."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        if not text:
+            return ()
+        values = tuple(int(part) for part in text.split(","))
+        if any(v < 0 for v in values):
+            raise ValueError(text)
+        return values
+
+    return Parameter(key, parse, (), "comma-separated integers >= 0", help)
+
+
 # Parameters every model may set, whatever its backend.
 EXECUTION = choice(
     "execution",

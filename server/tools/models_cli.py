@@ -225,6 +225,13 @@ def status_table(status: apb.ModelStatus) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append(f"previous version (rollback target): {status.previous_version or '-'}")
+    if status.fallback_model:
+        lines.append(
+            f"fallback model: {status.fallback_model} ({status.fallback_count} answers given)"
+        )
+    shed = [f"version {v.version}: {v.shed_count}" for v in status.versions if v.shed_count]
+    if shed:
+        lines.append(f"shed by priority load shedding: {', '.join(shed)}")
     lines += [guard_line(v) for v in status.versions if v.HasField("guard")]
     for v in status.versions:
         if v.HasField("drift"):
