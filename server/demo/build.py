@@ -1,6 +1,6 @@
 """Build, cache and find the built-in demo model repository.
 
-`warpserve serve` without a repository serves three small models trained here on synthetic
+`warpserve serve` without a repository serves small models trained here on synthetic
 data and written by the compile pipeline (`warpserve compile`'s, with the ONNX targets and
 a short sweep) in Triton's layout. The build takes seconds, so it runs on first use and is
 cached under a name that changes whenever the demo's or the compile pipeline's code changes.
@@ -35,10 +35,13 @@ from . import raw
 if TYPE_CHECKING:
     from torch import nn
 
-    from .train import Report, TrainedModel
+    from .train import TrainedModel
+
+Report = Callable[[float], None]
 
 Progress = Callable[[str, float], None]
-MODEL_NAMES = ("image_classifier", "fraud_scorer", "recommender", raw.NAME)
+POPULARITY = "recommender_popularity"
+MODEL_NAMES = ("image_classifier", "fraud_scorer", "recommender", POPULARITY, raw.NAME)
 GOLDEN_ATOL = 1e-4
 GOLDEN_RTOL = 1e-4
 # The ONNX targets only: AOTInductor's C++ build would take minutes of a first start on two
@@ -92,7 +95,8 @@ MODEL_SPECS = (
         TensorSpec("TRANSACTION", "TYPE_FP32", (16,)),
         (TensorSpec("FRAUD_PROBABILITY", "TYPE_FP32", (1,)),),
         "MLP 16→64→32→1 scoring raw card transactions (amount, hour, merchant risk, "
-        "distance, velocity, ...; standardisation is inside the graph). ~5 % are fraud.",
+        "distance, velocity, ...; standardisation is inside the graph). ~5 % are fraud. "
+        "Ships a drift reference of its training transactions (drift_reference.json).",
         0.25,
     ),
     ModelSpec(
@@ -101,17 +105,35 @@ MODEL_SPECS = (
         TensorSpec("USER_FEATURES", "TYPE_FP32", (16,)),
         (TensorSpec("ITEM_IDS", "TYPE_INT64", (10,)), TensorSpec("SCORES", "TYPE_FP32", (10,))),
         "Two-tower recommender: an MLP user tower against a 1000-item embedding table; "
-        "torch.topk inside the graph returns the 10 best item ids and their scores.",
-        0.20,
+        "torch.topk inside the graph returns the 10 best item ids and their scores. Its "
+        f"fallback_model is {POPULARITY}; priority 2 requests are shed (and answered by the "
+        "fallback) while 32 requests are queued.",
+        0.18,
+    ),
+    ModelSpec(
+        POPULARITY,
+        64,
+        TensorSpec("USER_FEATURES", "TYPE_FP32", (16,)),
+        (TensorSpec("ITEM_IDS", "TYPE_INT64", (10,)), TensorSpec("SCORES", "TYPE_FP32", (10,))),
+        "Popularity ranking, the recommender's fallback: the 10 items most training users "
+        "interacted with (scores: the share of users), the same for every user.",
+        0.02,
     ),
 )
+# The recommender under load: untagged requests keep priority 1 and are never shed;
+# requests sent with priority 2 are refused while 32 requests are queued, and its
+# fallback answers them instead.
+RECOMMENDER_DEGRADATION = {
+    "fallback_model": POPULARITY,
+    "shed_queue_size": "0,32",
+}
 
 
 # --- public API -----------------------------------------------------------------------------
 
 
 def build_demo_repository(target: Path, progress: Progress | None = None) -> Path:
-    """Train the three demo models and compile them into `target` in Triton's layout.
+    """Train the demo models and compile them into `target` in Triton's layout.
 
     Each model gets config.pbtxt (batching settings from the measured curve) and version 1
     with the chosen ONNX variant, golden/{inputs,outputs}.npz (outputs from PyTorch),
@@ -121,25 +143,34 @@ def build_demo_repository(target: Path, progress: Progress | None = None) -> Pat
     report = progress or (lambda message, fraction: None)
     train = _import_training()
     target.mkdir(parents=True, exist_ok=True)
-    trainers = {
+    trained_models: dict[str, TrainedModel] = {}
+    trainers: dict[str, Callable[[Report], TrainedModel]] = {
         "image_classifier": train.train_image_classifier,
         "fraud_scorer": train.train_fraud_scorer,
         "recommender": train.train_recommender,
+        POPULARITY: lambda stage: train.popularity_ranker(trained_models["recommender"], stage),
     }
     done = 0.0
     with _torch_threads():
         for spec in MODEL_SPECS:
             started = time.perf_counter()
             stage = _stage_reporter(report, spec.name, done, spec.train_weight * 0.7)
-            trained = trainers[spec.name](stage)
+            trained = trained_models[spec.name] = trainers[spec.name](stage)
             summary = _training_summary(spec, trained, time.perf_counter() - started)
             compiling = _compile_reporter(
                 report, spec.name, done + spec.train_weight * 0.7, spec.train_weight * 0.3
             )
             compile_demo_model(
-                target, spec, trained.module, trained.golden_inputs, summary, compiling
+                target,
+                spec,
+                trained.module,
+                trained.golden_inputs,
+                summary,
+                compiling,
+                trained.reference_inputs,
             )
             done += spec.train_weight
+    _configure(target / "recommender", RECOMMENDER_DEGRADATION, priority_levels=2)
     raw.write_image_classifier_jpeg(target)
     (target / "README.md").write_text(_readme(target), encoding="utf-8")
     report("demo repository ready", 1.0)
@@ -229,8 +260,10 @@ def compile_demo_model(
     golden_inputs: np.ndarray,
     training_json: str,
     progress: Progress,
+    reference_inputs: np.ndarray | None = None,
 ) -> None:
-    """Version 1 of one demo model, through the compile pipeline.
+    """Version 1 of one demo model, through the compile pipeline (with a drift reference
+    of ``reference_inputs`` when given).
 
     The pipeline checks every variant against PyTorch on the golden rows before writing
     it: a cache entry is reused forever, so an export that drifted must never be published.
@@ -256,12 +289,33 @@ def compile_demo_model(
         seconds_per_point=SECONDS_PER_POINT,
         tolerances={**DEFAULT_TOLERANCES, "fp32": Tolerance(GOLDEN_ATOL, GOLDEN_RTOL)},
         extra_files={"training.json": training_json},
+        reference_inputs=None if reference_inputs is None else {spec.input.name: reference_inputs},
+        feature_names=_feature_names(spec),
     )
     try:
         compile_model(request, progress)
     except CompileError as error:
         raise DemoBuildError(f"{spec.name}: {error}") from error
     _add_labels(repository / spec.name, spec)
+
+
+def _feature_names(spec: ModelSpec) -> dict[str, list[str]]:
+    if spec.name != "fraud_scorer":
+        return {}
+    from .data import TRANSACTION_FEATURES
+
+    return {spec.input.name: list(TRANSACTION_FEATURES)}
+
+
+def _configure(folder: Path, parameters: dict[str, str], priority_levels: int) -> None:
+    """Add warpserve parameters and priority levels to a compiled model's config."""
+    path = folder / "config.pbtxt"
+    config = text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    config.dynamic_batching.priority_levels = priority_levels
+    config.dynamic_batching.default_priority_level = 1
+    path.write_text(text_format.MessageToString(config), encoding="utf-8")
 
 
 def _add_labels(folder: Path, spec: ModelSpec) -> None:
@@ -359,7 +413,7 @@ def _readme(repository: Path) -> str:
     lines = [
         "# warpserve demo model repository",
         "",
-        "Built by `warpserve serve` when no repository is given: three small PyTorch models",
+        "Built by `warpserve serve` when no repository is given: small PyTorch models",
         "trained on seeded synthetic data (server/demo/data.py) and compiled by the",
         "`warpserve compile` pipeline in Triton's layout. Each version folder holds the",
         "chosen variant's model file, golden inputs/outputs (8 rows, outputs computed by",

@@ -127,3 +127,23 @@ class TwoTowerRecommender(nn.Module):
     def forward(self, user_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores, item_ids = torch.topk(self.item_scores(user_features), self.top_k, dim=1)
         return item_ids, scores
+
+
+class PopularityRanker(nn.Module):
+    """The recommender's fallback: the same top-k items for every user, ranked by how many
+    training users interacted with each (its scores). No user tower, so it answers in
+    microseconds and cannot fail the way a learned model can."""
+
+    item_ids: torch.Tensor
+    scores: torch.Tensor
+
+    def __init__(self, popularity: torch.Tensor, top_k: int) -> None:
+        super().__init__()
+        scores, item_ids = torch.topk(popularity, top_k)
+        self.register_buffer("item_ids", item_ids)
+        self.register_buffer("scores", scores.float())
+
+    def forward(self, user_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # [batch, 1] zeros broadcast the ranking to one row per user.
+        base = torch.zeros_like(user_features[:, :1])
+        return base.long() + self.item_ids, base + self.scores

@@ -22,6 +22,7 @@ from .models import (
     FraudScorerConfig,
     ImageClassifier,
     ImageClassifierConfig,
+    PopularityRanker,
     TwoTowerConfig,
     TwoTowerRecommender,
 )
@@ -45,6 +46,10 @@ class TrainedModel:
     golden_inputs: np.ndarray
     metrics: dict[str, float]
     details: dict[str, Any] = field(default_factory=dict)
+    # Training rows the version's drift reference describes (None: no reference).
+    reference_inputs: np.ndarray | None = None
+    # Share of training users who interacted with each item (the recommender only).
+    popularity: np.ndarray | None = None
 
     def golden_outputs(self) -> list[np.ndarray]:
         """Outputs computed by PyTorch, the reference every exported format is checked against."""
@@ -55,6 +60,11 @@ class TrainedModel:
 
 
 # --- image classifier -----------------------------------------------------------------------
+
+
+# Training rows kept for a drift reference: quantiles of 20,000 rows are stable to about
+# a percentile, and binning them takes a fraction of a second.
+REFERENCE_ROWS = 20000
 
 
 def train_image_classifier(report: Report, seed: int = 1) -> TrainedModel:
@@ -98,7 +108,8 @@ def train_fraud_scorer(report: Report, seed: int = 2) -> TrainedModel:
     }
     # Golden rows mix frauds and non-frauds so the check covers both ends of the sigmoid.
     rows = np.concatenate([np.flatnonzero(test.y == 1)[:3], np.flatnonzero(test.y == 0)[:5]])
-    return TrainedModel(model, test.x[rows], metrics, details)
+    reference = train.x[:REFERENCE_ROWS]
+    return TrainedModel(model, test.x[rows], metrics, details, reference_inputs=reference)
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -148,7 +159,19 @@ def train_recommender(report: Report, seed: int = 3) -> TrainedModel:
         **asdict(schedule),
     }
     golden = test_features[_stable_ranking_rows(scores, config.top_k)]
-    return TrainedModel(model, golden, metrics, details)
+    popularity = targets.mean(axis=0).astype(np.float32)
+    return TrainedModel(model, golden, metrics, details, popularity=popularity)
+
+
+def popularity_ranker(recommender: TrainedModel, report: Report) -> TrainedModel:
+    """The recommender's fallback, from the interactions it was trained on."""
+    assert recommender.popularity is not None
+    top_k = TwoTowerConfig().top_k
+    module = PopularityRanker(torch.from_numpy(recommender.popularity), top_k).eval()
+    report(1.0)
+    metrics = {"recall_at_10": recommender.metrics["popularity_recall_at_10"]}
+    details = {"items": len(recommender.popularity), "top_k": top_k, "fallback_for": "recommender"}
+    return TrainedModel(module, recommender.golden_inputs, metrics, details)
 
 
 def recall_at_k(item_ids: np.ndarray, positives: list[np.ndarray]) -> float:

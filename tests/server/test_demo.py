@@ -177,6 +177,39 @@ def test_recommender_returns_valid_distinct_items_ranked_by_score(repository: Pa
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
+def test_popularity_fallback_ranks_the_same_popular_items_for_every_user(
+    repository: Path,
+) -> None:
+    users = np.random.default_rng(2).normal(size=(7, 16)).astype(np.float32)
+    out = _run(repository, build.POPULARITY, users)
+    ids, scores = out["ITEM_IDS"], out["SCORES"]
+    assert ids.dtype == np.int64 and (ids == ids[0]).all() and (scores == scores[0]).all()
+    assert len(set(ids[0].tolist())) == 10 and (np.diff(scores[0]) <= 0).all()
+    assert 0 < scores[0, -1] <= scores[0, 0] <= 1  # shares of training users
+    recommender = _metrics(repository, "recommender")["popularity_recall_at_10"]
+    assert _metrics(repository, build.POPULARITY)["recall_at_10"] == recommender
+
+
+def test_recommender_names_its_fallback_and_sheds_priority_2(repository: Path) -> None:
+    config = _config(repository, "recommender")
+    assert config.parameters["fallback_model"].string_value == build.POPULARITY
+    assert config.parameters["shed_queue_size"].string_value == "0,32"
+    assert config.dynamic_batching.priority_levels == 2
+    assert config.dynamic_batching.default_priority_level == 1
+
+
+def test_fraud_scorer_ships_a_drift_reference_of_its_training_rows(repository: Path) -> None:
+    from warpserve.server.demo.data import TRANSACTION_FEATURES
+    from warpserve.server.drift.reference import read_reference
+
+    reference = read_reference(repository / "fraud_scorer" / "1")
+    assert reference is not None and reference.rows == 20000
+    transactions = reference.inputs["TRANSACTION"]
+    assert transactions.features == TRANSACTION_FEATURES
+    assert (transactions.counts.sum(axis=1) == 20000).all()
+    assert read_reference(repository / "recommender" / "1") is None
+
+
 def test_classifier_and_fraud_outputs_are_probabilities(repository: Path) -> None:
     probs = _run(
         repository, "image_classifier", _golden(repository, "image_classifier", "inputs")["IMAGE"]
