@@ -37,10 +37,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import serverproc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.serverproc import warpserve
 from tests.models import write_mlp
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
@@ -225,7 +225,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp, "repo")
         build(repo, args.shed_at, args.width)
-        with warpserve(repo, Path(tmp, "server.log")) as url:
+        with serverproc.warpserve(repo, Path(tmp, "server.log")) as url:
             results = asyncio.run(measure(url, args))
     rows = summary(results)
     print(table(rows, args))
