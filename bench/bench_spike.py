@@ -13,8 +13,10 @@ Each copy runs three phases per round, in rounds that alternate between the copi
 Closed-loop clients: high priority sends one-row requests (interactive), low priority
 8-row ones (bulk scoring), so the model, not the event loop, is what saturates and the
 queue is where requests wait. A low-priority client that is refused (UNAVAILABLE,
-retryable) backs off ``--backoff-ms`` before its next request, as a retrying client
-would. Reported per copy and phase (median over rounds): high-priority p50/p99 and
+retryable) backs off ``--backoff-ms`` (100, the initial backoff of gRPC's retry-policy
+examples) before its next request: every refusal still costs the server's event loop a
+decode and an answer, and on two cores that time comes out of everyone's latency.
+Reported per copy and phase (median over rounds): high-priority p50/p99 and
 their ratio to ``alone`` of the same round, low-priority answers/s and the share
 refused, rows per execution and queue time per request (from ModelStatistics).
 Timings are reported, never asserted; writes bench/results/spike.json.
@@ -217,8 +219,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="per phase")
     parser.add_argument("--high", type=int, default=2, help="high-priority clients")
     parser.add_argument("--low", type=int, default=2, help="low-priority clients before the spike")
-    parser.add_argument("--shed-at", type=int, default=4, help="shed_queue_size of level 2")
-    parser.add_argument("--backoff-ms", type=float, default=20.0)
+    parser.add_argument("--shed-at", type=int, default=2, help="shed_queue_size of level 2")
+    parser.add_argument("--backoff-ms", type=float, default=100.0)
     parser.add_argument("--low-rows", type=int, default=8, help="rows per low-priority request")
     parser.add_argument("--width", type=int, default=1024, help="the MLP's hidden width")
     args = parser.parse_args()
