@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,10 +33,37 @@ from warpserve.server.validation import InputValidator
 log = logging.getLogger(__name__)
 
 
+class Answered(Protocol):
+    """The model version that answered a request, as the transports name it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+
+class RemoteModels(Protocol):
+    """Models served by another process of this server (the model owner)."""
+
+    def owns(self, model_name: str) -> bool: ...
+
+    async def infer(
+        self, request: InferRequest, deadline_s: float | None
+    ) -> tuple[Answered, Outputs]: ...
+
+
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, poller: BusyPoller | None = None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        poller: BusyPoller | None = None,
+        owner: RemoteModels | None = None,
+    ) -> None:
         self.registry = registry
         self._poller = poller
+        # Requests for models placed on the model owner go there (see server/owner).
+        self.owner = owner
         # Every transport admits its calls here, so that a shutdown waits for them all.
         self.calls = InFlight()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -72,26 +99,56 @@ class DataPlane:
 
     async def infer(
         self, request: InferRequest, deadline_s: float | None = None, *, fall_back: bool = True
-    ) -> tuple[ModelVersion, Outputs]:
-        """Serve ``request``: at once where ``infer_now`` can, else through its
-        version's queue; by its model's fallback when the version cannot (``fallback``)."""
+    ) -> tuple[Answered, Outputs]:
+        """Serve ``request``: through the model owner for a model placed there, else at
+        once where ``infer_now`` can, else through its version's queue; by its model's
+        fallback when the version cannot (``fallback``)."""
+        owner = self.owner
+        if owner is not None and owner.owns(request.model_name):
+            return await owner.infer(request, deadline_s)
         if self._poller:
             self._poller.arm()
         try:
             mv, outputs = self.infer_now(request)
-            if outputs is not None:
-                return mv, outputs
+        except fallbacks.FALLBACK_ERRORS as exc:
+            return await self.recover(request, exc, deadline_s, fall_back)
+        if outputs is not None:
+            return mv, outputs
+        return await self.infer_queued(mv, request, deadline_s, fall_back=fall_back)
+
+    async def infer_queued(
+        self,
+        mv: ModelVersion,
+        request: InferRequest,
+        deadline_s: float | None,
+        *,
+        fall_back: bool = True,
+    ) -> tuple[Answered, Outputs]:
+        """Serve through the queue a request that ``infer_now`` routed to ``mv`` but
+        did not run."""
+        try:
             queue_deadline_s = deadline_s
             if deadline_s is not None and mv.fallback is not None:
                 queue_deadline_s = self._primary_deadline(mv.fallback, deadline_s)
             outputs = await self._queue(mv, request, queue_deadline_s)
         except fallbacks.FALLBACK_ERRORS as exc:
-            plan = self._fallback_plan(request.model_name) if fall_back else None
-            if plan is None:
-                raise
-            return await self._fall_back(plan, request, exc, deadline_s)
+            return await self.recover(request, exc, deadline_s, fall_back)
         self._maybe_shadow(mv, request, outputs)
         return mv, _classified(outputs, request, mv) if request.classes else outputs
+
+    async def recover(
+        self,
+        request: InferRequest,
+        failure: WarpserveError,
+        deadline_s: float | None,
+        fall_back: bool = True,
+    ) -> tuple[Answered, Outputs]:
+        """The model's fallback answers a request its version failed (raises the
+        failure when the model has none)."""
+        plan = self._fallback_plan(request.model_name) if fall_back else None
+        if plan is None:
+            raise failure
+        return await self._fall_back(plan, request, failure, deadline_s)
 
     @staticmethod
     def _primary_deadline(plan: fallbacks.FallbackPlan, deadline_s: float) -> float:
@@ -118,7 +175,7 @@ class DataPlane:
         request: InferRequest,
         primary: WarpserveError,
         deadline_s: float | None,
-    ) -> tuple[ModelVersion, Outputs]:
+    ) -> tuple[Answered, Outputs]:
         reason = fallbacks.reason_of(primary)
         rerouted = dataclasses.replace(
             request,
