@@ -14,9 +14,12 @@ changes nothing: every model is local.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.backends import spec as formats
-from warpserve.server.errors import WarpserveError
+from warpserve.server.errors import ModelNotFound, WarpserveError
+from warpserve.server.repository import config as cfg
 from warpserve.server.repository import parameters as params
 from warpserve.server.repository.repository import ModelRepository
 
@@ -63,10 +66,26 @@ class PlacedRepository(ModelRepository):
     def model_names(self) -> list[str]:
         return [name for name in super().model_names() if self.placement_of(name) == self.side]
 
+    def model_dir(self, name: str) -> Path:
+        """The model's folder, when this side serves it: a frontend never loads an
+        owner-placed model (nor the owner a local one), whoever asks it to."""
+        path = super().model_dir(name)
+        if self._placement(path) != self.side:
+            where = "the model owner" if self.side == LOCAL else "each frontend process"
+            raise ModelNotFound(
+                f"model '{name}' is served by {where}, not by this process (its "
+                f"{PLACEMENT.key} parameter or instance_group places it there)"
+            )
+        return path
+
     def placement_of(self, name: str) -> str:
+        return self._placement(super().model_dir(name))
+
+    @staticmethod
+    def _placement(model_dir: Path) -> str:
         """A config that cannot be read stays LOCAL: each frontend reports its error."""
         try:
-            return placement(self.config(name))
+            return placement(cfg.read_config(model_dir))
         except WarpserveError:
             return LOCAL
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.models import write_affine
 from warpserve.protos import model_config_pb2 as mc
-from warpserve.server.errors import ModelLoadError
+from warpserve.server.errors import ModelLoadError, ModelNotFound
 from warpserve.server.owner.arena import ALIGN, Allocator, Arena
 from warpserve.server.owner.placement import (
     LOCAL,
@@ -105,3 +105,30 @@ def test_each_side_sees_its_own_models(tmp_path: Path) -> None:
     assert PlacedRepository(repository, OWNER).model_names() == ["gpu_like"]
     assert PlacedRepository(repository, LOCAL).model_names() == ["broken", "cpu"]
     assert owner_placed(repository) == {"gpu_like"}
+
+
+def test_a_side_never_loads_the_others_models(tmp_path: Path) -> None:
+    import asyncio
+
+    from warpserve.server.lifecycle.registry import ModelRegistry
+
+    param = 'parameters { key: "warpserve.placement" value { string_value: "owner" } }'
+    write_affine(tmp_path, "gpu_like", extra=param)
+    write_affine(tmp_path, "cpu")
+
+    async def main() -> None:
+        frontend = ModelRegistry(PlacedRepository(ModelRepository(tmp_path), LOCAL))
+        owner = ModelRegistry(PlacedRepository(ModelRepository(tmp_path), OWNER))
+        try:
+            with pytest.raises(ModelNotFound, match="served by the model owner"):
+                await frontend.load("gpu_like")
+            with pytest.raises(ModelNotFound, match="served by each frontend"):
+                await owner.load("cpu")
+            await frontend.load("cpu")  # positive control: its own side loads
+            await owner.load("gpu_like")
+            assert list(frontend.models) == ["cpu"] and list(owner.models) == ["gpu_like"]
+        finally:
+            await frontend.close()
+            await owner.close()
+
+    asyncio.run(main())
