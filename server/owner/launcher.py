@@ -1,46 +1,86 @@
-"""Starting and stopping the model owner from a supervisor, and the frontend's hook.
+"""The model owner's hooks for a multi-process server: the supervisor starts, watches
+and stops the owner process; each frontend process attaches to it.
 
-The supervisor of a multi-process server (``warpserve serve --workers N``)::
+The supervisor (``warpserve serve --workers N``)::
 
-    owner = OwnerProcess(repository, socket_dir, extra_args)   # socket_dir: mode 0700
-    if owner.needed():          # some model is owner-placed
+    owner = OwnerProcess(repository, runtime_dir / "owner", owner_args(options))
+    if owner.needed():                       # some model is owner-placed
         owner.start()
-        owner.wait_ready(timeout_s)
-    ...                         # start the frontends with owner.socket_dir
-    if owner.exited():          # in its watch loop: died -> start again
-        owner.start()
-    owner.stop(timeout_s)       # after the frontends stopped (they drain through it)
+        await asyncio.to_thread(owner.wait_ready, 300)
+        keeper = asyncio.create_task(keep(owner, stopping))   # restarts it when it dies
+    ... start the frontends, telling them owner.socket_dir ...
+    ... after the frontends stopped (they drain through it): stopping.set(); await keeper
+    owner.stop(exit_timeout_s)
 
-and each frontend, before it serves::
+Each frontend, before it loads anything::
 
-    proxy = await connect_frontend(socket_dir, repository)   # None: no owner-placed model
-    DataPlane(registry, poller, owner=proxy)
-    ... PlacedRepository(repository, LOCAL) as the frontend registry's repository ...
-    await proxy.close()         # at shutdown, after its calls are answered
+    link = await OwnerLink.attach(socket_dir, repository)     # None: nothing owner-placed
+    registry = ModelRegistry(link.repository if link else repository, ...)
+    dataplane = DataPlane(registry, poller, owner=link.proxy if link else None)
+    link.forward(inference_servicer); link.forward_admin(admin_servicer)  # before adding
+    ...
+    await link.close()                       # at shutdown, after its calls are answered
+
+A supervisor's own loads and its repository poller leave owner-placed models alone
+(``owner_placed``): the owner loads them, and polls in poll mode, itself.
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
+import logging
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from warpserve.server.owner.placement import owner_placed
-from warpserve.server.owner.process import DATA_SOCKET
+import grpc
+
+from warpserve.server.owner.forwarding import forward_owned, forward_owned_admin
+from warpserve.server.owner.placement import LOCAL, PlacedRepository, owner_placed
+from warpserve.server.owner.process import DATA_SOCKET, control_target
 from warpserve.server.owner.proxy import OwnerProxy
 from warpserve.server.repository.repository import ModelRepository
+
+log = logging.getLogger(__name__)
+
+# An owner that dies this soon after its start is restarted after a pause that doubles
+# each time (up to MAX_BACKOFF_S): a model that crashes it on load must not fork-loop.
+QUICK_DEATH_S = 10.0
+MAX_BACKOFF_S = 30.0
+
+
+def owner_args(
+    control_mode: str,
+    load_models: Sequence[str],
+    poll_secs: float,
+    grace_secs: float,
+    exit_timeout_secs: float,
+    event_loop: str,
+) -> list[str]:
+    """The owner's command line from the server's settings."""
+    args = [
+        *("--model-control-mode", control_mode),
+        *("--repository-poll-secs", str(poll_secs)),
+        *("--rollback-grace-secs", str(grace_secs)),
+        *("--exit-timeout-secs", str(exit_timeout_secs)),
+        *("--event-loop", event_loop),
+    ]
+    for name in load_models:
+        args += ["--load-model", name]
+    return args
 
 
 class OwnerProcess:
     def __init__(self, repository: Path, socket_dir: Path, extra_args: Sequence[str] = ()) -> None:
         self.repository = repository
         self.socket_dir = socket_dir
-        self.extra_args = list(extra_args)  # --model-control-mode, --load-model ...
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -52,6 +92,7 @@ class OwnerProcess:
         return bool(owner_placed(ModelRepository(self.repository)))
 
     def start(self) -> None:
+        # Only this user may connect: the sockets take pickled messages (see ``wire``).
         self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         command = [
             sys.executable,
@@ -90,7 +131,8 @@ class OwnerProcess:
         return self.process is not None and self.process.poll() is not None
 
     def stop(self, timeout_s: float) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout_s``; the exit status."""
+        """SIGTERM (it answers what it received, then unloads), SIGKILL after
+        ``timeout_s``; the exit status."""
         process = self.process
         if process is None:
             return None
@@ -104,6 +146,27 @@ class OwnerProcess:
         return process.returncode
 
 
+async def keep(owner: OwnerProcess, stopping: asyncio.Event) -> None:
+    """Restart the owner whenever it dies, until ``stopping`` is set. Meanwhile the
+    frontends answer UNAVAILABLE for its models and reconnect once it is back."""
+    backoff = 1.0
+    while not stopping.is_set():
+        process = owner.process
+        assert process is not None, "start the owner before keeping it"
+        started = time.monotonic()
+        status = await asyncio.to_thread(process.wait)
+        if stopping.is_set():
+            return
+        log.error("the model owner (pid %d) exited with %d; starting it again", process.pid, status)
+        if time.monotonic() - started < QUICK_DEATH_S:
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        else:
+            backoff = 1.0
+        if not stopping.is_set():
+            owner.start()
+
+
 def _accepts(path: Path) -> bool:
     if not path.exists():
         return False
@@ -115,20 +178,34 @@ def _accepts(path: Path) -> bool:
     return True
 
 
-async def connect_frontend(socket_dir: Path, repository: Path) -> OwnerProxy | None:
-    """A frontend's proxy to the owner, connected when the owner is up (else it keeps
-    trying in the background); None when no model of the repository is owner-placed."""
-    owned = owner_placed(ModelRepository(repository))
-    if not owned:
-        return None
-    proxy = OwnerProxy(socket_dir / DATA_SOCKET, owned)
-    await proxy.start()
-    return proxy
+@dataclass
+class OwnerLink:
+    """A frontend's attachment to the owner: the proxy for inference, the channel for
+    everything else, and the repository as the frontend sees it (its own models)."""
 
+    proxy: OwnerProxy
+    channel: grpc.aio.Channel
+    repository: PlacedRepository
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    @classmethod
+    async def attach(cls, socket_dir: Path, repository: Path) -> OwnerLink | None:
+        """Connected when the owner is up (else it keeps trying in the background);
+        None when no model of the repository is owner-placed."""
+        whole = ModelRepository(repository)
+        owned = owner_placed(whole)
+        if not owned:
+            return None
+        proxy = OwnerProxy(socket_dir / DATA_SOCKET, owned)
+        await proxy.start()
+        channel = grpc.aio.insecure_channel(control_target(socket_dir))
+        return cls(proxy, channel, PlacedRepository(whole, LOCAL))
+
+    def forward(self, servicer: Any) -> None:
+        forward_owned(servicer, self.proxy, self.channel)
+
+    def forward_admin(self, servicer: Any) -> None:
+        forward_owned_admin(servicer, self.proxy, self.channel)
+
+    async def close(self) -> None:
+        await self.proxy.close()
+        await self.channel.close()

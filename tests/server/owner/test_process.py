@@ -16,9 +16,7 @@ from tests.server.owner.harness import Frontend, infer, rows, until, write_repo
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import Unavailable
 from warpserve.server.lifecycle.registry import ModelRegistry
-from warpserve.server.owner.launcher import OwnerProcess, connect_frontend
-from warpserve.server.owner.placement import LOCAL, PlacedRepository
-from warpserve.server.repository.repository import ModelRepository
+from warpserve.server.owner.launcher import OwnerLink, OwnerProcess, keep
 
 SHM = Path("/dev/shm")
 
@@ -45,34 +43,37 @@ def test_owner_process_dies_and_returns(tmp_path: Path) -> None:
 
     async def main() -> None:
         await asyncio.to_thread(owner.wait_ready, 120)
-        proxy = await connect_frontend(owner.socket_dir, repo)
-        assert proxy is not None
-        registry = ModelRegistry(PlacedRepository(ModelRepository(repo), LOCAL))
-        frontend = Frontend(proxy, DataPlane(registry, owner=proxy))
+        stopping = asyncio.Event()
+        keeper = asyncio.create_task(keep(owner, stopping))  # the supervisor's watch
+        link = await OwnerLink.attach(owner.socket_dir, repo)
+        assert link is not None
+        frontend = Frontend(link.proxy, DataPlane(ModelRegistry(link.repository), owner=link.proxy))
         try:
-            await proxy.wait_connected(10)
-            assert proxy.owner_pid == owner.pid
+            await link.proxy.wait_connected(10)
+            first = owner.pid
+            assert link.proxy.owner_pid == first
             await infer(frontend, rows(2, 0))
-            assert arenas_held(owner.pid) >= 1  # positive control: the connection's arena
-            os.kill(owner.pid, signal.SIGKILL)
-            await asyncio.to_thread(owner.process.wait)  # type: ignore[union-attr]
-            await until(lambda: not proxy.connected.is_set())
+            assert arenas_held(first) >= 1  # positive control: the connection's arena
+            os.kill(first, signal.SIGKILL)
+            await until(lambda: not link.proxy.connected.is_set())
             with pytest.raises(Unavailable, match="not running"):
                 await infer(frontend, rows(1, 1))
-            owner.start()  # what the supervisor does
-            await proxy.wait_connected(60)
-            assert proxy.owner_pid == owner.pid
+            await link.proxy.wait_connected(120)  # restarted by the keeper
+            assert owner.starts == 2 and link.proxy.owner_pid == owner.pid != first
             await infer(frontend, rows(3, 2))
         finally:
-            await proxy.close()
+            stopping.set()
+            await link.close()
         # The frontend gone, the owner lets go of its arena.
         await until(lambda: arenas_held(owner.pid) == 0)
         gc.collect()  # a mapping still viewed when closed goes with its last view
         assert arenas_held(os.getpid()) == 0
+        assert owner.stop(30) == 0  # SIGTERM: a clean stop
+        await keeper
 
     try:
         asyncio.run(main())
     finally:
-        assert owner.stop(30) == 0  # SIGTERM: a clean stop
+        owner.stop(30)
     assert set(os.listdir(SHM)) - shm_before == set()  # nothing named under /dev/shm
     assert not owner.socket_path.exists()
