@@ -11,8 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
+from tests.models import affine_reference, write_affine
 from tests.server.owner.harness import (
     MODEL,
+    ON_OWNER,
     gate,
     infer,
     owner_and_frontends,
@@ -250,5 +252,30 @@ def test_owner_loss_is_unavailable_until_it_returns(tmp_path: Path) -> None:
         finally:
             await frontend.proxy.close()
             await stop_owner(owner)
+
+    asyncio.run(main())
+
+
+def test_a_fallback_in_the_owner_answers_with_its_parameters(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_repo(repo, extra='parameters { key: "fallback_model" value: { string_value: "spare" } }')
+    write_affine(repo, "spare", extra=ON_OWNER)
+
+    async def main() -> None:
+        async with owner_and_frontends(repo, count=1) as (owner, (a,)):
+            batcher = version(owner).batcher
+            assert batcher is not None
+            batcher.executors[0].instance = Raising()
+            request = InferRequest(MODEL, "", "", {"INPUT0": rows(1, 0)})
+            answered, outputs = await a.dataplane.infer(request)
+            assert answered.name == "spare"
+            assert request.response_parameters == {
+                "fallback": True,
+                "fallback_from": MODEL,
+                "fallback_reason": "error",
+            }
+            np.testing.assert_allclose(
+                outputs["OUTPUT0"], affine_reference(rows(1, 0), scale=1.0), rtol=1e-5
+            )
 
     asyncio.run(main())
