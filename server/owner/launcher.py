@@ -3,14 +3,17 @@ and stops the owner process; each frontend process attaches to it.
 
 The supervisor (``warpserve serve --workers N``)::
 
-    owner = OwnerProcess(repository, runtime_dir / "owner", owner_args(options))
+    args = owner_args(mode, load_models, poll_secs, grace_secs, exit_timeout_s, event_loop)
+    owner = OwnerProcess(repository, runtime_dir / "owner", args)
     if owner.needed():                       # some model is owner-placed
         owner.start()
         await asyncio.to_thread(owner.wait_ready, 300)
         keeper = asyncio.create_task(keep(owner, stopping))   # restarts it when it dies
     ... start the frontends, telling them owner.socket_dir ...
-    ... after the frontends stopped (they drain through it): stopping.set(); await keeper
-    owner.stop(exit_timeout_s)
+    ... after the frontends stopped (they drain through it):
+    stopping.set()
+    await asyncio.to_thread(owner.stop, exit_timeout_s)
+    await keeper
 
 Each frontend, before it loads anything::
 
