@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,6 +40,9 @@ from warpserve.server.lifecycle.version import ModelVersion
 from warpserve.server.stats import TimelineWindow
 
 log = logging.getLogger(__name__)
+
+# (model, candidate version, serving mode, reason) -> whether this call rolled it back.
+GuardRollback = Callable[[str, int, str, str], Awaitable[bool]]
 
 # A guard that never gathers enough samples gives up after this many windows.
 PATIENCE_WINDOWS = 4
@@ -104,9 +108,18 @@ def _final(verdict: Verdict, rollback: str, status: GuardStatus, reason: str) ->
 class LatencyGuard:
     """Watches every guarded rollout of one registry (one watch task per model)."""
 
-    def __init__(self, registry: ModelRegistry, *, tick_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        tick_s: float = 0.25,
+        rollback: GuardRollback | None = None,
+    ) -> None:
         self.registry = registry
         self.tick_s = tick_s
+        # Where a regression's rollback goes: the server's control plane, so that with
+        # several server processes one verdict rolls back every one of them.
+        self.rollback = rollback if rollback is not None else self._local_rollback
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.captures: set[asyncio.Task[None]] = set()
         registry.on_serving = self.start
@@ -156,7 +169,7 @@ class LatencyGuard:
                 )
                 candidate.guard = decision.status
                 if decision.verdict is not None:
-                    self._conclude(change, candidate, decision)
+                    await self._conclude(change, candidate, decision)
                     return
         finally:
             served = self.registry.models.get(change.model)
@@ -183,7 +196,13 @@ class LatencyGuard:
             return None
         return baseline, candidate
 
-    def _conclude(self, change: ServingChange, candidate: ModelVersion, decision: Decision) -> None:
+    async def _local_rollback(self, name: str, candidate: int, mode: str, reason: str) -> bool:
+        self.registry.rollback(name, reason, shadow=mode == ServingMode.SHADOW.value)
+        return True
+
+    async def _conclude(
+        self, change: ServingChange, candidate: ModelVersion, decision: Decision
+    ) -> None:
         status = decision.status
         log.log(
             logging.WARNING if decision.rollback_reason else logging.INFO,
@@ -197,10 +216,8 @@ class LatencyGuard:
         if not decision.rollback_reason:
             return
         try:
-            self.registry.rollback(
-                change.model,
-                decision.rollback_reason,
-                shadow=change.mode is ServingMode.SHADOW,
+            await self.rollback(
+                change.model, change.candidate, change.mode.value, decision.rollback_reason
             )
         except WarpserveError as exc:
             candidate.guard = replace(status, reason=f"{status.reason}; rollback failed: {exc}")

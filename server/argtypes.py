@@ -43,3 +43,17 @@ def boolean(text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def workers_count(text: str) -> int:
+    """A number of server processes, or 'auto': one per usable core."""
+    if text == "auto":
+        from warpserve.server.cpus import usable_cores
+
+        return usable_cores()
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= 1 or 'auto', got {text!r}"
+        ) from None

@@ -27,7 +27,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from warpserve.server.cpus import usable_cores
+from warpserve.server.cpus import thread_budget
 
 DEFAULT_WINDOW_US = 1000
 # Polling takes a core; below this many the loop would take it from the model's threads
@@ -38,8 +38,9 @@ IDLE_PASS_NS = 20_000
 
 
 def default_window_us() -> int:
-    """DEFAULT_WINDOW_US where the process may use MIN_CORES or more cores, else 0."""
-    return DEFAULT_WINDOW_US if usable_cores() >= MIN_CORES else 0
+    """DEFAULT_WINDOW_US where the process may use MIN_CORES or more cores (its share
+    when several server processes run), else 0."""
+    return DEFAULT_WINDOW_US if thread_budget() >= MIN_CORES else 0
 
 
 class BusyPoller:

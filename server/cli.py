@@ -16,10 +16,13 @@ from pathlib import Path
 
 from warpserve import __version__
 from warpserve.server import tls
-from warpserve.server.argtypes import boolean, non_negative_int
+from warpserve.server.argtypes import boolean, non_negative_int, workers_count
 from warpserve.server.busypoll import DEFAULT_WINDOW_US, MIN_CORES
 from warpserve.server.options import ServerOptions
 from warpserve.server.ports import PortUnavailable, check_ports
+
+# Server processes without --workers (see the README's measurements).
+DEFAULT_WORKERS = "1"
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -150,6 +153,17 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "this server's user can open, so it is off by default",
     )
     tls.add_arguments(p)
+    p.add_argument(
+        "--workers",
+        type=workers_count,
+        default=DEFAULT_WORKERS,
+        metavar="N|auto",
+        help="server processes answering on the same ports (SO_REUSEPORT), each with its "
+        "own model instances and event loop, so the request path uses more than one core; "
+        "loads, routing, shared-memory regions, statistics and metrics stay server-wide. "
+        "auto: one per usable core. 1: a single process, no supervisor. Default: "
+        f"{DEFAULT_WORKERS}",
+    )
     p.add_argument("--log-verbose", type=int, default=0, help="0: info; 1 or more: debug logging")
     p.set_defaults(func=_serve)
 
@@ -176,6 +190,7 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         busy_poll_us=args.busy_poll_us,
         allow_client_shm=args.allow_client_shm,
         grpc_tls=tls.from_args(args, "grpc"),
+        workers=args.workers,
     )
 
 
@@ -205,6 +220,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"warpserve serve: error: {exc}", file=sys.stderr)
         return 2
     try:
+        if options.workers > 1:
+            from warpserve.server.workers.supervisor import supervise
+
+            return supervise(options, options.workers, args.event_loop)
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             status = runner.run(run(options))
     except PortUnavailable as exc:  # taken between the check and the bind

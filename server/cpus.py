@@ -17,6 +17,24 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
+# Set by the supervisor of ``warpserve serve --workers N`` in each worker's environment:
+# the processes share the cores, so each sizes its thread pools for its share.
+WORKERS_ENV = "WARPSERVE_WORKER_PROCESSES"
+
+
+def worker_processes() -> int:
+    """How many server processes share this machine's cores (1 without --workers)."""
+    try:
+        return max(1, int(os.environ.get(WORKERS_ENV, "1")))
+    except ValueError:
+        return 1
+
+
+def thread_budget() -> int:
+    """Cores this process may keep busy: its share when several server processes run."""
+    return max(1, usable_cores() // worker_processes())
+
+
 @functools.cache
 def usable_cores() -> int:
     """Whole cores available to this process (at least 1)."""

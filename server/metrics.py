@@ -340,8 +340,13 @@ class _MetricsServer(ThreadingMixIn, WSGIServer):
 
 def serve_metrics(registry: ModelRegistry, address: str, port: int) -> tuple[Any, int]:
     """Start the metrics HTTP endpoint on a daemon thread; returns (server, bound port)."""
+    return serve_collector(RegistryCollector(registry), address, port)
+
+
+def serve_collector(collector: Collector, address: str, port: int) -> tuple[Any, int]:
+    """``collector`` at /metrics on a daemon thread; returns (server, bound port)."""
     prom = CollectorRegistry()
-    prom.register(RegistryCollector(registry))
+    prom.register(collector)
     # IPv4 or IPv6, as the address asks (socketserver assumes IPv4).
     info = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
 

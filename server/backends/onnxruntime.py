@@ -20,7 +20,7 @@ from warpserve.server.backends.spec import (
     Signature,
     TensorSignature,
 )
-from warpserve.server.cpus import usable_cores
+from warpserve.server.cpus import thread_budget
 from warpserve.server.errors import InvalidInput, ModelLoadError
 from warpserve.server.repository.parameters import integer, optional_integer
 
@@ -42,7 +42,7 @@ def _providers(config: mc.ModelConfig) -> list[str]:
 
 def session_options(config: mc.ModelConfig, instances: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    cores = usable_cores()
+    cores = thread_budget()  # this process's share when several serve
     # Instances run concurrently, so they share the cores rather than each taking all.
     threads = INTRA_OP_THREADS.read(config)
     options.intra_op_num_threads = threads or max(1, cores // max(instances, 1))

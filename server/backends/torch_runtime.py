@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from warpserve.protos import model_config_pb2 as mc
-from warpserve.server.cpus import usable_cores
+from warpserve.server.cpus import thread_budget
 from warpserve.server.errors import InvalidInput, ModelLoadError
 from warpserve.server.repository.parameters import flag, integer_list, optional_integer
 
@@ -70,7 +70,7 @@ def configure_threads(config: mc.ModelConfig, instances: int) -> None:
     loaded decides for all torch models in this server (Triton's backend: the first)."""
     import torch
 
-    threads = INTRA_OP_THREADS.read(config) or max(1, usable_cores() // max(instances, 1))
+    threads = INTRA_OP_THREADS.read(config) or max(1, thread_budget() // max(instances, 1))
     if torch.get_num_threads() != threads:
         log.info("model '%s': torch intra-op threads %d", config.name, threads)
         torch.set_num_threads(threads)

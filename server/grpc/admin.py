@@ -22,6 +22,8 @@ import grpc
 
 from warpserve.protos import admin_pb2 as apb
 from warpserve.protos import admin_pb2_grpc as apb_grpc
+from warpserve.server.control.local import LocalControlPlane
+from warpserve.server.control.plane import ControlPlane
 from warpserve.server.drift.monitor import DriftMonitor
 from warpserve.server.errors import (
     InvalidInput,
@@ -68,7 +70,10 @@ def admin_exposure(address: str, token: str | None, *, required: bool = False) -
 
 
 def add_admin_service(
-    server: grpc.aio.Server, registry: ModelRegistry, options: ServerOptions
+    server: grpc.aio.Server,
+    registry: ModelRegistry,
+    options: ServerOptions,
+    control: ControlPlane | None = None,
 ) -> None:
     if not admin_exposure(options.grpc_address, options.admin_token):
         log.warning(
@@ -78,7 +83,7 @@ def add_admin_service(
             ENABLE_HINT,
         )
         return
-    servicer = AdminServicer(registry, options.admin_token)
+    servicer = AdminServicer(registry, options.admin_token, control)
     add_bounded(
         apb_grpc.add_ModelAdminServicer_to_server, servicer, server, options.max_message_bytes
     )
@@ -96,9 +101,13 @@ def authorized(method: F) -> F:
 
 
 class AdminServicer(apb_grpc.ModelAdminServicer):
-    def __init__(self, registry: ModelRegistry, token: str | None) -> None:
+    def __init__(
+        self, registry: ModelRegistry, token: str | None, control: ControlPlane | None = None
+    ) -> None:
         self.registry = registry
         self.token = token
+        # Changes apply server-wide: to every server process when there are several.
+        self.control = control if control is not None else LocalControlPlane(registry, None)
 
     def check_credentials(self, metadata: Any) -> None:
         if self.token is None:
@@ -119,13 +128,13 @@ class AdminServicer(apb_grpc.ModelAdminServicer):
     @authorized
     async def Rollout(self, request: apb.RolloutRequest, context: Context) -> apb.RolloutResponse:
         name = _name(request.model)
-        await self.registry.rollout(name, _version(request.version), request.canary_percent)
+        await self.control.rollout(name, _version(request.version), request.canary_percent)
         return apb.RolloutResponse(status=self._status(name))
 
     @maps_errors
     @authorized
     async def Promote(self, request: apb.PromoteRequest, context: Context) -> apb.PromoteResponse:
-        self.registry.promote(_name(request.model))
+        await self.control.promote(_name(request.model))
         return apb.PromoteResponse(status=self._status(request.model))
 
     @maps_errors
@@ -133,7 +142,7 @@ class AdminServicer(apb_grpc.ModelAdminServicer):
     async def Rollback(
         self, request: apb.RollbackRequest, context: Context
     ) -> apb.RollbackResponse:
-        self.registry.rollback(_name(request.model), request.reason or "manual")
+        await self.control.rollback(_name(request.model), request.reason or "manual")
         return apb.RollbackResponse(status=self._status(request.model))
 
     @maps_errors
@@ -142,7 +151,7 @@ class AdminServicer(apb_grpc.ModelAdminServicer):
         self, request: apb.SetTrafficSplitRequest, context: Context
     ) -> apb.SetTrafficSplitResponse:
         weights = {_version(v): w for v, w in request.weights.items()}
-        self.registry.set_split(_name(request.model), weights)
+        await self.control.set_split(_name(request.model), weights)
         return apb.SetTrafficSplitResponse(status=self._status(request.model))
 
     @maps_errors
@@ -152,7 +161,7 @@ class AdminServicer(apb_grpc.ModelAdminServicer):
     ) -> apb.SetShadowResponse:
         if request.version < 0:
             raise InvalidInput(f"shadow version {request.version} is negative; 0 clears it")
-        self.registry.set_shadow(_name(request.model), request.version, request.percent)
+        await self.control.set_shadow(_name(request.model), request.version, request.percent)
         return apb.SetShadowResponse(status=self._status(request.model))
 
     @maps_errors
@@ -160,9 +169,9 @@ class AdminServicer(apb_grpc.ModelAdminServicer):
     async def Load(self, request: apb.LoadRequest, context: Context) -> apb.LoadResponse:
         name = _name(request.model)
         if request.version:
-            await self.registry.load(name, [_version(request.version)], activate=False)
+            await self.control.load(name, [_version(request.version)], activate=False)
         else:
-            await self.registry.load(name)
+            await self.control.load(name, None, activate=True)
         return apb.LoadResponse(status=self._status(name))
 
     @maps_errors
@@ -171,7 +180,7 @@ class AdminServicer(apb_grpc.ModelAdminServicer):
         name = _name(request.model)
         if request.version < 0:
             raise InvalidInput(f"unload version {request.version} is negative; 0 unloads all")
-        await self.registry.unload(name, request.version or None)
+        await self.control.unload(name, request.version or None)
         return apb.UnloadResponse(status=self._status(name))
 
     @maps_errors

@@ -11,6 +11,8 @@ from warpserve import __version__
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server import codec
+from warpserve.server.control.local import LocalControlPlane
+from warpserve.server.control.plane import ControlPlane
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import InvalidInput, Unavailable, Unimplemented
 from warpserve.server.grpc import limits, reports
@@ -39,10 +41,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         registry: ModelRegistry,
         shm: SharedMemoryRegions | None = None,
         max_message_bytes: int | None = None,
+        control: ControlPlane | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.registry = registry
         self.shm = shm if shm is not None else SharedMemoryRegions(allowed=False)
+        # Loads, unloads, regions and statistics are server-wide: with several server
+        # processes this forwards them to the supervisor (control/).
+        self.control = control if control is not None else LocalControlPlane(registry, self.shm)
         # Requests and answers over it are refused with a hint naming the flag (limits).
         self.max_message_bytes = max_message_bytes
         self.live = True
@@ -54,7 +60,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         ready = not self.dataplane.calls.draining and all(
             served.ready_versions() for served in self.registry.models.values()
         )
-        return pb.ServerReadyResponse(ready=ready)
+        return pb.ServerReadyResponse(ready=ready and await self.control.ready())
 
     @maps_errors
     async def ModelReady(self, request, context):
@@ -85,7 +91,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             self.registry.model(request.name)
         if request.version:
             parse_version(request.version)
-        return reports.statistics(self.registry, request.name, request.version)
+        return await self.control.statistics(request.name, request.version)
 
     @maps_errors
     async def RepositoryIndex(self, request, context):
@@ -93,14 +99,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @maps_errors
     async def RepositoryModelLoad(self, request, context):
-        await reports.load_request(self.registry, request)
+        await self.control.load_request(request)
         return pb.RepositoryModelLoadResponse()
 
     @maps_errors
     async def RepositoryModelUnload(self, request, context):
         if request.repository_name:
             raise InvalidInput("only the default repository (empty repository_name) exists")
-        await self.registry.unload(request.model_name)
+        await self.control.unload(request.model_name, None)
         return pb.RepositoryModelUnloadResponse()
 
     @maps_errors
@@ -119,12 +125,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @maps_errors
     async def SystemSharedMemoryRegister(self, request, context):
-        self.shm.register(request.name, request.key, request.offset, request.byte_size)
+        await self.control.shm_register(
+            request.name, request.key, request.offset, request.byte_size
+        )
         return pb.SystemSharedMemoryRegisterResponse()
 
     @maps_errors
     async def SystemSharedMemoryUnregister(self, request, context):
-        self.shm.unregister(request.name)
+        await self.control.shm_unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @maps_errors

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -17,7 +18,9 @@ from grpc_health.v1 import health_pb2_grpc
 
 from warpserve.profiling.guard import LatencyGuard
 from warpserve.server.busypoll import BusyPoller, default_window_us
-from warpserve.server.cpus import usable_cores
+from warpserve.server.control.local import LocalControlPlane
+from warpserve.server.control.plane import ControlPlane
+from warpserve.server.cpus import usable_cores, worker_processes
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import WarpserveError
 from warpserve.server.grpc.health import HealthReporter
@@ -154,7 +157,9 @@ def _grpc_options(options: ServerOptions) -> list[tuple[str, Any]]:
         # with a hint naming the flag (gRPC's own refusal names none).
         ("grpc.max_receive_message_length", receive_ceiling(options.max_message_bytes)),
         ("grpc.max_send_message_length", options.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        # Off for a lone process (a second server on the port is a mistake to report);
+        # on for the workers of --workers N, which share it.
+        ("grpc.so_reuseport", 1 if options.reuse_port else 0),
     ]
 
 
@@ -169,29 +174,49 @@ async def _load_startup_models(registry: ModelRegistry, options: ServerOptions) 
             log.error("model '%s' failed to load: %s", name, exc)
 
 
-async def start_server(options: ServerOptions) -> RunningServer:
+# In a worker of several: what runs once the models are loaded and before the port
+# takes calls (the worker's internal service, taking over the current state).
+BeforeAccepting = Callable[[ModelRegistry, SharedMemoryRegions], Awaitable[None]]
+
+
+async def start_server(
+    options: ServerOptions,
+    *,
+    control: ControlPlane | None = None,
+    before_accepting: BeforeAccepting | None = None,
+    on_started: Callable[[], Awaitable[Any]] | None = None,
+) -> RunningServer:
+    """Start one server process. Without ``control`` it is the whole server; with one
+    (a worker of ``--workers N``), global changes go through it and the repository
+    poller runs in the supervisor instead."""
     assert options.model_repository is not None
-    check_ports(options)
+    if not options.reuse_port:  # a worker's port is held by its siblings (and supervisor)
+        check_ports(options)
     repository = ModelRepository(options.model_repository)
     window_us = options.busy_poll_us
     if window_us is None:
         window_us = default_window_us()
     poller = BusyPoller(window_us)
     log.info(
-        "busy polling: %s (--busy-poll-us; %d usable cores)",
+        "busy polling: %s (--busy-poll-us; %d usable cores, %d server processes)",
         f"up to {window_us} us after each request" if window_us else "off",
         usable_cores(),
+        worker_processes(),
     )
     registry = ModelRegistry(repository, grace_period_s=options.rollback_grace_secs, poller=poller)
-    LatencyGuard(registry)  # watches new versions of models whose config enables it
+    shm = SharedMemoryRegions(allowed=options.allow_client_shm)
+    if control is None:
+        control = LocalControlPlane(registry, shm)
+    # Watches new versions of models whose config enables it; its verdict goes through
+    # the control plane, so a rollback reaches every process.
+    LatencyGuard(registry, rollback=control.guard_rollback)
     dataplane = DataPlane(registry, poller)
     health = HealthReporter()
     server = grpc.aio.server(options=_grpc_options(options))
-    shm = SharedMemoryRegions(allowed=options.allow_client_shm)
     if shm.allowed:
         log.info("client shared memory: on (--allow-client-shm); regions map from %s", shm.root)
     add_inference_service(
-        InferenceServicer(dataplane, registry, shm, options.max_message_bytes), server
+        InferenceServicer(dataplane, registry, shm, options.max_message_bytes, control), server
     )
     add_bounded(
         health_pb2_grpc.add_HealthServicer_to_server,
@@ -199,15 +224,21 @@ async def start_server(options: ServerOptions) -> RunningServer:
         server,
         options.max_message_bytes,
     )
-    _add_admin(server, registry, options)
-    port = _bind_grpc(server, options)
-    # Both ports are held before any model loads: a port in use ends the start at once.
+    _add_admin(server, registry, options, control)
+    # A lone process holds its port before any model loads (a port in use ends the start
+    # at once). A worker binds only when it can answer: with SO_REUSEPORT the kernel
+    # hands a bound port's new connections to every listener, ready or not.
+    port = 0 if options.reuse_port else _bind_grpc(server, options)
     metrics, metrics_port = _start_metrics(registry, options)
     await _load_startup_models(registry, options)
+    if before_accepting is not None:
+        await before_accepting(registry, shm)
+    if options.reuse_port:
+        port = _bind_grpc(server, options)
     await server.start()
     running = RunningServer(options, registry, dataplane, server, health, port)
     running._metrics, running.metrics_port = metrics, metrics_port
-    if options.model_control_mode == "poll":
+    if options.model_control_mode == "poll" and isinstance(control, LocalControlPlane):
         running.poller = RepositoryPoller(registry, options.repository_poll_secs)
         running.poller.start()
     # Everything loaded so far lives as long as the server: move it out of the cyclic
@@ -215,6 +246,8 @@ async def start_server(options: ServerOptions) -> RunningServer:
     gc.collect()
     gc.freeze()
     await health.serving()
+    if on_started is not None:
+        await on_started()
     log.info(
         "Started GRPCInferenceService at %s:%d%s", options.grpc_address, port, _tls_note(options)
     )
@@ -254,31 +287,38 @@ def _start_metrics(registry: ModelRegistry, options: ServerOptions) -> tuple[Any
         raise unavailable(address, port, "--metrics-port", "metrics", exc) from None
 
 
-def _add_admin(server: grpc.aio.Server, registry: ModelRegistry, options: ServerOptions) -> None:
+def _add_admin(
+    server: grpc.aio.Server, registry: ModelRegistry, options: ServerOptions, control: ControlPlane
+) -> None:
     try:
         from warpserve.server.grpc.admin import add_admin_service
     except ImportError:
         return
-    add_admin_service(server, registry, options)
+    add_admin_service(server, registry, options, control)
 
 
-async def run(options: ServerOptions) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit status. A second signal exits the
-    process at once."""
-    running = await start_server(options)
+async def run(
+    options: ServerOptions,
+    *,
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+    **start: Any,
+) -> int:
+    """Serve until one of ``signals``; returns the exit status. A second signal exits
+    the process at once."""
+    running = await start_server(options, **start)
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
         if running.shutting_down:
-            _exit_now(sig, running)
+            exit_now(sig, running)
         running.begin_shutdown()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     return await running.wait()
 
 
-def _exit_now(sig: signal.Signals, running: RunningServer) -> NoReturn:
+def exit_now(sig: signal.Signals, running: RunningServer) -> NoReturn:
     """A second signal: the operator does not want to wait. Worker threads may still be
     running a model, so the interpreter's orderly exit (which joins them) is skipped."""
     log.error(

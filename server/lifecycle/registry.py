@@ -48,6 +48,14 @@ log = logging.getLogger(__name__)
 EventKey = tuple[str, int, str]  # (model, version, outcome or reason)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What a prepare loaded: the versions wanted, and those it loaded anew."""
+
+    wanted: list[int]
+    fresh: list[int]
+
+
 @dataclass
 class RegistryEvents:
     """Counters the metrics exporter reads (from its thread, on a copy of each table)."""
@@ -186,12 +194,36 @@ class ModelRegistry:
         taking traffic (unless nothing serves yet).
         """
         async with self._locked(name, create=True) as served:
-            await self._load_locked(served, versions, activate)
+            wanted = await self._load_locked(served, versions)
+            await self._commit_load_locked(served, wanted, activate)
         return served
 
-    async def _load_locked(
-        self, served: ServedModel, versions: list[int] | None, activate: bool
-    ) -> None:
+    # Two phases, for a server of several processes: every process loads and verifies
+    # (prepare) before any routes to the new versions (commit), and a failure anywhere
+    # unloads what the others loaded (abort), so the old version keeps serving everywhere.
+
+    async def prepare(self, name: str, versions: list[int] | None = None) -> Prepared:
+        """Load and verify the wanted versions beside the serving ones; route nothing."""
+        async with self._locked(name, create=True) as served:
+            before = {v for v, mv in served.versions.items() if is_serving(mv)}
+            wanted = await self._load_locked(served, versions)
+            return Prepared(sorted(wanted), sorted(wanted - before))
+
+    async def commit_load(self, name: str, wanted: list[int], activate: bool = True) -> None:
+        async with self._locked(name) as served:
+            await self._commit_load_locked(served, set(wanted), activate)
+
+    async def commit_rollout(self, name: str, version: int, canary_percent: float) -> None:
+        async with self._locked(name) as served:
+            await self._commit_rollout_locked(served, version, canary_percent)
+
+    async def abort(self, name: str, fresh: list[int]) -> None:
+        """Unload versions a prepare loaded here that another process failed to load."""
+        for version in fresh:
+            with contextlib.suppress(ModelNotFound, Unavailable):  # already gone
+                await self.unload(name, version)
+
+    async def _load_locked(self, served: ServedModel, versions: list[int] | None) -> set[int]:
         try:
             config = self.repository.config(served.name)
             folders = self._wanted_folders(served.name, config, versions)
@@ -215,7 +247,11 @@ class ModelRegistry:
             served.replace_entry(mv)
         await asyncio.gather(*(mv.load() for mv in fresh))
         self._check_loaded(served, fresh)
-        wanted = {f.version for f in folders}
+        return {f.version for f in folders}
+
+    async def _commit_load_locked(
+        self, served: ServedModel, wanted: set[int], activate: bool
+    ) -> None:
         if activate or served.router.active is None:
             await at_point(self.hook, "swapping")
             self._activate(served, max(wanted))
@@ -366,23 +402,23 @@ class ModelRegistry:
         With ``canary_percent`` it takes only that share of unpinned traffic until
         ``promote``; otherwise it takes all of it at once.
         """
-        if version <= 0:
-            raise InvalidInput(f"rollout needs a positive version number, got {version}")
-        if not 0.0 <= canary_percent < 100.0:
-            raise InvalidInput(
-                f"canary percent {canary_percent} must lie in [0, 100); 0 switches all traffic"
-            )
+        check_rollout(version, canary_percent)
         async with self._locked(name, create=True) as served:
-            await self._load_locked(served, [version], activate=False)
-            active = served.router.active
-            if canary_percent > 0 and active is not None and active != version:
-                served.router.canary = {version: canary_percent / 100.0}
-                self.events.count(self.events.rollouts, name, version, "canary")
-                self._announce(name, version, active, ServingMode.CANARY)
-                return
-            await at_point(self.hook, "swapping")
-            self._activate(served, version)
-            served.retire_unwanted({version}, self.grace_period_s)
+            await self._load_locked(served, [version])
+            await self._commit_rollout_locked(served, version, canary_percent)
+
+    async def _commit_rollout_locked(
+        self, served: ServedModel, version: int, canary_percent: float
+    ) -> None:
+        active = served.router.active
+        if canary_percent > 0 and active is not None and active != version:
+            served.router.canary = {version: canary_percent / 100.0}
+            self.events.count(self.events.rollouts, served.name, version, "canary")
+            self._announce(served.name, version, active, ServingMode.CANARY)
+            return
+        await at_point(self.hook, "swapping")
+        self._activate(served, version)
+        served.retire_unwanted({version}, self.grace_period_s)
 
     def promote(self, name: str) -> int:
         """Give the canary every unpinned request; the old version stays for rollback."""
@@ -440,6 +476,15 @@ class ModelRegistry:
             for task in list(served.retire_tasks.values()):
                 task.cancel()
         await asyncio.gather(*(mv.drain_and_unload() for mv in self.all_versions()))
+
+
+def check_rollout(version: int, canary_percent: float) -> None:
+    if version <= 0:
+        raise InvalidInput(f"rollout needs a positive version number, got {version}")
+    if not 0.0 <= canary_percent < 100.0:
+        raise InvalidInput(
+            f"canary percent {canary_percent} must lie in [0, 100); 0 switches all traffic"
+        )
 
 
 def parse_version(version: str) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tests.server.batching.test_batcher import POLICY, FakeModel, request, until
-from warpserve.server import busypoll
+from warpserve.server import busypoll, cpus
 from warpserve.server.batching.batcher import DynamicBatcher
 from warpserve.server.batching.executor import Executor
 from warpserve.server.busypoll import DEFAULT_WINDOW_US, IDLE_PASS_NS, BusyPoller
@@ -164,5 +164,14 @@ async def test_the_batcher_reports_its_worker_thread_batches() -> None:
 def test_default_window_polls_only_with_a_core_to_spare(
     monkeypatch: pytest.MonkeyPatch, cores: int, window: int
 ) -> None:
-    monkeypatch.setattr(busypoll, "usable_cores", lambda: cores)
+    monkeypatch.setattr(busypoll, "thread_budget", lambda: cores)
+    assert busypoll.default_window_us() == window
+
+
+@pytest.mark.parametrize(("workers", "window"), [(1, DEFAULT_WINDOW_US), (2, 0)])
+def test_default_window_counts_the_cores_other_server_processes_take(
+    monkeypatch: pytest.MonkeyPatch, workers: int, window: int
+) -> None:
+    monkeypatch.setattr(cpus, "usable_cores", lambda: 2)
+    monkeypatch.setenv(cpus.WORKERS_ENV, str(workers))
     assert busypoll.default_window_us() == window

@@ -1,0 +1,1 @@
+"""``warpserve serve --workers N``: a supervisor and N server processes on the same ports."""
