@@ -201,7 +201,9 @@ def test_a_rollout_under_load_switches_every_worker_without_a_failed_request(
         rolled = cli(workers.url, "rollout", MODEL, "--version", "2")
         assert rolled.returncode == 0, rolled.stderr
         mark = [len(load.versions) for load in loads]
-        wait_until(lambda: all(len(ld.versions) >= m + 3 for ld, m in zip(loads, mark, strict=True)))
+        wait_until(
+            lambda: all(len(ld.versions) >= m + 3 for ld, m in zip(loads, mark, strict=True))
+        )
     finally:
         for load in loads:
             load.finish()
@@ -247,7 +249,9 @@ def test_a_killed_worker_fails_only_its_calls_and_its_replacement_takes_the_stat
         wait_until(lambda: len(set(per_worker(workers.metrics_port)) - pids) == 1, 120)
         wait_until(lambda: all(connect(workers.url).is_server_ready() for _ in range(3)), 60)
         mark = [len(load.versions) for load in loads]
-        wait_until(lambda: all(len(ld.versions) >= m + 3 for ld, m in zip(loads, mark, strict=True)))
+        wait_until(
+            lambda: all(len(ld.versions) >= m + 3 for ld, m in zip(loads, mark, strict=True))
+        )
     finally:
         for load in loads:
             load.finish()
