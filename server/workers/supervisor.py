@@ -196,7 +196,7 @@ class Supervisor:
             "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
         }
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "warpserve.server.workers.worker", env=env
+            sys.executable, "-m", "warpserve.server.workers", env=env
         )
         self.procs[index] = proc
         return proc

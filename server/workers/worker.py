@@ -171,7 +171,3 @@ def main() -> int:
         logging.shutdown()
         os._exit(status)  # a model may still run on a worker thread
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -294,6 +294,8 @@ def test_sigterm_answers_every_call_received_by_any_worker(repo: Path, log_dir: 
     for load in loads:
         load.finish()
     errors = [e for load in loads for e in load.errors]
-    assert all("UNAVAILABLE" in e and "shutting down" in e for e in errors), errors[:5]
-    assert len(errors) == CHANNELS  # each connection was refused once, then stopped
+    # Refused ("shutting down"), or (a connection idle past the last 100 ms) not
+    # reached: never CANCELLED, nothing a worker received left unanswered.
+    assert all("UNAVAILABLE" in e for e in errors), errors[:5]
+    assert sum("shutting down" in e for e in errors) > 0
     assert server.log().count("shutdown complete: every request received was answered") == 2
