@@ -34,13 +34,13 @@ PER_WORKER = "warpserve_worker_requests"
 PER_WORKER_HELP = "Inference requests each server process answered (pid: the process)"
 
 
-def mode_of(family: str) -> str:
+def mode_of(family: str, kind: str) -> str:
     """How the supervisor combines one family's values over the workers."""
     if family in LIVE_SUM:
         return "livesum"
     if family in SAME_IN_EVERY_WORKER:
         return "max"
-    if family.startswith("nv_inference_"):
+    if kind in ("counter", "unknown"):  # Triton's bare-named counters are untyped
         return "sum"  # dead workers' files stay: a counter never goes back
     return "livemax"  # routing, states, guard: the same in every live worker
 
@@ -57,7 +57,7 @@ class MetricsMirror:
     def flush(self) -> None:
         seen: dict[str, set[tuple[str, ...]]] = {}
         for family in self.collector.collect():
-            mode = mode_of(family.name)
+            mode = mode_of(family.name, family.type)
             for sample in family.samples:
                 names = tuple(sample.labels)
                 gauge = self._gauge(sample.name, family.documentation, names, mode)
