@@ -161,7 +161,9 @@ class Supervisor:
             self.coordinator.forget(index, proc.pid)
             mark_process_dead(proc.pid, str(self.metrics_dir))
             if self.stopping:
-                return status
+                # Stopped by our SIGTERM before it took a call: nothing was lost.
+                cut_short = status == -signal.SIGTERM and proc.pid not in self.registered
+                return 0 if cut_short else status
             if proc.pid not in self.registered and not respawned:
                 log.error("worker %d exited with %d while starting; stopping", index, status)
                 self._fail(status or EXIT_KILLED)
@@ -196,7 +198,13 @@ class Supervisor:
             "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
         }
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "warpserve.server.workers", env=env
+            sys.executable,
+            "-m",
+            "warpserve.server.workers",
+            env=env,
+            # posix_spawn rather than fork: the supervisor's gRPC threads are running, and
+            # a fork would copy their state (Python's descriptors are not inherited).
+            close_fds=False,
         )
         self.procs[index] = proc
         return proc
@@ -227,9 +235,10 @@ class Supervisor:
         for index, proc in list(self.procs.items()):
             link = self.coordinator.workers.get(index)
             try:
-                assert link is not None and link.pid == proc.pid
+                if link is None or link.pid != proc.pid:
+                    raise LookupError(f"worker {index} has not registered")
                 await link.client.call("shutdown", timeout=2.0)
-            except (AssertionError, grpc.aio.AioRpcError):
+            except Exception:  # not registered yet, or not answering: the signal
                 if proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         proc.send_signal(signal.SIGTERM)
@@ -278,9 +287,7 @@ class ClusterRegistry:
 
 
 def supervise(options: ServerOptions, count: int, event_loop: str) -> int:
-    """Run the supervisor until its workers have stopped; returns the exit status."""
-    from warpserve.server.cli import event_loop_factory
-
-    supervisor = Supervisor(options, count, event_loop)
-    with asyncio.Runner(loop_factory=event_loop_factory(event_loop)) as runner:
-        return runner.run(supervisor.run())
+    """Run the supervisor until its workers have stopped; returns the exit status. It
+    runs on the standard library's loop (it serves no requests; the workers take
+    ``event_loop``), whose subprocesses start with posix_spawn."""
+    return asyncio.run(Supervisor(options, count, event_loop).run())

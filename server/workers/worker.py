@@ -79,6 +79,7 @@ class WorkerService:
         # The supervisor's shutdown call and a SIGTERM sent to the whole group (systemd
         # does) are one request to stop, not two: the call lets one such signal pass.
         self.absorb = 0
+        self.stop_requested = False  # the supervisor asked before this worker had started
 
     async def start(self, registry: ModelRegistry, shm: SharedMemoryRegions) -> None:
         from warpserve.server.workers.metrics import MetricsMirror
@@ -103,12 +104,16 @@ class WorkerService:
             self.mirror.flush()
             return None
         if op == "shutdown":
-            assert self.running is not None
-            if not self.running.shutting_down:
-                self.absorb = 1
-            self.running.begin_shutdown()
+            self.stop_requested = True
+            if self.running is not None:  # else: once started (see serve)
+                self.shut_down(self.running)
             return None
         return await worker_op(self.local, op, args)
+
+    def shut_down(self, running: RunningServer) -> None:
+        if not running.shutting_down:
+            self.absorb = 1
+        running.begin_shutdown()
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -128,6 +133,8 @@ async def serve(spec: WorkerSpec) -> int:
             on_started=lambda: control.client.call("serving", index=spec.index),
         )
         service.running = running
+        if service.stop_requested:
+            service.shut_down(running)
 
         def on_signal(sig: signal.Signals) -> None:
             if running.shutting_down:

@@ -70,3 +70,24 @@ def test_a_replacement_adopts_the_versions_routing_and_regions_of_a_snapshot(
     finally:
         block.close()
         block.unlink()
+
+
+def test_a_guard_verdict_rolls_back_once_however_many_processes_reach_it(
+    tmp_path: Path,
+) -> None:
+    write_affine(tmp_path, "m", (1, 2))
+
+    async def scenario() -> None:
+        local = plane(tmp_path)
+        await local.load("m", [1], activate=True)
+        await local.rollout("m", 2, canary_percent=0)
+        router = local.registry.models["m"].router
+        assert await local.guard_rollback("m", 2, "full", "latency_guard")
+        assert router.active == 1
+        # A second process's guard reaching the same verdict must not roll back again
+        # (that would route to the bad version, now the previous one).
+        assert not await local.guard_rollback("m", 2, "full", "latency_guard")
+        assert router.active == 1
+        await local.registry.close()
+
+    asyncio.run(scenario())
