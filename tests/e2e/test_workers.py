@@ -285,8 +285,9 @@ def test_a_killed_worker_fails_only_its_calls_and_its_replacement_takes_the_stat
     assert "starting a replacement" in workers.log()
 
 
-def test_sigterm_answers_every_call_received_by_any_worker(repo: Path, log_dir: Path) -> None:
-    server = start_server(repo, "--workers", "2", log_dir=log_dir)
+def test_sigterm_answers_every_call_received_by_any_worker(tmp_path: Path, log_dir: Path) -> None:
+    write_affine(tmp_path, MODEL, (1,))
+    server = start_server(tmp_path, "--workers", "2", log_dir=log_dir)
     loads = start_load(server.url, until_refused=True)
     wait_until(lambda: all(len(load.versions) >= 3 for load in loads))
     server.process.send_signal(signal.SIGTERM)
