@@ -31,3 +31,5 @@ class ServerOptions:
     workers: int = 1  # server processes on the same ports (--workers); 1: this process serves
     # Set in each worker of several: listeners bind with SO_REUSEPORT beside the others'.
     reuse_port: bool = False
+    # Set in each worker when a model owner runs: where its sockets are (server/owner).
+    owner_socket_dir: Path | None = None

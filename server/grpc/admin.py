@@ -74,7 +74,11 @@ def add_admin_service(
     registry: ModelRegistry,
     options: ServerOptions,
     control: ControlPlane | None = None,
+    *,
+    prepare: Callable[[AdminServicer], None] | None = None,
 ) -> None:
+    """``prepare`` adjusts the servicer before it is registered (the model owner's
+    forwarding wraps its methods)."""
     if not admin_exposure(options.grpc_address, options.admin_token):
         log.warning(
             "admin API (warpserve models) not served: --grpc-address %s is not loopback and "
@@ -84,6 +88,8 @@ def add_admin_service(
         )
         return
     servicer = AdminServicer(registry, options.admin_token, control)
+    if prepare is not None:
+        prepare(servicer)
     add_bounded(
         apb_grpc.add_ModelAdminServicer_to_server, servicer, server, options.max_message_bytes
     )

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -35,6 +35,9 @@ from warpserve.server.ports import check_ports, unavailable
 from warpserve.server.repository.repository import ModelRepository
 from warpserve.server.shm import SharedMemoryRegions
 from warpserve.server.tls import grpc_server_credentials
+
+if TYPE_CHECKING:
+    from warpserve.server.owner.launcher import OwnerLink
 
 log = logging.getLogger("warpserve")
 
@@ -62,6 +65,7 @@ class RunningServer:
     grpc_port: int
     metrics_port: int = 0
     poller: RepositoryPoller | None = None
+    owner: OwnerLink | None = None  # a worker's link to the model owner
     _metrics: Any = None
     _shutdown: asyncio.Task[int] | None = None
     _shutdown_begun: asyncio.Event = field(default_factory=asyncio.Event)
@@ -114,6 +118,8 @@ class RunningServer:
             self._stop_metrics()
             return EXIT_CUT_OFF
         # Every admitted call has its answer: only now do the models go.
+        if self.owner is not None:
+            await self.owner.close()
         await self.registry.close()
         await _quiet(calls, deadline)
         # Nothing of ours is left running; the grace covers answers still being sent.
@@ -203,6 +209,10 @@ async def start_server(
         usable_cores(),
         worker_processes(),
     )
+    # A worker of several beside a model owner: the owner's models are served there.
+    owner = await _attach_owner(options)
+    if owner is not None:
+        repository = owner.repository
     registry = ModelRegistry(repository, grace_period_s=options.rollback_grace_secs, poller=poller)
     shm = SharedMemoryRegions(allowed=options.allow_client_shm)
     if control is None:
@@ -210,21 +220,22 @@ async def start_server(
     # Watches new versions of models whose config enables it; its verdict goes through
     # the control plane, so a rollback reaches every process.
     LatencyGuard(registry, rollback=control.guard_rollback)
-    dataplane = DataPlane(registry, poller)
+    dataplane = DataPlane(registry, poller, owner=owner.proxy if owner is not None else None)
     health = HealthReporter()
     server = grpc.aio.server(options=_grpc_options(options))
     if shm.allowed:
         log.info("client shared memory: on (--allow-client-shm); regions map from %s", shm.root)
-    add_inference_service(
-        InferenceServicer(dataplane, registry, shm, options.max_message_bytes, control), server
-    )
+    inference = InferenceServicer(dataplane, registry, shm, options.max_message_bytes, control)
+    if owner is not None:
+        owner.forward(inference)  # calls about the owner's models answered there
+    add_inference_service(inference, server)
     add_bounded(
         health_pb2_grpc.add_HealthServicer_to_server,
         health.servicer,
         server,
         options.max_message_bytes,
     )
-    _add_admin(server, registry, options, control)
+    _add_admin(server, registry, options, control, owner)
     # A lone process holds its port before any model loads (a port in use ends the start
     # at once). A worker binds only when it can answer: with SO_REUSEPORT the kernel
     # hands a bound port's new connections to every listener, ready or not.
@@ -237,6 +248,7 @@ async def start_server(
         port = _bind_grpc(server, options)
     await server.start()
     running = RunningServer(options, registry, dataplane, server, health, port)
+    running.owner = owner
     running._metrics, running.metrics_port = metrics, metrics_port
     if options.model_control_mode == "poll" and isinstance(control, LocalControlPlane):
         running.poller = RepositoryPoller(registry, options.repository_poll_secs)
@@ -288,13 +300,29 @@ def _start_metrics(registry: ModelRegistry, options: ServerOptions) -> tuple[Any
 
 
 def _add_admin(
-    server: grpc.aio.Server, registry: ModelRegistry, options: ServerOptions, control: ControlPlane
+    server: grpc.aio.Server,
+    registry: ModelRegistry,
+    options: ServerOptions,
+    control: ControlPlane,
+    owner: OwnerLink | None,
 ) -> None:
     try:
         from warpserve.server.grpc.admin import add_admin_service
     except ImportError:
         return
-    add_admin_service(server, registry, options, control)
+    prepare = owner.forward_admin if owner is not None else None
+    add_admin_service(server, registry, options, control, prepare=prepare)
+
+
+async def _attach_owner(options: ServerOptions) -> OwnerLink | None:
+    """The model owner's link, for a worker started beside one (--workers N with
+    owner-placed models); None otherwise."""
+    if options.owner_socket_dir is None:
+        return None
+    from warpserve.server.owner.launcher import OwnerLink
+
+    assert options.model_repository is not None
+    return await OwnerLink.attach(options.owner_socket_dir, options.model_repository)
 
 
 async def run(

@@ -35,6 +35,8 @@ from warpserve.server.cpus import WORKERS_ENV
 from warpserve.server.lifecycle.poller import RepositoryPoller
 from warpserve.server.metrics import serve_collector
 from warpserve.server.options import ServerOptions
+from warpserve.server.owner.launcher import OwnerProcess, keep, owner_args
+from warpserve.server.owner.placement import LOCAL, PlacedRepository
 from warpserve.server.ports import unavailable
 from warpserve.server.repository.repository import ModelRepository
 from warpserve.server.workers.coordinator import Coordinator
@@ -52,6 +54,8 @@ EXIT_KILLED = 1
 # A second signal this soon after the first is the same one, delivered to the process and
 # to its process group (as timeout(1) does); a person's second Ctrl-C comes later.
 SAME_SIGNAL_S = 0.5
+# How long the model owner may take to load its models before the workers start.
+OWNER_READY_S = 300.0
 
 
 class Supervisor:
@@ -84,7 +88,14 @@ class Supervisor:
         internal.add_insecure_port(unix_target(str(self.supervisor_socket)))
         await internal.start()
         metrics = self._start_metrics(loop)
-        keepers = [loop.create_task(self._keep(i)) for i in range(self.count)]
+        try:
+            owner = await self._start_owner()
+        except (RuntimeError, TimeoutError) as exc:  # it exited, or never became ready
+            log.error("%s; stopping", exc)
+            owner, self.failed = None, EXIT_KILLED
+            self.stopping = True
+        workers = range(0 if self.stopping else self.count)
+        keepers = [loop.create_task(self._keep(i)) for i in workers]
         poller = (
             loop.create_task(self._poll()) if self.options.model_control_mode == "poll" else None
         )
@@ -93,6 +104,8 @@ class Supervisor:
             os.getpid(), self.count, self.options.grpc_address, self.options.grpc_port,
         )  # fmt: skip
         statuses = await asyncio.gather(*keepers)
+        if owner is not None:  # after the workers: they drain through it
+            await owner.stop()
         if poller is not None:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
@@ -105,6 +118,28 @@ class Supervisor:
         bad = [s for s in statuses if s]
         log.info("all workers stopped: %s", "clean" if not bad else f"exit statuses {bad}")
         return bad[0] if bad else 0
+
+    async def _start_owner(self) -> OwnerKeeper | None:
+        """The model owner, when a model of the repository is placed on it (a GPU model):
+        started and ready before the workers, which attach to it as they start."""
+        options = self.options
+        assert options.model_repository is not None
+        args = owner_args(
+            options.model_control_mode,
+            options.load_models,
+            options.repository_poll_secs,
+            options.rollback_grace_secs,
+            options.exit_timeout_secs,
+            self.event_loop,
+        )
+        owner = OwnerProcess(options.model_repository, self.runtime / "owner", args)
+        if not await asyncio.to_thread(owner.needed):
+            return None
+        owner.start()
+        await asyncio.to_thread(owner.wait_ready, OWNER_READY_S)
+        log.info("model owner (pid %d) serves the owner-placed models", owner.pid)
+        options.owner_socket_dir = owner.socket_dir
+        return OwnerKeeper(owner, options.exit_timeout_secs)
 
     @property
     def supervisor_socket(self) -> Path:
@@ -268,12 +303,28 @@ class Supervisor:
             await poller.stop()
 
 
+class OwnerKeeper:
+    """The running model owner: restarted when it dies (``keep``), stopped last."""
+
+    def __init__(self, owner: OwnerProcess, exit_timeout_s: float) -> None:
+        self.owner = owner
+        self.exit_timeout_s = exit_timeout_s
+        self.stopping = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(keep(owner, self.stopping))
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        await asyncio.to_thread(self.owner.stop, self.exit_timeout_s)
+        await self.task
+
+
 class ClusterRegistry:
     """What the repository poller needs of a registry, applied to every worker."""
 
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
-        self.repository = coordinator.repository
+        # The owner polls its own models; the workers' poller leaves them alone.
+        self.repository = PlacedRepository(coordinator.repository, LOCAL)
 
     @property
     def models(self) -> set[str]:

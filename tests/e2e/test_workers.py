@@ -300,3 +300,35 @@ def test_sigterm_answers_every_call_received_by_any_worker(tmp_path: Path, log_d
     assert all("UNAVAILABLE" in e for e in errors), errors[:5]
     assert sum("shutting down" in e for e in errors) > 0
     assert server.log().count("shutdown complete: every request received was answered") == 2
+
+
+ON_OWNER = 'parameters { key: "warpserve.placement" value: { string_value: "owner" } }'
+
+
+def test_a_model_placed_on_the_owner_is_loaded_once_and_served_through_every_worker(
+    tmp_path: Path, log_dir: Path
+) -> None:
+    write_affine(tmp_path, MODEL, (1,))
+    write_affine(tmp_path, "owned", (1,), extra=ON_OWNER)
+    server = start_server(tmp_path, "--workers", "2", log_dir=log_dir)
+    clients = [connect(server.url) for _ in range(CHANNELS)]
+    try:
+        before = per_worker(server.metrics_port)
+        for i, client in enumerate(clients):
+            x = np.random.default_rng(i).uniform(-2, 2, (1, 4)).astype(np.float32)
+            for name in ("owned", MODEL):
+                result = client.infer(name, [fp32_input(x)])
+                assert np.allclose(result.as_numpy("OUTPUT0"), affine_reference(x, scale=1.0))
+        after = per_worker(server.metrics_port)
+        assert all(after[pid] > before[pid] for pid in before)  # through both workers
+        (owned,) = clients[0].get_inference_statistics("owned", "1").model_stats
+        assert owned.inference_stats.success.count == CHANNELS  # one copy counted them all
+    finally:
+        for client in clients:
+            client.close()
+    assert server.stop() == 0, server.log()
+    log = server.log()
+    assert log.count("serves the owner-placed models") == 1  # one owner started
+    assert "model 'owned' version 1 is ready" in log  # loaded in the owner ...
+    assert "worker 0 warpserve.server.lifecycle.version: model 'owned'" not in log  # ... only
+    assert "worker 1 warpserve.server.lifecycle.version: model 'owned'" not in log
