@@ -14,7 +14,7 @@ version's rolling window (``drift_window_s``), computed at scrape time:
 - ``warpserve_drift_threshold{model,version,statistic="psi"|"ks"}``: the thresholds,
   to draw beside the two families above.
 - ``warpserve_drift_window_rows{model,version}``: live rows in the window (sampled:
-  ``drift_sample_rate`` of the executed batches, at most 64 rows of each).
+  ``drift_sample_rate`` of the executed batches, at most 16 rows of each).
 - ``warpserve_drift_alarm{model,version}``: 1 while some feature is over a threshold
   and the window holds at least ``drift_min_rows`` rows, else 0.
 - ``warpserve_drift_alarms_total{model,version}``: times the alarm went on.

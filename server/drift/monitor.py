@@ -19,14 +19,21 @@ import numpy as np
 
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.drift import statistics
-from warpserve.server.drift.reference import DriftReference, bin_counts, feature_rows
+from warpserve.server.drift.reference import (
+    DriftReference,
+    bin_counts,
+    bin_offsets,
+    feature_rows,
+)
 from warpserve.server.errors import ModelLoadError
 from warpserve.server.repository import parameters as params
 
 log = logging.getLogger(__name__)
 
-# Rows of one batch that are binned: enough for the window, bounded cost per batch.
-MAX_ROWS = 64
+# Rows of one batch that are binned: bounded cost per batch (binning 64 rows of 16
+# features took several times a fraud-scorer-sized model's own run; see
+# bench/bench_drift.py), and more batches with fewer rows each sample the traffic better.
+MAX_ROWS = 16
 SLOTS = 10
 
 DRIFT = params.flag("drift", True, "false ignores the version's drift reference")
@@ -159,7 +166,9 @@ class DriftMonitor:
         self._slot_s = settings.window_s / SLOTS
         self._slots = [_Slot() for _ in range(SLOTS)]
         self._lock = threading.Lock()
+        self._alarm_lock = threading.Lock()  # the metrics and admin threads both report
         self._credit = 1.0  # the first batch is observed
+        self._offsets = {n: bin_offsets(r.edges) for n, r in reference.inputs.items()}
         self.alarm = False
         self.alarms_raised = 0
         self.label = ""
@@ -177,7 +186,7 @@ class DriftMonitor:
             table = feature_rows(array[:MAX_ROWS]) if array is not None else None
             if table is None or table.shape[1] != len(ref.features):
                 return  # not the tensor the reference describes: nothing to compare
-            counts[name] = bin_counts(ref.edges, table)
+            counts[name] = bin_counts(ref.edges, table, self._offsets[name])
             rows = max(rows, len(table))
         self._add(counts, rows)
 
@@ -210,8 +219,14 @@ class DriftMonitor:
         return total
 
     def report(self, window: DriftWindow | None = None) -> DriftReport:
-        """The statistics of this window (or a merged one); logs the alarm's changes."""
+        """The statistics of this window (or a merged one). The alarm is judged here, when
+        metrics are scraped or status is asked for; its changes are logged."""
         report = evaluate(self.reference, window or self.window(), self.settings)
+        with self._alarm_lock:
+            self._note(report)
+        return report
+
+    def _note(self, report: DriftReport) -> None:
         if report.alarm and not self.alarm:
             self.alarms_raised += 1
             worst = max(report.features, key=lambda f: f.psi)
@@ -230,7 +245,6 @@ class DriftMonitor:
         elif self.alarm and not report.alarm:
             log.info("drift alarm on %s cleared", self.label)
         self.alarm = report.alarm
-        return report
 
 
 def monitor_for(

@@ -103,26 +103,37 @@ def _input_from_lists(
     return InputReference(tuple(str(f) for f in features), padded, full)
 
 
-def bin_counts(edges: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Counts (F, K + 1) of ``rows`` (N, F) in each feature's right-closed bins.
+def bin_counts(
+    edges: np.ndarray, rows: np.ndarray, offsets: np.ndarray | None = None
+) -> np.ndarray:
+    """Counts (F, K + 1) of ``rows`` (N, F, any numeric dtype) in each feature's
+    right-closed bins.
 
     A value's bin is the number of its feature's edges below it (+inf padding never
-    is). NaN counts nowhere. Costs N x F x K comparisons and one bincount.
+    is). NaN counts nowhere. Costs N x F x K comparisons and one bincount. ``offsets``
+    (``bin_offsets(edges)``) saves computing them per call.
     """
     features, width = edges.shape
     bins = width + 1
-    index = (rows[:, :, None] > edges[None, :, :]).sum(axis=2)
-    index += np.arange(features) * bins
+    index = (rows[:, :, None] > edges[None, :, :]).sum(axis=2, dtype=np.intp)
+    index += bin_offsets(edges) if offsets is None else offsets
     if rows.dtype.kind == "f":
         index = index[~np.isnan(rows)]
     return np.bincount(index.ravel(), minlength=features * bins).reshape(features, bins)
 
 
+def bin_offsets(edges: np.ndarray) -> np.ndarray:
+    """Where each feature's bins start in the flat counts."""
+    features, width = edges.shape
+    return np.arange(features, dtype=np.intp) * (width + 1)
+
+
 def feature_rows(array: np.ndarray) -> np.ndarray | None:
-    """The input as (rows, features) floats, or None when it has no numeric features."""
+    """The input as (rows, features), or None when it has no numeric features. Not
+    converted: comparing with the float64 edges promotes it as a conversion would."""
     if array.dtype.kind not in _NUMERIC or array.ndim < 1 or len(array) == 0:
         return None
-    return np.asarray(array, dtype=np.float64).reshape(len(array), -1)
+    return array.reshape(len(array), -1)
 
 
 def build_reference(
@@ -143,6 +154,7 @@ def build_reference(
         table = feature_rows(np.asarray(array))
         if table is None or table.shape[1] > MAX_FEATURES:
             continue
+        table = table.astype(np.float64)  # quantiles in full precision
         names = list((feature_names or {}).get(name, ()))
         if names and len(names) != table.shape[1]:
             raise ValueError(f"input {name!r}: {len(names)} feature names for {table.shape[1]}")

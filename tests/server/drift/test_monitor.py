@@ -34,12 +34,12 @@ def _monitor(clock: Clock | None = None, **settings: float) -> DriftMonitor:
 def _stream(monitor: DriftMonitor, seed: int, batches: int, shift: float = 0.0) -> None:
     rng = np.random.default_rng(seed)
     for _ in range(batches):
-        monitor.observe({"X": _rows(rng, 32, shift)})
+        monitor.observe({"X": _rows(rng, 16, shift)})
 
 
 def test_an_unshifted_stream_raises_no_alarm() -> None:
     monitor = _monitor()
-    _stream(monitor, 1, 100)
+    _stream(monitor, 1, 200)
     report = monitor.report()
     assert report.rows == 3200 and not report.alarm and monitor.alarms_raised == 0
     assert max(f.psi for f in report.features) < 0.05
@@ -48,7 +48,7 @@ def test_an_unshifted_stream_raises_no_alarm() -> None:
 
 def test_a_shifted_feature_raises_the_alarm_and_is_the_one_reported_over() -> None:
     monitor = _monitor()
-    _stream(monitor, 2, 100, shift=0.5)
+    _stream(monitor, 2, 200, shift=0.5)
     report = monitor.report()
     assert report.alarm and monitor.alarms_raised == 1
     over = [f.feature for f in report.features if report.over(f)]
@@ -59,7 +59,7 @@ def test_a_shifted_feature_raises_the_alarm_and_is_the_one_reported_over() -> No
 
 def test_no_alarm_before_the_window_holds_min_rows() -> None:
     monitor = _monitor()
-    _stream(monitor, 3, 10, shift=2.0)  # 320 rows, far off
+    _stream(monitor, 3, 20, shift=2.0)  # 320 rows, far off
     report = monitor.report()
     assert not report.alarm and report.features[1].psi > 1.0
 
@@ -67,10 +67,10 @@ def test_no_alarm_before_the_window_holds_min_rows() -> None:
 def test_the_window_forgets_old_slots_so_the_alarm_clears() -> None:
     clock = Clock()
     monitor = _monitor(clock)
-    _stream(monitor, 4, 100, shift=1.0)
+    _stream(monitor, 4, 200, shift=1.0)
     assert monitor.report().alarm
     clock.now += 61.0  # the shifted rows leave the window
-    _stream(monitor, 5, 100)
+    _stream(monitor, 5, 200)
     report = monitor.report()
     assert report.rows == 3200 and not report.alarm and not monitor.alarm
 
@@ -79,22 +79,22 @@ def test_merged_windows_equal_one_window_of_all_the_rows() -> None:
     one, a, b = _monitor(), _monitor(), _monitor()
     rng = np.random.default_rng(6)
     for i in range(40):
-        batch = {"X": _rows(rng, 32, shift=0.3)}
+        batch = {"X": _rows(rng, 16, shift=0.3)}
         one.observe(batch)
         (a if i % 3 else b).observe(batch)
     merged = DriftWindow.merged([a.window(), b.window()])
     np.testing.assert_array_equal(merged.counts["X"], one.window().counts["X"])
-    assert merged.rows == one.window().rows == 1280
+    assert merged.rows == one.window().rows == 640
     assert one.report(merged).features == one.report().features
 
 
-def test_sampling_observes_the_configured_share_of_batches_and_at_most_64_rows() -> None:
+def test_sampling_observes_the_configured_share_of_batches_and_at_most_16_rows() -> None:
     monitor = _monitor(sample_rate=0.25)
     _stream(monitor, 7, 100)
-    assert monitor.window().rows == (1 + 25) * 32  # the first batch, then every 4th
+    assert monitor.window().rows == (1 + 25) * 16  # the first batch, then every 4th
     big = _monitor()
     big.observe({"X": _rows(np.random.default_rng(8), 1000)})
-    assert big.window().rows == 64
+    assert big.window().rows == 16
 
 
 def test_a_batch_without_the_referenced_input_is_not_counted() -> None:
