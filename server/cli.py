@@ -21,7 +21,7 @@ from warpserve.server.busypoll import DEFAULT_WINDOW_US, MIN_CORES
 from warpserve.server.options import ServerOptions
 from warpserve.server.ports import PortUnavailable, check_ports
 
-# Server processes without --workers (see the README's measurements).
+# Server processes without --workers: one (the README says why).
 DEFAULT_WORKERS = "1"
 
 
