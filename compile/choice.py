@@ -14,7 +14,7 @@ from warpserve.server.lifecycle.version import INLINE_BATCH_LIMIT_NS, INLINE_THR
 # instance groups); below it the gRPC loop, not the model, is the limit.
 COMPUTE_BOUND_MS = 1.0
 MIN_QUEUE_DELAY_US = 100
-KNEE = 0.9  # a preferred size reaches this share of the best throughput
+KNEE = 0.9  # the chosen batch reaches this share of the best throughput
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class Candidate:
 @dataclass(frozen=True)
 class Choice:
     variant: str
-    point: Point
+    point: Point  # the batch size it is chosen at
+    best: Point  # its highest throughput (the same point, or a larger batch)
     why: str
 
 
@@ -40,52 +41,67 @@ class Batching:
 
 
 def choose(candidates: list[Candidate], budget_ms: float | None) -> Choice | None:
-    """Best throughput among servable variants at a batch whose p99 is within budget."""
+    """The servable variant with the best throughput at a batch whose p99 is within budget,
+    at the smallest batch size where it reaches KNEE of that throughput.
+
+    Past the knee a curve is flat: a larger batch adds latency, and its extra throughput is
+    within what the same point measures from one run to the next on a shared machine.
+    """
     best: tuple[float, float, str, Point] | None = None
     for candidate in candidates:
         if not candidate.servable:
             continue
-        for point in candidate.points:
-            if budget_ms is not None and point.p99_ms > budget_ms:
-                continue
+        for point in _within(candidate.points, budget_ms):
             # Higher throughput wins; at equal throughput the lower latency.
             key = (point.throughput, -point.p99_ms, candidate.variant, point)
             if best is None or key[:2] > best[:2]:
                 best = key
     if best is None:
         return None
-    _, _, variant, point = best
+    _, _, variant, top = best
+    curve = next(c.points for c in candidates if c.variant == variant)
+    point = min(
+        (p for p in _within(curve, budget_ms) if p.throughput >= KNEE * top.throughput),
+        key=lambda p: p.batch,
+    )
     within = f"within the {budget_ms:g} ms p99 budget" if budget_ms is not None else "(no budget)"
     why = (
-        f"highest throughput {within}: {point.throughput:,.0f} rows/s at batch {point.batch} "
-        f"(median {point.median_ms:.3f} ms, p99 {point.p99_ms:.3f} ms)"
+        f"highest throughput {within}: {top.throughput:,.0f} rows/s at batch {top.batch} "
+        f"(median {top.median_ms:.3f} ms, p99 {top.p99_ms:.3f} ms)"
     )
-    return Choice(variant, point, why)
+    if point is not top:
+        why += (
+            f"; batch {point.batch} is the smallest reaching {KNEE:.0%} of it: "
+            f"{point.throughput:,.0f} rows/s (median {point.median_ms:.3f} ms, "
+            f"p99 {point.p99_ms:.3f} ms)"
+        )
+    return Choice(variant, point, top, why)
+
+
+def _within(points: list[Point], budget_ms: float | None) -> list[Point]:
+    return [p for p in points if budget_ms is None or p.p99_ms <= budget_ms]
 
 
 def batching(curve: list[Point], choice: Choice, budget_ms: float | None) -> Batching:
     """Preferred sizes, queue delay and instance count from the chosen variant's curve."""
-    knee = next(
-        (p.batch for p in curve if p.throughput >= KNEE * choice.point.throughput),
-        choice.point.batch,
-    )
-    preferred = sorted({b for b in (knee, choice.point.batch) if b > 1})
+    best = choice.best
+    preferred = sorted({b for b in (choice.point.batch, best.batch) if b > 1})
     single = next((p for p in curve if p.batch == 1), curve[0])
-    delay_us, delay_why = _queue_delay(single, choice, curve, budget_ms)
-    compute_bound = choice.point.median_ms > COMPUTE_BOUND_MS and usable_cores() >= 2
+    delay_us, delay_why = _queue_delay(single, best, curve, budget_ms)
+    compute_bound = best.median_ms > COMPUTE_BOUND_MS and usable_cores() >= 2
     instances = 2 if compute_bound else 1
     why = (
-        f"preferred batch sizes {preferred or 'none'} (the chosen batch, and the smallest "
-        f"reaching {KNEE:.0%} of its throughput); queue delay {delay_us} us ({delay_why}); "
+        f"preferred batch sizes {preferred or 'none'} (the chosen batch, and the batch of "
+        f"the highest throughput); queue delay {delay_us} us ({delay_why}); "
         f"{instances} instance(s): a batch of "
-        f"{choice.point.batch} takes {choice.point.median_ms:.3f} ms, "
+        f"{best.batch} takes {best.median_ms:.3f} ms, "
         f"{'compute-bound' if compute_bound else 'overhead-bound'}"
     )
     return Batching(preferred, delay_us, instances, why)
 
 
 def _queue_delay(
-    single: Point, choice: Choice, curve: list[Point], budget_ms: float | None
+    single: Point, best: Point, curve: list[Point], budget_ms: float | None
 ) -> tuple[int, str]:
     """How long a request may be held for a batch, and why.
 
@@ -104,9 +120,9 @@ def _queue_delay(
     if inline:
         delay_ms, why = INLINE_WINDOW_US / 1000, "the server's window for models run inline"
     else:
-        delay_ms = choice.point.median_ms
-        why = f"a batch of {choice.point.batch} takes {delay_ms:.3f} ms"
-    if budget_ms is not None and delay_ms > budget_ms - choice.point.p99_ms:
-        delay_ms = max(budget_ms - choice.point.p99_ms, 0.0)
+        delay_ms = best.median_ms
+        why = f"a batch of {best.batch} takes {delay_ms:.3f} ms"
+    if budget_ms is not None and delay_ms > budget_ms - best.p99_ms:
+        delay_ms = max(budget_ms - best.p99_ms, 0.0)
         why += ", capped by the latency budget"
     return max(MIN_QUEUE_DELAY_US, round(delay_ms * 1000)), why

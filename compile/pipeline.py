@@ -124,16 +124,21 @@ def compile_model(request: CompileRequest, progress: Progress) -> Outcome:
             request.max_batch_size,
             Path(work),
         )
-        results = []
-        for i, name in enumerate(request.targets):
-            step = _Step(
-                progress, 0.05 + 0.85 * i / len(request.targets), 0.85 / len(request.targets)
-            )
-            results.append(
-                _variant(TARGETS[name], ctx, outputs, ref.outputs, request, batches, step)
-            )
-        progress("measuring eager PyTorch", 0.92)
-        eager = _eager_points(request, examples, names, batches)
+        results: list[VariantResult] = []
+        runners: dict[str, Runner] = {}
+        try:
+            for i, name in enumerate(request.targets):
+                step = _Step(
+                    progress, 0.05 + 0.6 * i / len(request.targets), 0.6 / len(request.targets)
+                )
+                result, runner = _variant(TARGETS[name], ctx, outputs, ref.outputs, request, step)
+                results.append(result)
+                if runner is not None:
+                    runners[name] = runner
+            eager = _measure(request, examples, names, batches, results, runners, progress)
+        finally:
+            for runner in runners.values():
+                runner.close()
         built = report.build(request, specs, outputs, results, eager, program is not None)
         return _finish(request, built, results, examples, ref.outputs, outputs, progress)
 
@@ -154,9 +159,9 @@ def _variant(
     outputs: list[TensorSpec],
     expected: dict[str, np.ndarray],
     request: CompileRequest,
-    batches: list[int],
     step: _Step,
-) -> VariantResult:
+) -> tuple[VariantResult, Runner | None]:
+    """Build and check one target; its runner stays open for the measurement if it passed."""
     folder = ctx.work / target.name
     folder.mkdir()
     step(f"{target.name}: building", 0.0)
@@ -164,13 +169,13 @@ def _variant(
     try:
         target.build(ctx, folder / target.filename)
     except Skipped as exc:
-        return VariantResult(target, "skipped", str(exc))
+        return VariantResult(target, "skipped", str(exc)), None
     except Refused as exc:
-        return VariantResult(target, "rejected", f"unsupported: {exc}")
+        return VariantResult(target, "rejected", f"unsupported: {exc}"), None
     except UsageError:
         raise
     except Exception as exc:
-        return VariantResult(target, "failed", f"build: {summarize(exc)}")
+        return VariantResult(target, "failed", f"build: {summarize(exc)}"), None
     result = VariantResult(target, "failed", build_s=time.perf_counter() - started, folder=folder)
     try:
         runner = open_runner(
@@ -178,26 +183,23 @@ def _variant(
         )
     except Exception as exc:
         result.reason = f"load: {summarize(exc)}"
-        return result
-    try:
-        _check_and_measure(result, runner, ctx, expected, request, batches, step)
-    finally:
+        return result, None
+    result.servable, result.runs_on = runner.servable, runner.note
+    step(f"{target.name}: checking against PyTorch", 0.5)
+    _check(result, runner, ctx, expected, request)
+    if result.status != "passed":
         runner.close()
-    return result
+        return result, None
+    return result, runner
 
 
-def _check_and_measure(
+def _check(
     result: VariantResult,
     runner: Runner,
     ctx: BuildContext,
     expected: dict[str, np.ndarray],
     request: CompileRequest,
-    batches: list[int],
-    step: _Step,
 ) -> None:
-    result.servable, result.runs_on = runner.servable, runner.note
-    name = result.target.name
-    step(f"{name}: checking against PyTorch", 0.2)
     tolerance = request.tolerances[result.target.precision]
     try:
         result.parity = parity.check(runner, ctx.examples, expected, tolerance)
@@ -209,39 +211,79 @@ def _check_and_measure(
         return
     result.status = "passed"
 
-    def on_point(point: sweep.Point) -> None:
-        done = 0.3 + 0.7 * (batches.index(point.batch) + 1) / len(batches)
-        step(f"{name}: batch {point.batch}: {point.median_ms:.3f} ms median", done)
 
-    result.points = sweep.sweep(runner, ctx.examples, batches, request.seconds_per_point, on_point)
-
-
-def _eager_points(
-    request: CompileRequest, examples: dict[str, np.ndarray], names: list[str], batches: list[int]
+def _measure(
+    request: CompileRequest,
+    examples: dict[str, np.ndarray],
+    names: list[str],
+    batches: list[int],
+    results: list[VariantResult],
+    runners: dict[str, Runner],
+    progress: Progress,
 ) -> list[sweep.Point]:
-    """Eager PyTorch at its best per batch size: one intra-op thread and every usable core.
+    """Every passed variant and eager PyTorch over the batch sizes, side by side (see
+    ``sweep``); fills each variant's points and returns eager's."""
+    previous = _torch_threads()
+
+    def as_given() -> None:  # torch-based variants run with the caller's thread count
+        _set_torch_threads(previous)
+
+    eager = _eager_contenders(request, names)
+    variants = [sweep.Contender(name, run, as_given) for name, run in runners.items()]
+    contenders = [*eager, *variants]
+    listed = ", ".join(runners) or "eager PyTorch only"
+
+    def on_batch(batch: int) -> None:
+        done = (batches.index(batch) + 1) / len(batches)
+        progress(f"measured batch {batch} ({listed})", 0.65 + 0.3 * done)
+
+    progress(f"measuring {listed} beside eager PyTorch", 0.65)
+    try:
+        measured = sweep.compare(
+            contenders, examples, batches, request.seconds_per_point, on_batch=on_batch
+        )
+    finally:
+        _set_torch_threads(previous)
+    baseline = [c.name for c in eager]
+    for result in results:
+        if result.target.name in runners:
+            result.points = measured.against(result.target.name, baseline)
+    return measured.best_of(baseline)
+
+
+def _eager_contenders(request: CompileRequest, names: list[str]) -> list[sweep.Contender]:
+    """Eager PyTorch with one intra-op thread and with every usable core.
 
     Which wins depends on the model and on the machine's load: torch's OpenMP workers
     spin-wait, and on a shared machine two of them ran small models several times slower
-    than one. A variant is compared with the faster. The caller's setting (the demo build
-    pins one thread for reproducible golden outputs) comes back after.
+    than one. A variant is compared with the faster in each round. The caller's setting (the
+    demo build pins one thread for reproducible golden outputs) comes back after.
     """
-    import torch
-
     module = request.source.module
 
     def run(inputs: dict[str, np.ndarray]) -> object:
         return run_eager(module, as_tensors(inputs, names))
 
-    previous = torch.get_num_threads()
-    curves = []
-    try:
-        for threads in sorted({1, usable_cores()}):
-            torch.set_num_threads(threads)
-            curves.append(sweep.sweep(run, examples, batches, request.seconds_per_point))
-    finally:
-        torch.set_num_threads(previous)
-    return [max(points, key=lambda p: p.throughput) for points in zip(*curves, strict=True)]
+    def threads(count: int) -> Callable[[], None]:
+        return lambda: _set_torch_threads(count)
+
+    return [
+        sweep.Contender(f"eager/{count} thread(s)", run, threads(count))
+        for count in sorted({1, usable_cores()})
+    ]
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _set_torch_threads(count: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
 
 
 def _finish(

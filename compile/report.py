@@ -8,7 +8,7 @@ import platform
 from typing import TYPE_CHECKING, Any
 
 from warpserve.compile.specs import TensorSpec
-from warpserve.compile.sweep import Point
+from warpserve.compile.sweep import ROUNDS, Point
 from warpserve.server.cpus import usable_cores
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "eager_threads_tried": sorted({1, usable_cores()}),
+        "rounds": ROUNDS,
         "onnxruntime": onnxruntime.__version__,
         "cpu": platform.processor() or platform.machine(),
         "usable_cores": usable_cores(),
@@ -39,7 +40,7 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _variant(result: VariantResult, eager: dict[int, Point]) -> dict[str, Any]:
+def _variant(result: VariantResult) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": result.target.name,
         "description": result.target.description,
@@ -66,10 +67,7 @@ def _variant(result: VariantResult, eager: dict[int, Point]) -> dict[str, Any]:
                 for name, o in result.parity.outputs.items()
             },
         }
-    entry["points"] = [
-        {**p.as_dict(), "vs_eager": round(p.throughput / eager[p.batch].throughput, 3)}
-        for p in result.points
-    ]
+    entry["points"] = [p.as_dict() for p in result.points]
     return entry
 
 
@@ -81,7 +79,6 @@ def build(
     eager: list[Point],
     exported: bool,
 ) -> dict[str, Any]:
-    by_batch = {p.batch: p for p in eager}
     return {
         "model": request.name,
         "source": request.source.description,
@@ -94,7 +91,7 @@ def build(
         "exported_with_torch_export": exported,
         "tolerances": {k: {"atol": t.atol, "rtol": t.rtol} for k, t in request.tolerances.items()},
         "eager": [p.as_dict() for p in eager],
-        "variants": [_variant(r, by_batch) for r in results],
+        "variants": [_variant(r) for r in results],
     }
 
 
@@ -122,7 +119,8 @@ def markdown(built: dict[str, Any]) -> str:
     env = built["environment"]
     lines += [
         f"- environment: torch {env['torch']} (eager: the best of {env['eager_threads_tried']} "
-        f"threads per batch size), onnxruntime "
+        f"threads per batch size; every contender measured in {env['rounds']} rounds side by "
+        "side), onnxruntime "
         f"{env['onnxruntime']}, {env['usable_cores']} usable cores, GPU: {env['gpu'] or 'none'}",
         f"- max batch size {built['max_batch_size']}, latency budget "
         f"{built['latency_budget_ms'] or 'none'} ms (p99)",
@@ -151,8 +149,16 @@ def markdown(built: dict[str, Any]) -> str:
         c = built["choice"]
         lines += ["", "## Choice", "", f"**{c['variant']}** at batch {c['batch']}: {c['why']}."]
         lines += [
-            f"Eager PyTorch at that batch: {c['eager_throughput']:,.0f} rows/s "
-            f"({c['speedup_vs_eager']:.2f}x).",
+            f"Eager PyTorch at that batch: {c['eager_throughput']:,.0f} rows/s; the variant "
+            f"ran {c['speedup_vs_eager']:.2f}x as fast (median over rounds measured side by "
+            "side)."
+        ]
+        if c["best_batch"] != c["batch"]:
+            lines.append(
+                f"At batch {c['best_batch']}, its highest throughput: "
+                f"{c['best_speedup_vs_eager']:.2f}x eager."
+            )
+        lines += [
             "",
             f"Config: {built['config']['why']}.",
         ]
@@ -189,7 +195,7 @@ def _latency_table(built: dict[str, Any]) -> list[str]:
     ]
     for name, points in rows:
         for p in points:
-            ratio = p.get("vs_eager", 1.0)
+            ratio = p.get("vs_eager") or 1.0  # eager's own rows have none
             lines.append(
                 f"| {name} | {p['batch']} | {p['median_ms']:.3f} | {p['p99_ms']:.3f} "
                 f"| {p['throughput']:,.0f} | {ratio:.2f}x |"

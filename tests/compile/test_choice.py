@@ -35,3 +35,17 @@ def test_inline_models_get_the_servers_window_slower_ones_their_batch_time() -> 
     assert slow is not None
     plan = batching(SLOW, slow, None)
     assert plan.queue_delay_us == 20_000 and plan.preferred == [32]
+
+
+def test_the_smallest_batch_near_the_best_throughput_is_chosen() -> None:
+    # Batch 8 reaches 95% of batch 64's throughput: the curve is flat past it.
+    flat = _curve((1, 0.05, 0.08), (8, 0.105, 0.2), (64, 0.8, 1.5))
+    chosen = choose([Candidate("v", True, flat)], None)
+    assert chosen is not None
+    assert (chosen.point.batch, chosen.best.batch) == (8, 64)
+    assert "batch 8 is the smallest reaching 90% of it" in chosen.why
+    plan = batching(flat, chosen, None)
+    assert plan.preferred == [8, 64]
+    # Positive control: where batch 64 is clearly faster, it is chosen itself.
+    steep = choose([Candidate("v", True, FAST)], None)
+    assert steep is not None and steep.point is steep.best and steep.point.batch == 64
