@@ -80,6 +80,8 @@ def resolve_inputs(request: CompileRequest) -> tuple[list[TensorSpec], dict[str,
         specs = specs_from_examples(examples)
     if specs is None and source.program is not None:
         specs = specs_from_program(source.program)
+    if specs is None:
+        specs = source.inputs
     if not specs:
         raise UsageError(
             "the inputs are unknown: pass --input NAME:DIMS:DTYPE for each input, or "

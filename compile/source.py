@@ -25,6 +25,7 @@ class ModelSource:
     kind: str  # "torch.export", "torchscript", "factory", "mlflow", "module"
     description: str
     program: torch.export.ExportedProgram | None = None  # given, for a .pt2
+    inputs: list[TensorSpec] | None = None  # declared with the model (an MLflow signature)
 
     @property
     def scripted(self) -> bool:
@@ -147,6 +148,12 @@ def _load_weights(module: nn.Module, path: Path) -> None:
 
 
 def _from_mlflow(path: Path) -> ModelSource:
+    """An MLflow model folder of the pytorch flavour, in either of its serialisations.
+
+    "pt2" (MLflow 3's default) holds a torch.export program: it is read as a .pt2 is, so
+    no second export is needed and the inputs come from the program. "pickle" holds the
+    pickled module; its inputs come from the model's signature where it has one.
+    """
     if not (path / "MLmodel").is_file():
         raise UsageError(
             f"MODEL {path}: a folder, but not an MLflow model (no MLmodel file); pass a .pt2, "
@@ -154,17 +161,61 @@ def _from_mlflow(path: Path) -> ModelSource:
         )
     try:
         import mlflow.pytorch
+        from mlflow.models import Model
     except ImportError as exc:
         raise UsageError(
-            f"MODEL {path} is an MLflow model; reading it needs mlflow (pip install mlflow)"
+            f"MODEL {path} is an MLflow model; reading it needs mlflow (pip install "
+            f"'warpserve[mlflow]'): {exc}"
         ) from exc
+    description = f"MLflow model {path}"
+    try:
+        model = Model.load(str(path))
+    except Exception as exc:
+        raise UsageError(f"MODEL {path}: MLflow cannot read its MLmodel file ({exc})") from exc
+    flavour = model.flavors.get("pytorch")
+    if flavour is None:
+        raise UsageError(
+            f"MODEL {path}: an MLflow model without the pytorch flavour (it has "
+            f"{', '.join(sorted(model.flavors)) or 'none'}); log it with mlflow.pytorch"
+        )
+    program = path / str(flavour.get("model_data", "data")) / "model.pt2"
+    if program.is_file():
+        source = _from_program(program)
+        source.kind, source.description = "mlflow", f"{description} (torch.export program)"
+        return source
     try:
         module = mlflow.pytorch.load_model(str(path), map_location="cpu")
     except Exception as exc:
         raise UsageError(
             f"MODEL {path}: mlflow could not load it as the pytorch flavour ({exc})"
         ) from exc
-    return ModelSource(module.eval(), "mlflow", f"MLflow model {path}")
+    source = ModelSource(module.eval(), "mlflow", description)
+    source.inputs = _signature_inputs(model.signature, source.argument_names())
+    return source
+
+
+def _signature_inputs(signature: object, arguments: list[str]) -> list[TensorSpec] | None:
+    """Input specs from an MLflow signature of tensors [-1, fixed dims...]; None where it
+    says less (no signature, columns, another batch layout): --input is then needed."""
+    from mlflow.types.schema import TensorSpec as MlflowTensor
+
+    schema = getattr(signature, "inputs", None)
+    tensors = list(getattr(schema, "inputs", None) or [])
+    if not tensors or not all(isinstance(t, MlflowTensor) for t in tensors):
+        return None
+    if len(tensors) != len(arguments) and any(t.name is None for t in tensors):
+        return None
+    specs = []
+    for i, tensor in enumerate(tensors):
+        shape = tuple(tensor.shape)
+        if not shape or shape[0] != -1 or any(d < 0 for d in shape[1:]):
+            return None
+        try:
+            wire = dtypes.from_numpy(tensor.type).wire
+        except TypeError:
+            return None
+        specs.append(TensorSpec(tensor.name or arguments[i], tuple(shape[1:]), wire))
+    return specs
 
 
 def specs_from_program(program: torch.export.ExportedProgram) -> list[TensorSpec]:
