@@ -1,30 +1,43 @@
 """Compile benchmark: the demo models built by `warpserve compile`'s pipeline, then served.
 
-For each demo model it reports, from one run:
+What each compile report promises and what serving delivers, from one run:
 
-- the compile report's choice: the variant, its batch size, its in-process throughput there
-  and eager PyTorch's at the same batch (the chosen variant should beat eager);
-- the served throughput of that model at that batch size (closed-loop clients sending
-  pre-serialized requests of that many rows) against the variant's in-process throughput,
-  measured again through the server's backend class right before the served run (the
-  ceiling), and against the report's number (measured during the build, earlier).
+- the report's choice per demo model: the variant, its batch size, its in-process
+  throughput there and its speed-up over eager PyTorch (measured side by side in rounds);
+- the served curve: for every batch size of the report's sweep and every concurrency level,
+  the rows/s of closed-loop clients sending pre-serialized requests of that many rows with
+  the tensors inside the requests, beside two ceilings measured in the same round:
+  - in-process: the same variant through the server's backend class, as the report
+    measured it (the compute ceiling);
+  - echo: bench/ceiling_server.py answering the same requests with prebuilt replies of the
+    same size, no model at all (the transport ceiling: what a Python gRPC server carries
+    at that request size on this machine, with this client beside it);
+- at the largest batch, served again with the tensors in system shared memory (a client on
+  the server's host), which takes their bytes out of the transport.
 
-Also the wall time of the whole demo build (what a first `warpserve serve` waits for).
-Prints a table and writes bench/results/compile.json. Timings are reported, never asserted.
+Every (batch, level) is measured in `--rounds` rounds, in-process, echo and served back to
+back in each, and the table gives medians over rounds of the ratios. The target (served >=
+0.9x in-process at the chosen batch) is read at the best level. Where echo/in-process is
+itself below 0.9, no server behind this transport can meet it here; served/echo then says
+how much of the gap is warpserve's own. The raw-JPEG demo model is measured by
+bench_images.py. Prints tables and writes bench/results/compile.json; asserts nothing.
 
-    python bench/bench_compile.py [--quick] [--concurrency 4]
+    python bench/bench_compile.py [--quick] [--levels 1,4,16] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +45,43 @@ import numpy as np
 import serverproc
 
 from warpserve.compile import sweep
-from warpserve.compile.runners import open_runner
+from warpserve.compile.runners import Runner, open_runner
 from warpserve.compile.specs import TensorSpec
-from warpserve.server.demo.build import MODEL_NAMES, build_demo_repository
+from warpserve.server.demo.build import build_demo_repository
 from warpserve.server.tools import loadgen
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compile.json"
+MODELS = ("image_classifier", "fraud_scorer", "recommender")
+TARGET = 0.9
+
+
+@dataclass
+class Cell:
+    """One batch size at one concurrency level: rows/s per round."""
+
+    batch: int
+    level: int
+    in_process: list[float] = field(default_factory=list)
+    echo: list[float] = field(default_factory=list)
+    served: list[float] = field(default_factory=list)
+    served_shm: list[float] = field(default_factory=list)
+
+    def ratio(self, ours: str, theirs: str) -> float | None:
+        pairs = zip(getattr(self, ours), getattr(self, theirs), strict=False)
+        values = [a / b for a, b in pairs if b > 0]
+        return statistics.median(values) if values else None
+
+    def median(self, name: str) -> float | None:
+        values = getattr(self, name)
+        return statistics.median(values) if values else None
 
 
 def _tensors(entries: list[dict[str, Any]]) -> list[TensorSpec]:
     return [TensorSpec(t["name"], tuple(t["dims"]), t["dtype"]) for t in entries]
 
 
-def in_process(version_dir: Path, report: dict[str, Any], batch: int, seconds: float) -> float:
-    """The chosen variant's rows/s at ``batch``, through the server's backend class."""
+def open_chosen(version_dir: Path, report: dict[str, Any]) -> tuple[Runner, dict[str, Any]]:
+    """The chosen variant through the server's backend class, and its golden rows."""
     chosen = next(v for v in report["variants"] if v["name"] == report["choice"]["variant"])
     model_file = next(p for p in version_dir.iterdir() if p.name.startswith("model."))
     runner = open_runner(
@@ -55,75 +91,149 @@ def in_process(version_dir: Path, report: dict[str, Any], batch: int, seconds: f
         _tensors(report["outputs"]),
         report["max_batch_size"],
     )
-    try:
-        with np.load(version_dir / "golden" / "inputs.npz") as golden:
-            rows = {k: golden[k] for k in golden.files}
-        return sweep.measure(runner, rows, batch, seconds).throughput
-    finally:
-        runner.close()
+    with np.load(version_dir / "golden" / "inputs.npz") as golden:
+        return runner, {k: golden[k] for k in golden.files}
 
 
-def measure_model(url: str, repo: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
+def served(url: str, model: str, cell: Cell, args: argparse.Namespace, shm: str) -> float:
+    result = asyncio.run(
+        loadgen.measure(
+            url,
+            model,
+            cell.level,
+            args.duration,
+            batch_size=cell.batch,
+            warmup_s=args.warmup,
+            shared_memory=shm,
+        )
+    )
+    if result.failed:
+        raise RuntimeError(f"{model} batch {cell.batch} c={cell.level}: {result.failures}")
+    return result.rows_per_s
+
+
+def measure_model(
+    urls: tuple[str, str], repo: Path, name: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    url, echo_url = urls
     version_dir = repo / name / "1"
     report = json.loads((version_dir / "compile_report.json").read_text())
-    choice = report["choice"]
-    batch = choice["batch"]
-    ceiling = in_process(version_dir, report, batch, args.ceiling_seconds)
-    served = asyncio.run(
-        loadgen.measure(url, name, args.concurrency, args.duration, batch_size=batch)
-    )
+    batches = [p["batch"] for p in report["eager"]]
+    cells = [Cell(b, level) for b in batches for level in args.levels]
+    runner, rows = open_chosen(version_dir, report)
+    try:
+        for _ in range(args.rounds):
+            for cell in cells:
+                point = sweep.measure(runner, rows, cell.batch, args.ceiling_seconds)
+                cell.in_process.append(point.throughput)
+                cell.echo.append(served(echo_url, name, cell, args, "none"))
+                cell.served.append(served(url, name, cell, args, "none"))
+                if cell.batch == batches[-1]:
+                    cell.served_shm.append(served(url, name, cell, args, "system"))
+    finally:
+        runner.close()
+    return {"model": name, "choice": report["choice"], "cells": cells}
+
+
+def target_row(result: dict[str, Any]) -> dict[str, Any]:
+    """The target read at the chosen batch's best concurrency level."""
+    choice = result["choice"]
+    at_batch = [c for c in result["cells"] if c.batch == choice["batch"]]
+    best = max(at_batch, key=lambda c: c.median("served") or 0.0)
     return {
-        "model": name,
+        "model": result["model"],
         "variant": choice["variant"],
-        "batch": batch,
+        "batch": choice["batch"],
+        "speedup_vs_eager": choice["speedup_vs_eager"],
         "report_rows_per_s": choice["throughput"],
-        "report_eager_rows_per_s": choice["eager_throughput"],
-        "report_speedup_vs_eager": choice["speedup_vs_eager"],
-        "in_process_rows_per_s": ceiling,
-        "served_rows_per_s": served.rows_per_s,
-        "served_p99_ms": served.p99_ms,
-        "served_errors": served.errors,
-        "served_vs_in_process": served.rows_per_s / ceiling,
-        "served_vs_report": served.rows_per_s / choice["throughput"],
+        "level": best.level,
+        "served_rows_per_s": best.median("served"),
+        "served_vs_report": (best.median("served") or 0.0) / choice["throughput"],
+        "served_vs_in_process": best.ratio("served", "in_process"),
+        "echo_vs_in_process": best.ratio("echo", "in_process"),
+        "served_vs_echo": best.ratio("served", "echo"),
     }
+
+
+def print_curves(result: dict[str, Any]) -> None:
+    choice = result["choice"]
+    print(
+        f"\n{result['model']}: {choice['variant']} chosen at batch {choice['batch']}, "
+        f"{choice['throughput']:,.0f} rows/s in-process at the build, "
+        f"{choice['speedup_vs_eager']:.2f}x eager"
+    )
+    print(
+        f"  {'batch':>5} {'c':>3} {'in-proc':>11} {'echo':>10} {'served':>10} {'shm':>10} "
+        f"{'srv/inproc':>10} {'echo/inproc':>11} {'srv/echo':>8} {'shm/inproc':>10}"
+    )
+    for c in result["cells"]:
+        print(
+            f"  {c.batch:>5} {c.level:>3} {_f(c.median('in_process'), ',.0f'):>11} "
+            f"{_f(c.median('echo'), ',.0f'):>10} {_f(c.median('served'), ',.0f'):>10} "
+            f"{_f(c.median('served_shm'), ',.0f'):>10} {_f(c.ratio('served', 'in_process')):>10} "
+            f"{_f(c.ratio('echo', 'in_process')):>11} {_f(c.ratio('served', 'echo')):>8} "
+            f"{_f(c.ratio('served_shm', 'in_process')):>10}"
+        )
+
+
+def print_targets(rows: list[dict[str, Any]]) -> None:
+    print(f"\ntarget: served >= {TARGET}x in-process at the chosen batch (best level)")
+    for r in rows:
+        print(
+            f"  {r['model']:<17} {r['variant']:<5} batch {r['batch']:>3} c={r['level']:<3} "
+            f"x eager {r['speedup_vs_eager']:.2f}  served/in-proc "
+            f"{_f(r['served_vs_in_process'])}  served/report {r['served_vs_report']:.3f}  "
+            f"echo/in-proc {_f(r['echo_vs_in_process'])}  served/echo {_f(r['served_vs_echo'])}"
+        )
+
+
+def _f(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter served runs")
-    parser.add_argument("--concurrency", type=int, default=4, help="closed-loop clients")
+    parser.add_argument("--quick", action="store_true", help="one round of short runs")
+    parser.add_argument("--levels", default="1,4,16", help="concurrency levels")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per (batch, level)")
     args = parser.parse_args()
-    args.duration = 3.0 if args.quick else 10.0
-    args.ceiling_seconds = 1.0 if args.quick else 3.0
+    args.levels = [int(v) for v in args.levels.split(",")]
+    args.duration, args.warmup = (1.0, 0.3) if args.quick else (2.0, 0.5)
+    args.ceiling_seconds = 0.3 if args.quick else 1.0
+    args.rounds = 1 if args.quick else args.rounds
     with tempfile.TemporaryDirectory(prefix="bench-compile-") as tmp:
         repo = Path(tmp) / "repo"
         started = time.perf_counter()
         build_demo_repository(repo)
         build_s = time.perf_counter() - started
-        rows = []
-        with serverproc.warpserve(repo, Path(tmp) / "server.log") as url:
-            for name in MODEL_NAMES:
-                rows.append(measure_model(url, repo, name, args))
-        reports = {n: (repo / n / "1" / "compile_report.md").read_text() for n in MODEL_NAMES}
-    print(f"demo build (train + compile, 3 models): {build_s:.1f} s")
-    header = (
-        f"{'model':<17}{'variant':<8}{'batch':>6}{'report':>11}{'eager':>11}{'x eager':>8}"
-        f"{'in-proc':>11}{'served':>11}{'served/in-proc':>15}{'served/report':>14}"
-    )
-    print(header)
-    for r in rows:
-        print(
-            f"{r['model']:<17}{r['variant']:<8}{r['batch']:>6}{r['report_rows_per_s']:>11,.0f}"
-            f"{r['report_eager_rows_per_s']:>11,.0f}{r['report_speedup_vs_eager']:>8.2f}"
-            f"{r['in_process_rows_per_s']:>11,.0f}{r['served_rows_per_s']:>11,.0f}"
-            f"{r['served_vs_in_process']:>15.2f}{r['served_vs_report']:>14.2f}"
-        )
+        results = []
+        log = Path(tmp) / "server.log"
+        with serverproc.warpserve(repo, log, "--allow-client-shm") as url:
+            for name in MODELS:
+                with contextlib.ExitStack() as stack:
+                    echo = stack.enter_context(
+                        serverproc.ceiling(url, name, Path(tmp) / f"echo-{name}.log")
+                    )
+                    results.append(measure_model((url, echo), repo, name, args))
+                print_curves(results[-1])
+        reports = {n: (repo / n / "1" / "compile_report.md").read_text() for n in MODELS}
+    targets = [target_row(r) for r in results]
+    print(f"\ndemo build (train + compile, 3 models): {build_s:.1f} s")
+    print_targets(targets)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "machine": {"cpu": platform.processor(), "cores": os.cpu_count()},
-        "concurrency": args.concurrency,
+        "levels": args.levels,
+        "rounds": args.rounds,
         "demo_build_s": build_s,
-        "models": rows,
+        "targets": targets,
+        "curves": {
+            r["model"]: [
+                {**asdict(c), "served_vs_in_process": c.ratio("served", "in_process")}
+                for c in r["cells"]
+            ]
+            for r in results
+        },
         "compile_reports_md": reports,
     }
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

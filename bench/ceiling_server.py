@@ -102,11 +102,17 @@ def _zeros(datatype: str, shape: list[int]) -> bytes:
 
 
 class CeilingServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Answers from memory; the request is still parsed, as any real server must."""
+    """Answers from memory; the request is still parsed, as any real server must.
+
+    With ``batch_size`` 0 each answer carries as many rows as the request's first input
+    (one prebuilt response per row count), so one ceiling serves a sweep of batch sizes.
+    """
 
     def __init__(self, answers: ModelAnswers, batch_size: int = 1) -> None:
         self._answers = answers
-        self._response = build_response(answers, batch_size)
+        self._per_rows = batch_size == 0
+        self._response = build_response(answers, max(batch_size, 1))
+        self._by_rows: dict[int, pb.ModelInferResponse] = {}
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -129,7 +135,13 @@ class CeilingServicer(pb_grpc.GRPCInferenceServiceServicer):
         return self._answers.config
 
     async def ModelInfer(self, request, context):
-        return self._response
+        if not self._per_rows:
+            return self._response
+        rows = request.inputs[0].shape[0] if request.inputs and request.inputs[0].shape else 1
+        response = self._by_rows.get(rows)
+        if response is None:
+            response = self._by_rows[rows] = build_response(self._answers, rows)
+        return response
 
 
 async def start_ceiling(
@@ -164,7 +176,12 @@ def main() -> None:
     parser.add_argument("--metadata-from", required=True, help="real server HOST:PORT")
     parser.add_argument("--model", required=True)
     parser.add_argument("--model-version", default="")
-    parser.add_argument("--batch-size", type=int, default=1, help="rows in the fixed reply")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="rows in the fixed reply; 0: as many as the request carries",
+    )
     parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
     if args.event_loop == "uvloop":

@@ -1,4 +1,5 @@
-"""A warpserve process for a benchmark: started on a free loopback port, waited for, stopped.
+"""A warpserve process for a benchmark, or the echo ceiling beside it: started on a free
+loopback port, waited for, stopped.
 
 Shared by the benchmarks that drive one real server (compile, lifecycle); the serving
 benchmark runs several kinds of server side by side and keeps its own launcher.
@@ -57,6 +58,39 @@ def warpserve(
         "false",
         *flags,
     ]
+    with _running(command, port, log_path, model, env) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def ceiling(metadata_from: str, model: str, log_path: Path) -> Iterator[str]:
+    """bench/ceiling_server.py for ``model`` until the block ends, answering each request
+    with as many rows as it carries; yields its gRPC address."""
+    port = free_port()
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve().parent / "ceiling_server.py"),
+        "--port",
+        str(port),
+        "--metadata-from",
+        metadata_from,
+        "--model",
+        model,
+        "--batch-size",
+        "0",
+    ]
+    with _running(command, port, log_path, model) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _running(
+    command: list[str],
+    port: int,
+    log_path: Path,
+    model: str | None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[str]:
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"127.0.0.1:{port}"
