@@ -189,7 +189,8 @@ class DynamicBatcher:
     def _collect_inline(self) -> None:
         """Inline executors run on this thread, so a batch is formed from what arrives
         before the next tick: the next loop pass, or, on a saturated loop, the end of a
-        holding window (see ``window``). A full batch goes at once."""
+        holding window (see ``window``). A full batch goes at once, and one that is full
+        when it arrives opens no window."""
         loop = asyncio.get_running_loop()
         if self._holding is not None:
             if self._queued_rows >= self.policy.batch_limit:
@@ -202,7 +203,9 @@ class DynamicBatcher:
         if self._tick_pending:
             return
         self._tick_pending = True
-        if self._saturated:
+        # A full batch gathers nothing by waiting (requests of max_batch_size rows each,
+        # as batch clients send): it goes on the next loop pass like an unheld one.
+        if self._saturated and self._queued_rows < self.policy.batch_limit:
             now = self._clock()
             self._window.open(now, self._busy_clock())
             self._holding = loop.call_later(self._window.due() - now, self._window_due)

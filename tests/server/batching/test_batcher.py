@@ -376,6 +376,31 @@ def test_inline_full_batch_goes_before_the_window_closes() -> None:
     run(body)
 
 
+def test_inline_request_that_fills_the_batch_is_not_held() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        batcher = make_inline(
+            BatchingPolicy(max_batch_size=4, dynamic=True, max_queue_delay_us=10**9),
+            model,
+            Saturated(),
+        )
+        full = request(rows=4)
+        assert run_now(batcher, full.inputs, full.rows) is None
+        batcher.submit(full)
+        await asyncio.sleep(0)  # one loop pass, far short of the 1000 s window
+        assert full.future.done() and model.batches == [4]
+        # Positive control: a partial batch on the same saturated loop is held.
+        part = request(rows=3)
+        assert run_now(batcher, part.inputs, part.rows) is None
+        batcher.submit(part)
+        await asyncio.sleep(0)
+        assert not part.future.done() and model.batches == [4]
+        batcher.submit(request(rows=1))  # fills it: both go at once
+        assert part.future.done() and model.batches == [4, 4]
+
+    run(body)
+
+
 def test_inline_slot_refuses_while_draining() -> None:
     async def body() -> None:
         batcher = make_inline(POLICY, FakeModel(), LoopLoad())
