@@ -6,6 +6,7 @@ Updated only from the event loop thread, so plain integers suffice.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,41 @@ class Duration:
     def add(self, ns: int, count: int = 1) -> None:
         self.count += count
         self.ns += ns
+
+
+# Upper bounds of the latency histograms' buckets, in microseconds (Triton's unit): from
+# the tens of microseconds a tiny model answers in to the seconds a queued large one can
+# take, about three buckets a decade, so histogram_quantile() is within a bucket's width.
+LATENCY_BUCKETS_US = (
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000,
+    100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+)  # fmt: skip
+_BOUNDS_NS = tuple(us * 1000 for us in LATENCY_BUCKETS_US)
+
+
+class LatencyHistogram:
+    """Counts per bucket of LATENCY_BUCKETS_US (the last one is +Inf), for a Prometheus
+    histogram: unlike a window of recent samples, buckets add up across scrapes,
+    versions and pods, so p99 over any span is a PromQL query. Adding is one bisect."""
+
+    __slots__ = ("counts", "sum_ns")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BOUNDS_NS) + 1)
+        self.sum_ns = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.counts[bisect_left(_BOUNDS_NS, ns)] += count
+        self.sum_ns += ns * count
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, requests at or under it) pairs, +Inf last, as prometheus_client takes."""
+        out, total = [], 0
+        counts = list(self.counts)  # the metrics thread reads while the loop adds
+        for bound, count in zip((*LATENCY_BUCKETS_US, "+Inf"), counts, strict=True):
+            total += count
+            out.append((str(bound), total))
+        return out
 
 
 @dataclass
@@ -121,9 +157,15 @@ class VersionStats:
     latency: LatencyWindow = field(default_factory=LatencyWindow)
     shadow_max_abs_diff: float = 0.0
     timeline: RequestTimeline = field(default_factory=RequestTimeline)
+    # Successful requests end to end; queue time; compute time (input + infer + output)
+    # per request, as the nv_inference_*_duration_us counters split it.
+    request_histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
+    queue_histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
+    compute_histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def record_success(self, rows: int, total_ns: int) -> None:
         self.success.add(total_ns)
+        self.request_histogram.add(total_ns)
         self.inference_count += rows
         self.last_inference_ms = int(time.time() * 1000)
         self.latency.add(total_ns)
@@ -136,6 +178,8 @@ class VersionStats:
     def record_inline(self, rows: int, infer_ns: int) -> None:
         """One request run at once on its own: no queue time, nothing to gather or scatter."""
         self.queue.count += 1
+        self.queue_histogram.add(0)
+        self.compute_histogram.add(infer_ns)
         self.execution_count += 1
         self.compute_input.count += 1
         self.compute_infer.add(infer_ns)
@@ -147,6 +191,10 @@ class VersionStats:
         batch.compute_infer.add(infer_ns)
         batch.compute_output.count += 1
 
+    def record_queued(self, queue_ns: int) -> None:
+        self.queue.add(queue_ns)
+        self.queue_histogram.add(queue_ns)
+
     def record_execution(
         self, batch_rows: int, requests: int, input_ns: int, infer_ns: int, output_ns: int
     ) -> None:
@@ -155,6 +203,7 @@ class VersionStats:
         self.compute_input.add(input_ns * requests, requests)
         self.compute_infer.add(infer_ns * requests, requests)
         self.compute_output.add(output_ns * requests, requests)
+        self.compute_histogram.add(input_ns + infer_ns + output_ns, requests)
         batch = self.batches.get(batch_rows)
         if batch is None:
             batch = self.batches[batch_rows] = BatchStats()

@@ -367,7 +367,7 @@ class DynamicBatcher:
     def _take(self, request: QueuedRequest) -> None:
         self._dequeue(request, RUNNING)
         request.queue_ns = time.monotonic_ns() - request.enqueued_ns
-        self.stats.queue.add(request.queue_ns)
+        self.stats.record_queued(request.queue_ns)
 
     # -- execution -----------------------------------------------------------------
 

@@ -60,3 +60,17 @@ def test_other_methods_are_not_allowed(port: int) -> None:
     status, headers, _ = fetch(port, "POST", "/metrics")
     assert status == 405
     assert headers["Allow"] == "GET, HEAD"
+
+
+def test_latency_histogram_buckets_are_inclusive_upper_bounds() -> None:
+    from warpserve.server.stats import LATENCY_BUCKETS_US, LatencyHistogram
+
+    hist = LatencyHistogram()
+    hist.add(1_000_000)  # exactly 1000 us: in the le="1000" bucket, as Prometheus counts
+    hist.add(1_000_001, count=2)  # just above: the next bucket, twice
+    hist.add(10**12)  # beyond the last bound: only +Inf
+    cumulative = dict(hist.cumulative())
+    assert cumulative["500"] == 0 and cumulative["1000"] == 1
+    assert cumulative["2500"] == 3
+    assert cumulative[str(LATENCY_BUCKETS_US[-1])] == 3 and cumulative["+Inf"] == 4
+    assert hist.sum_ns == 1_000_000 + 2 * 1_000_001 + 10**12
