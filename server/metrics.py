@@ -42,14 +42,10 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from warpserve.server.distributions import histogram_families
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.lifecycle.version import ModelVersion, VersionState
 
@@ -79,7 +75,7 @@ class RegistryCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         yield from self._request_families()
-        yield from self._histogram_families()
+        yield from histogram_families(self.registry.all_versions())
         yield from self._lifecycle_families()
 
     def _request_families(self) -> Iterator[Any]:
@@ -143,35 +139,6 @@ class RegistryCollector(Collector):
             fams["output_us"].add_metric(labels, s.compute_output.ns / 1000)
             fams["pending"].add_metric(labels, mv.batcher.in_flight if mv.batcher else 0)
         yield from fams.values()
-
-    def _histogram_families(self) -> Iterator[Any]:
-        """Latency and batch-size distributions: Triton's duration counters give means
-        only, and a percentile needs buckets (histogram_quantile in PromQL)."""
-        request, queue, compute = (
-            HistogramMetricFamily(
-                f"warpserve_{what}_duration_us",
-                f"{text}, in us; le is the bucket's upper bound",
-                labels=LABELS,
-            )
-            for what, text in (
-                ("request", "Successful requests end to end (decode to answer)"),
-                ("queue", "Time requests waited in the batcher's queue"),
-                ("compute", "Compute time per request (input, infer and output)"),
-            )
-        )
-        batch = HistogramMetricFamily(
-            "warpserve_batch_size", "Rows per model execution", labels=LABELS
-        )
-        for mv in self.registry.all_versions():
-            s, labels = mv.stats, [mv.name, str(mv.version)]
-            for family, hist in (
-                (request, s.request_histogram),
-                (queue, s.queue_histogram),
-                (compute, s.compute_histogram),
-            ):
-                family.add_metric(labels, hist.cumulative(), hist.sum_ns / 1000)
-            batch.add_metric(labels, *_batch_buckets(mv))
-        yield from (request, queue, compute, batch)
 
     def _lifecycle_families(self) -> Iterator[Any]:
         active = GaugeMetricFamily(
@@ -308,20 +275,6 @@ def drift_families(versions: Iterable[ModelVersion]) -> Iterator[Metric]:
         alarm.add_metric(labels, 1 if report.alarm else 0)
         raised.add_metric(labels, monitor.alarms_raised)
     yield from (psi, ks, threshold, rows, alarm, raised)
-
-
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-
-def _batch_buckets(mv: ModelVersion) -> tuple[list[tuple[str, float]], float]:
-    """Cumulative executions per batch size, and the rows they ran, from the per-size
-    statistics ModelStatistics already keeps (nothing is added to the request path)."""
-    executions = {rows: b.compute_infer.count for rows, b in list(mv.stats.batches.items())}
-    buckets, total = [], 0
-    for bound in (*BATCH_BUCKETS, float("inf")):
-        total = sum(n for rows, n in executions.items() if rows <= bound)
-        buckets.append(("+Inf" if bound == float("inf") else str(bound), float(total)))
-    return buckets, float(sum(rows * n for rows, n in executions.items()))
 
 
 METRICS_PATH = "/metrics"

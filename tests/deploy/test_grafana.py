@@ -58,6 +58,9 @@ def test_dashboard_covers_the_operators_questions() -> None:
         "rollouts": "warpserve_rollouts_total",
         "rollbacks": "warpserve_rollbacks_total",
         "traffic split": "warpserve_model_version_traffic_weight",
+        "drift": "warpserve_drift_psi",
+        "fallbacks": "warpserve_fallback_responses_total",
+        "load shedding": "warpserve_shed_requests_total",
     }
     missing = {what: name for what, name in wanted.items() if name not in names}
     assert not missing, f"the dashboard shows nothing for {missing}"
