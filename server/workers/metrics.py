@@ -28,6 +28,8 @@ from warpserve.server.metrics import RegistryCollector
 SAME_IN_EVERY_WORKER = frozenset({"warpserve_rollouts", "warpserve_rollbacks"})
 LIVE_SUM = frozenset({"nv_inference_pending_request_count"})
 LIVE_MODES = ("livesum", "livemax")
+# A family's samples beyond its bare name: a counter's, and a histogram's.
+SAMPLE_SUFFIXES = ("_total", "_bucket", "_sum", "_count")
 # One sample per live worker (prometheus_client adds its pid): how the kernel spreads
 # connections over the workers, and which workers answered.
 PER_WORKER = "warpserve_worker_requests"
@@ -40,7 +42,9 @@ def mode_of(family: str, kind: str) -> str:
         return "livesum"
     if family in SAME_IN_EVERY_WORKER:
         return "max"
-    if kind in ("counter", "unknown"):  # Triton's bare-named counters are untyped
+    # Triton's bare-named counters are untyped; a histogram's buckets, sum and count are
+    # counters too, and summing them per bucket gives the histogram of all the workers.
+    if kind in ("counter", "unknown", "histogram"):
         return "sum"  # dead workers' files stay: a counter never goes back
     return "livemax"  # routing, states, guard: the same in every live worker
 
@@ -115,6 +119,7 @@ class WorkersCollector(Collector):
     def _family(self, sample: str) -> str | None:
         if sample in self.specs:
             return sample
-        if sample.endswith("_total") and sample[: -len("_total")] in self.specs:
-            return sample[: -len("_total")]
+        for suffix in SAMPLE_SUFFIXES:
+            if sample.endswith(suffix) and sample[: -len(suffix)] in self.specs:
+                return sample[: -len(suffix)]
         return None

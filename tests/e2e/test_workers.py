@@ -151,6 +151,11 @@ def test_requests_over_many_connections_are_counted_once_in_statistics_and_metri
     labels = f'{{model="{MODEL}",version="1"}}'
     assert metric_value(text, f"nv_inference_request_success{labels}") == total
     assert metric_value(text, f"nv_inference_count{labels}") == total
+    # The latency histograms are summed bucket by bucket, as one process would count.
+    assert metric_value(text, f"warpserve_request_duration_us_count{labels}") == total
+    inf = f'{{le="+Inf",model="{MODEL}",version="1"}}'  # the supervisor sorts labels
+    assert metric_value(text, f"warpserve_request_duration_us_bucket{inf}") == total
+    assert "# TYPE warpserve_request_duration_us histogram" in text
     assert "# TYPE nv_inference_request_success untyped" in text  # bare name, as one process
     for client in clients:
         client.close()
