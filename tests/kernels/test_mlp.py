@@ -12,7 +12,7 @@ import pytest
 
 from tests.kernels.compare import assert_close
 from tests.kernels.conftest import needs_triton
-from warpserve.kernels import mlp
+from warpserve.kernels import mlp, mlp_numba
 from warpserve.kernels.errors import KernelInputError
 from warpserve.kernels.mlp import FusedMLP, LinearLayer, fused_linear
 
@@ -49,8 +49,9 @@ def test_numba_matches_reference(shape: tuple[int, int, int], dtype: str, activa
     assert_close(fused_linear(x, w, b, activation, provider="numba"), want, tol, tol)
 
 
-def test_numba_parallel_path_and_no_bias() -> None:
-    x, w, _ = _inputs(1023, 64, 130, "float32")  # above the parallel threshold
+def test_numba_many_row_blocks_and_no_bias() -> None:
+    x, w, _ = _inputs(1023, 64, 130, "float32")
+    assert 1023 % (mlp_numba.BLOCK_ELEMENTS // 130) != 0  # several blocks, the last one short
     want = fused_linear(x, w, None, "gelu", provider="numpy")
     assert_close(fused_linear(x, w, None, "gelu", provider="numba"), want, 1e-4, 1e-4)
 
@@ -175,7 +176,7 @@ def test_mlp_refuses_layers_that_do_not_chain() -> None:
         FusedMLP([LinearLayer(a.weight, None, "swish")])
 
 
-@pytest.mark.parametrize("rows", [0, 1, 7, 1023])  # 1023: parallel row blocks
+@pytest.mark.parametrize("rows", [0, 1, 7, 1023])
 def test_mlp_in_one_numba_call_matches_layer_by_layer(rows: int) -> None:
     rng = np.random.default_rng(3)
     dims, acts = [16, 64, 32, 1], ["relu", "gelu", "sigmoid"]
@@ -191,4 +192,15 @@ def test_mlp_in_one_numba_call_matches_layer_by_layer(rows: int) -> None:
     x = rng.standard_normal((rows, 16)).astype(np.float32)
     got = model(x, "numba")
     assert model._packed is not None  # positive control: the one-call path ran
+    assert 1023 % model._packed.block != 0  # several blocks, the last one short
     assert_close(got, model(x, "numpy"), 1e-5, 1e-5)
+
+
+def test_numba_erf_is_within_its_stated_error_and_exactly_one_far_out() -> None:
+    import math
+
+    z = np.concatenate([np.linspace(-6, 6, 2001), [-1e30, -4.0, 4.0, 1e30]]).astype(np.float32)
+    got = np.array([mlp_numba._erf(np.float32(v)) for v in z])
+    want = np.array([math.erf(float(v)) for v in z])
+    assert np.abs(got - want).max() <= 5e-7
+    assert got[-1] == 1.0 and got[-4] == -1.0  # GELU(-inf) must stay -inf * 0 = NaN
