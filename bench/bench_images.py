@@ -6,7 +6,9 @@ decodes, resizes to 32x32 and normalises it before batching. The ceiling, measur
 same run in alternating rounds: the same work in this process with no transport, Pillow
 decode and `preprocess_images` per image on `--threads` threads (one per core), then ONNX
 Runtime on batches of `--batch`, with the server's session options. Reports images/s of
-each and their ratio (target >= 0.8).
+each and their ratio (target >= 0.8), and each side's CPU seconds per image (the server
+process and this client together against the in-process run): on a machine shared with
+other work the throughputs swing with its load, CPU per image much less.
 """
 
 from __future__ import annotations
@@ -94,8 +96,29 @@ def served(url: str, pool: loadgen.RequestPool, concurrency: int, seconds: float
     return asyncio.run(run())
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid``, all its threads (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_served(
+    url: str, pool: loadgen.RequestPool, pid: int, concurrency: int, seconds: float
+) -> tuple[float, float]:
+    """Images/s served, and CPU seconds per image of the server and this client together.
+
+    On a machine shared with other work throughput swings with their load; CPU per image
+    is what bounds it on an idle machine, and moves much less."""
+    server0, client0, wall0 = process_cpu_s(pid), time.process_time(), time.perf_counter()
+    rate = served(url, pool, concurrency, seconds)
+    images = rate * (time.perf_counter() - wall0)  # warm-up requests cost CPU too
+    cpu = process_cpu_s(pid) - server0 + time.process_time() - client0
+    return rate, cpu / max(images, 1.0)
+
+
 def _prepare(jpeg: bytes) -> np.ndarray:
-    pixels = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    image = Image.open(io.BytesIO(jpeg))
+    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # as served
     # The provider the server's stage picks for one image (numpy for small outputs).
     small = SIZE[0] * SIZE[1] <= SMALL_OUTPUT_PIXELS
     return preprocess_images(
@@ -103,9 +126,12 @@ def _prepare(jpeg: bytes) -> np.ndarray:
     )
 
 
-def in_process(jpegs: list[bytes], model: Path, batch: int, threads: int, seconds: float) -> float:
+def in_process(
+    jpegs: list[bytes], model: Path, batch: int, threads: int, seconds: float
+) -> tuple[float, float]:
     """Images/s decoding and preprocessing on ``threads`` threads (Pillow and Numba
-    release the GIL) and classifying batches of ``batch``, all in this process."""
+    release the GIL) and classifying batches of ``batch``, all in this process; and CPU
+    seconds per image."""
     import onnxruntime as ort
 
     from warpserve.server.backends.onnxruntime import session_options
@@ -113,14 +139,14 @@ def in_process(jpegs: list[bytes], model: Path, batch: int, threads: int, second
     config = mc.ModelConfig(name=MODEL)
     options = session_options(config, 1)
     session = ort.InferenceSession(str(model), options, ["CPUExecutionProvider"])
-    done, start, i = 0, time.perf_counter(), 0
+    done, start, i, cpu0 = 0, time.perf_counter(), 0, time.process_time()
     with ThreadPoolExecutor(threads) as pool:
         while time.perf_counter() - start < seconds:
             chunk = [jpegs[(i + k) % len(jpegs)] for k in range(batch)]
             i += batch
             session.run(None, {"IMAGE": np.concatenate(list(pool.map(_prepare, chunk)))})
             done += batch
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), (time.process_time() - cpu0) / done
 
 
 def main() -> int:
@@ -143,21 +169,37 @@ def main() -> int:
         try:
             for _ in range(args.rounds):
                 model = repo / MODEL / "1" / "model.onnx"
-                ceiling = in_process(jpegs, model, args.batch, args.threads, args.seconds)
-                rate = served(server.url, pool, args.concurrency, args.seconds)
-                rows.append({"served": rate, "in_process": ceiling, "ratio": rate / ceiling})
+                ceiling, ceiling_cpu = in_process(
+                    jpegs, model, args.batch, args.threads, args.seconds
+                )
+                rate, cpu = timed_served(
+                    server.url, pool, server.process.pid, args.concurrency, args.seconds
+                )
+                rows.append(
+                    {
+                        "served": rate,
+                        "in_process": ceiling,
+                        "ratio": rate / ceiling,
+                        "served_cpu_ms": cpu * 1e3,
+                        "in_process_cpu_ms": ceiling_cpu * 1e3,
+                        "cpu_ratio": ceiling_cpu / cpu,
+                    }
+                )
                 print(f"served {rate:8.1f} img/s   in-process {ceiling:8.1f} img/s   "
-                      f"ratio {rate / ceiling:.2f}")  # fmt: skip
+                      f"ratio {rate / ceiling:.2f}   CPU/image served {cpu * 1e3:.2f} ms "
+                      f"(server + client) in-process {ceiling_cpu * 1e3:.2f} ms "
+                      f"ratio {ceiling_cpu / cpu:.2f}")  # fmt: skip
         finally:
             server.stop()
     ratio = statistics.median(r["ratio"] for r in rows)
+    cpu_ratio = statistics.median(r["cpu_ratio"] for r in rows)
     print(f"median ratio served / in-process: {ratio:.2f} ({args.width}x{args.height} JPEGs, "
-          f"{args.concurrency} clients; target >= 0.8)")  # fmt: skip
+          f"{args.concurrency} clients; target >= 0.8); CPU per image, in-process / "
+          f"served: {cpu_ratio:.2f}")  # fmt: skip
     out = Path(__file__).parent / "results" / "images.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(
-        json.dumps({"args": vars(args), "rounds": rows, "median_ratio": ratio}, indent=1)
-    )
+    summary = {"median_ratio": ratio, "median_cpu_ratio": cpu_ratio}
+    out.write_text(json.dumps({"args": vars(args), "rounds": rows, **summary}, indent=1))
     return 0
 
 

@@ -28,6 +28,7 @@ from warpserve.server.errors import (
 from warpserve.server.inflight import InFlight
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.lifecycle.version import ModelVersion
+from warpserve.server.preprocessing import Inputs, decoders
 from warpserve.server.validation import InputValidator
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class DataPlane:
                 )
             rows = _checked_rows(validator, request)
             priority, timeout_us = _queue_parameters(request.parameters, batcher.policy)
-            inputs = await _prepared(mv, request.inputs)
+            inputs = await self._prepared(mv, request.inputs)
             queued = self._queued(mv, inputs, rows, priority, timeout_us, deadline_s)
             batcher.submit(queued)
             try:
@@ -219,6 +220,25 @@ class DataPlane:
             raise
         mv.stats.record_success(rows, time.perf_counter_ns() - start)
         return _select(outputs, request.outputs, mv)
+
+    async def _prepared(self, mv: ModelVersion, inputs: dict[str, np.ndarray]) -> Inputs:
+        """The (validated) inputs as the model takes them: raw images decoded and resized
+        per request, before batching; large ones off the event loop. The busy poller
+        counts a decode as a worker thread at work: spinning beside it would take the
+        core it decodes on."""
+        stage = mv.stage
+        if stage is None:
+            return inputs
+        if stage.is_cheap(inputs):
+            return stage.apply(inputs)
+        work = decoders().submit(stage.apply, inputs)
+        poller = self._poller
+        if poller:
+            # Finished when the thread is, even if the caller stops waiting first.
+            poller.thread_started()
+            loop = asyncio.get_running_loop()
+            work.add_done_callback(lambda _: loop.call_soon_threadsafe(poller.thread_finished))
+        return await asyncio.wrap_future(work)
 
     def _queued(
         self,
@@ -286,17 +306,6 @@ def _checked_rows(validator: InputValidator, request: InferRequest) -> int:
         if request.classes:
             classification.check_classifiable(request.classes, validator.outputs)
     return rows
-
-
-async def _prepared(mv: ModelVersion, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The (validated) inputs as the model takes them: raw images decoded and resized
-    per request, before batching; large ones off the event loop."""
-    stage = mv.stage
-    if stage is None:
-        return inputs
-    if stage.is_cheap(inputs):
-        return stage.apply(inputs)
-    return await asyncio.to_thread(stage.apply, inputs)
 
 
 def _select(outputs: Outputs, requested: list[str], mv: ModelVersion) -> Outputs:

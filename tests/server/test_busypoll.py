@@ -1,5 +1,6 @@
 """BusyPoller: the loop polls for a bounded window after activity, never beside a
-worker thread, and its idle polling is not counted as load.
+worker thread (running a batch or decoding images), and its idle polling is not counted
+as load.
 
 The poller reads a clock the tests step by hand: each loop pass costs a fixed amount of
 fake time, so "the window has passed" is a count of passes, not a measurement. What
@@ -12,6 +13,8 @@ import asyncio
 import functools
 import threading
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -20,6 +23,7 @@ from warpserve.server import busypoll, cpus
 from warpserve.server.batching.batcher import DynamicBatcher
 from warpserve.server.batching.executor import Executor
 from warpserve.server.busypoll import DEFAULT_WINDOW_US, IDLE_PASS_NS, BusyPoller
+from warpserve.server.dataplane import DataPlane
 from warpserve.server.stats import VersionStats
 
 PASS_NS = 10_000  # fake time one loop pass takes: an idle one (under IDLE_PASS_NS)
@@ -175,3 +179,53 @@ def test_default_window_counts_the_cores_other_server_processes_take(
     monkeypatch.setattr(cpus, "usable_cores", lambda: 2)
     monkeypatch.setenv(cpus.WORKERS_ENV, str(workers))
     assert busypoll.default_window_us() == window
+
+
+class HeldStage:
+    """An image stage whose decode (on a decoder thread) waits for ``gate``."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+
+    def is_cheap(self, inputs: dict[str, object]) -> bool:
+        return False
+
+    def apply(self, inputs: dict[str, object]) -> dict[str, object]:
+        self.started.set()
+        self.gate.wait(10)
+        return {**inputs, "decoded": True}
+
+
+@on_a_loop
+async def test_no_polling_while_a_decoder_thread_prepares_images() -> None:
+    poller, _ = stepped_poller(window_passes=100_000)
+    stage = HeldStage()
+    plane = DataPlane(cast(Any, None), poller)
+    version = cast(Any, SimpleNamespace(stage=stage))
+    poller.arm()
+    assert poller.spinning  # positive control: a request arrived, the loop polls
+    prepared = asyncio.ensure_future(plane._prepared(version, {"IMAGE": b"jpeg"}))
+    await asyncio.to_thread(stage.started.wait, 10)
+    await loop_passes(3)
+    assert poller.threads_busy == 1 and not poller.spinning  # no polling beside it
+    stage.gate.set()
+    assert await prepared == {"IMAGE": b"jpeg", "decoded": True}
+    await until(lambda: poller.threads_busy == 0)
+    assert poller.spinning  # the decode finished: polling for what comes next
+
+
+@on_a_loop
+async def test_a_caller_that_stops_waiting_leaves_the_decoder_counted_until_it_ends() -> None:
+    poller, _ = stepped_poller(window_passes=100_000)
+    stage = HeldStage()
+    plane = DataPlane(cast(Any, None), poller)
+    prepared = asyncio.ensure_future(
+        plane._prepared(cast(Any, SimpleNamespace(stage=stage)), {"IMAGE": b"jpeg"})
+    )
+    await asyncio.to_thread(stage.started.wait, 10)
+    prepared.cancel()
+    await loop_passes(3)
+    assert poller.threads_busy == 1  # the thread still decodes
+    stage.gate.set()
+    await until(lambda: poller.threads_busy == 0)
