@@ -43,7 +43,7 @@ _F1, _F4, _HALF, _ZERO = np.float32(1.0), np.float32(4.0), np.float32(0.5), np.f
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy", inline="always")
-def _erf(z: float) -> float:
+def _erf(z):
     """erf to 4.2e-7 absolute in float32 (Eigen's rational approximation, which
     TensorFlow uses): multiplies, adds and one division, so LLVM vectorises the loop
     around it, where `math.erf` is a scalar libm call (20 ns an element, most of a GELU

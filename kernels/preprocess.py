@@ -60,6 +60,20 @@ register(
 register(
     Provider(
         "preprocess",
+        "numba",
+        frozenset({"cuda"}),
+        "warpserve.kernels.preprocess_numba_cuda",
+        "preprocess_numba_cuda",
+        takes="torch",
+        requires=("numba", "torch"),
+        rank=30,  # not yet measured on a GPU: after Triton-lang and CuPy
+        interpreter_env="NUMBA_ENABLE_CUDASIM",
+        probe="warpserve.kernels.cuda_probe:numba_cuda_reason",
+    )
+)
+register(
+    Provider(
+        "preprocess",
         "cupy",
         frozenset({"cuda"}),
         "warpserve.kernels.preprocess_cupy",

@@ -34,7 +34,11 @@ class Provider:
     arguments already validated, as numpy arrays (`takes="numpy"`) or torch tensors
     (`takes="torch"`). `rank` orders "auto" (lower runs first, from measured speed).
     `interpreter_env`, when set, lets a GPU provider run on the CPU under that environment
-    variable (TRITON_INTERPRET=1): slow, for tests, never picked by "auto".
+    variable (TRITON_INTERPRET=1): slow, for tests, never picked by "auto". `probe`,
+    "module:function" in warpserve.kernels, is asked only once the device fits: it returns
+    None when the provider can run, else why not (numba.cuda: a driver, a GPU and NVVM).
+    One name may be registered for different devices (numba on the CPU and numba.cuda on
+    the GPU): `provider="numba"` then means the one for the input's device.
     """
 
     op: str
@@ -46,6 +50,7 @@ class Provider:
     requires: tuple[str, ...] = ()
     rank: int = 100
     interpreter_env: str | None = None
+    probe: str | None = None
 
     def __post_init__(self) -> None:
         if not self.op.isidentifier():
@@ -65,16 +70,23 @@ class Provider:
             )
         if self.takes not in ("numpy", "torch"):
             raise ValueError(f"provider {self.op}/{self.name}: takes must be numpy or torch")
+        if self.probe is not None and not (
+            self.probe.startswith("warpserve.kernels.") and ":" in self.probe
+        ):
+            raise ValueError(
+                f"provider {self.op}/{self.name}: probe {self.probe!r} must be "
+                "'warpserve.kernels.module:function'"
+            )
 
     def unavailable_reason(self, device: str) -> str | None:
         """Why this provider cannot run on `device` here, or None when it can."""
         missing = [package for package in self.requires if not _installed(package)]
         if missing:
             return f"needs {', '.join(missing)}, not installed"
-        if device in self.devices:
-            return None
-        if self.interpreter_env and device == "cpu" and _interpreting(self.interpreter_env):
-            return None
+        if device in self.devices or (
+            self.interpreter_env and device == "cpu" and _interpreting(self.interpreter_env)
+        ):
+            return _probe(self.probe) if self.probe else None
         hint = f" (or set {self.interpreter_env}=1 to interpret it, slowly)"
         return f"runs on {'/'.join(sorted(self.devices))}, not {device}" + (
             hint if self.interpreter_env and device == "cpu" else ""
@@ -85,21 +97,28 @@ class Provider:
         return _entry_point(self.module, self.function)
 
 
-_PROVIDERS: dict[str, dict[str, Provider]] = {}
+_PROVIDERS: dict[str, list[Provider]] = {}
 
 
 def register(provider: Provider) -> Provider:
-    """Add `provider`; registering a different record under the same op and name raises."""
-    existing = _PROVIDERS.setdefault(provider.op, {}).get(provider.name)
-    if existing is not None and existing != provider:
-        raise ValueError(f"provider {provider.op}/{provider.name} is already registered")
-    _PROVIDERS[provider.op][provider.name] = provider
+    """Add `provider`; a different record under the same op and name for one of its
+    devices raises."""
+    registered = _PROVIDERS.setdefault(provider.op, [])
+    for existing in registered:
+        if existing == provider:
+            return existing
+        if existing.name == provider.name and existing.devices & provider.devices:
+            raise ValueError(
+                f"provider {provider.op}/{provider.name} is already registered for "
+                f"{'/'.join(sorted(existing.devices & provider.devices))}"
+            )
+    registered.append(provider)
     return provider
 
 
 def providers(op: str) -> tuple[Provider, ...]:
     """The providers registered for `op`, fastest first."""
-    return tuple(sorted(_PROVIDERS.get(op, {}).values(), key=lambda p: (p.rank, p.name)))
+    return tuple(sorted(_PROVIDERS.get(op, []), key=lambda p: (p.rank, p.name)))
 
 
 def select(op: str, device: str, explicit: str = "auto") -> Provider:
@@ -107,18 +126,22 @@ def select(op: str, device: str, explicit: str = "auto") -> Provider:
     registered = providers(op)
     if not registered:
         raise ProviderUnavailable(f"no providers registered for op {op!r}")
-    names = ", ".join(p.name for p in registered)
+    names = ", ".join(sorted({p.name for p in registered}))
     if explicit == "auto":
         return _fastest(op, device, registered, names)
-    chosen = next((p for p in registered if p.name == explicit), None)
-    if chosen is None:
+    # The record for the device first, then one that may interpret it elsewhere.
+    named = sorted(
+        (p for p in registered if p.name == explicit), key=lambda p: device not in p.devices
+    )
+    if not named:
         raise ProviderUnavailable(
             f"{op}: provider {explicit!r} is not registered; registered: {names} (or 'auto')"
         )
-    reason = chosen.unavailable_reason(device)
-    if reason is not None:
-        raise ProviderUnavailable(f"{op}: provider {explicit!r} is unavailable: {reason}")
-    return chosen
+    reasons = [p.unavailable_reason(device) for p in named]
+    for provider, reason in zip(named, reasons, strict=True):
+        if reason is None:
+            return provider
+    raise ProviderUnavailable(f"{op}: provider {explicit!r} is unavailable: {reasons[0]}")
 
 
 def _fastest(op: str, device: str, registered: tuple[Provider, ...], names: str) -> Provider:
@@ -136,6 +159,13 @@ def _fastest(op: str, device: str, registered: tuple[Provider, ...], names: str)
 @cache
 def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
+
+
+@cache
+def _probe(target: str) -> str | None:
+    module, function = target.split(":")
+    reason: str | None = _entry_point(module, function)()
+    return reason
 
 
 def _interpreting(env: str) -> bool:

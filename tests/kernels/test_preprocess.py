@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.kernels.compare import assert_close
-from tests.kernels.conftest import needs_cuda, needs_triton
+from tests.kernels.conftest import CUDA, needs_cuda, needs_numba_cuda, needs_triton
 from warpserve.kernels.errors import KernelInputError
 from warpserve.kernels.preprocess import preprocess_images
 
@@ -78,11 +78,44 @@ def test_triton_matches_reference(shape: tuple[int, ...], out_dtype: str) -> Non
     _check_provider("triton", shape, out_dtype)
 
 
+# The simulator runs one Python thread per GPU thread: a few small shapes, two blocks at most.
+CUDA_SIM_SHAPES = [(1, 1, 1, 1, 1), (2, 7, 5, 3, 11), (0, 5, 5, 4, 4), (1, 9, 13, 20, 15)]
+
+
+@needs_numba_cuda
+@pytest.mark.parametrize("out_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("shape", CUDA_SIM_SHAPES)
+def test_numba_cuda_matches_reference(shape: tuple[int, ...], out_dtype: str) -> None:
+    import torch
+
+    from warpserve.kernels import preprocess, preprocess_numba_cuda
+
+    n, h, w, height, width = shape
+    images = _images(n, h, w, seed=2)
+    scale, shift = preprocess.normalisation(MEAN, STD)
+    device = "cuda" if CUDA else "cpu"  # on the CPU, numba's simulator
+    got = preprocess_numba_cuda.preprocess_numba_cuda(
+        torch.from_numpy(images).to(device), (height, width), scale, shift, out_dtype
+    )
+    assert got.device.type == device
+    want = preprocess_images(images, (height, width), MEAN, STD, out_dtype, "numpy")
+    assert_close(got, want, TOLERANCE[out_dtype], 0)
+
+
+def test_numba_names_the_cpu_kernel_on_the_cpu_and_the_cuda_one_on_the_gpu() -> None:
+    from warpserve.kernels.registry import select
+
+    assert select("preprocess", "cpu", "numba").module.endswith("preprocess_numba")
+    cuda_record = select("preprocess", "cuda", "numba") if CUDA else None
+    if cuda_record is not None:
+        assert cuda_record.module.endswith("preprocess_numba_cuda")
+
+
 @needs_cuda
-@pytest.mark.parametrize("provider", ["triton", "cupy"])
+@pytest.mark.parametrize("provider", ["triton", "cupy", "numba"])
 @pytest.mark.parametrize("out_dtype", ["float32", "float16"])
 def test_gpu_providers_keep_cuda_tensors_on_the_gpu(provider: str, out_dtype: str) -> None:
-    pytest.importorskip("cupy" if provider == "cupy" else "triton")
+    pytest.importorskip({"cupy": "cupy", "triton": "triton", "numba": "numba"}[provider])
     import torch
 
     images = _images(3, 33, 17)

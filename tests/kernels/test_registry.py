@@ -105,3 +105,69 @@ def test_load_returns_the_named_entry_point() -> None:
 
     assert _provider("reg_load", "numpy").load() is fused_linear_reference
     assert registry.providers("reg_load") == ()
+
+
+PROBED: list[str] = []
+
+
+def probe_refuses() -> str | None:
+    PROBED.append("refuses")
+    return "no driver here"
+
+
+def probe_accepts() -> str | None:
+    PROBED.append("accepts")
+    return None
+
+
+def test_one_name_on_two_devices_picks_the_record_for_the_input_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry, "_entry_point", _with_test_probes(registry._entry_point))
+    cpu = register(_provider("reg_two", "numba"))
+    gpu = register(_provider("reg_two", "numba", CUDA, probe="warpserve.kernels.test:accepts"))
+    assert select("reg_two", "cpu", "numba") is cpu
+    assert select("reg_two", "cuda", "numba") is gpu
+    assert select("reg_two", "cuda") is gpu
+    with pytest.raises(ValueError, match="already registered for cpu"):
+        register(_provider("reg_two", "numba", frozenset({"cpu", "cuda"}), rank=3))
+
+
+def test_a_probe_runs_only_when_the_device_fits_and_its_reason_is_the_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry, "_entry_point", _with_test_probes(registry._entry_point))
+    PROBED.clear()
+    register(_provider("reg_probe", "numpy"))
+    register(_provider("reg_probe", "numba", CUDA, probe="warpserve.kernels.test:refuses"))
+    assert select("reg_probe", "cpu").name == "numpy"
+    assert PROBED == []  # a CPU selection never asks the GPU's probe
+    with pytest.raises(ProviderUnavailable, match="'numba' is unavailable: no driver here"):
+        select("reg_probe", "cuda", "numba")
+    with pytest.raises(ProviderUnavailable, match="numba: no driver here"):
+        select("reg_probe", "cuda")
+    assert PROBED == ["refuses"]  # asked once, remembered
+    with pytest.raises(ValueError, match=r"must be 'warpserve\.kernels\.module:function'"):
+        _provider("reg_probe_bad", "numba", probe="os:getcwd")
+
+
+def _with_test_probes(real: Any) -> Any:
+    def entry_point(module: str, function: str) -> Any:
+        if module == "warpserve.kernels.test":
+            return {"refuses": probe_refuses, "accepts": probe_accepts}[function]
+        return real(module, function)
+
+    return entry_point
+
+
+def test_the_numba_cuda_probe_answers_under_the_simulator() -> None:
+    pytest.importorskip("numba")
+    from numba import config
+
+    from warpserve.kernels import cuda_probe
+
+    reason = cuda_probe.numba_cuda_reason()
+    if getattr(config, "ENABLE_CUDASIM", 0):
+        assert reason is None
+    else:
+        assert reason is None or "numba.cuda" in reason

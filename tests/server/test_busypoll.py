@@ -205,7 +205,7 @@ async def test_no_polling_while_a_decoder_thread_prepares_images() -> None:
     version = cast(Any, SimpleNamespace(stage=stage))
     poller.arm()
     assert poller.spinning  # positive control: a request arrived, the loop polls
-    prepared = asyncio.ensure_future(plane._prepared(version, {"IMAGE": b"jpeg"}))
+    prepared = asyncio.ensure_future(plane._prepared(version, cast(Any, {"IMAGE": b"jpeg"})))
     await asyncio.to_thread(stage.started.wait, 10)
     await loop_passes(3)
     assert poller.threads_busy == 1 and not poller.spinning  # no polling beside it
@@ -221,7 +221,7 @@ async def test_a_caller_that_stops_waiting_leaves_the_decoder_counted_until_it_e
     stage = HeldStage()
     plane = DataPlane(cast(Any, None), poller)
     prepared = asyncio.ensure_future(
-        plane._prepared(cast(Any, SimpleNamespace(stage=stage)), {"IMAGE": b"jpeg"})
+        plane._prepared(cast(Any, SimpleNamespace(stage=stage)), cast(Any, {"IMAGE": b"jpeg"}))
     )
     await asyncio.to_thread(stage.started.wait, 10)
     prepared.cancel()
