@@ -3,8 +3,12 @@
 Two structures lower: an `nn.Sequential` of `nn.Linear` layers, each optionally followed by
 one supported activation (ReLU, exact GELU, Sigmoid; Identity and eval-mode Dropout are
 dropped), and a recommender's scoring step (such a Sequential as the user tower, an item
-embedding matrix, an optional per-item bias and k). Anything else is refused with a
-`LoweringError` naming the module by its path in the model, so a user knows what to
+embedding matrix, an optional per-item bias and k). A module passed whole is a scoring
+step when it has the attributes `user_tower`, `item_embeddings` (an `nn.Embedding` or a
+`[items, dim]` tensor), `top_k` and optionally `item_bias`, and its forward returns
+`(item_ids, scores)` of the top k of `user_tower(x) @ items.T + item_bias`, best first;
+the parity check against its forward confirms the last part. Anything else is refused
+with a `LoweringError` naming the module by its path in the model, so a user knows what to
 change. The result is a `kernel_plan.Plan` and its weights, which `kernel_plan.write_plan`
 puts in a version folder; `check_parity` runs it through the kernel backend's own
 instance against the module in eager PyTorch.
@@ -43,6 +47,47 @@ def lower_sequential(
     return plan, weights
 
 
+SCORING_ATTRIBUTES = ("user_tower", "item_embeddings", "top_k")
+
+
+def lower_module(
+    model: nn.Module, input_name: str, output_names: list[str]
+) -> tuple[Plan, Weights]:
+    """`model` as a plan: an nn.Sequential with one output, or a scoring module (see the
+    module docstring) with two, item ids then scores."""
+    if not all(hasattr(model, a) for a in SCORING_ATTRIBUTES):
+        if len(output_names) != 1:
+            raise LoweringError(
+                f"model ({type(model).__name__}): {len(output_names)} outputs; an "
+                "nn.Sequential gives one, a scoring module (attributes "
+                f"{', '.join(SCORING_ATTRIBUTES)}) two"
+            )
+        return lower_sequential(model, input_name, output_names[0])
+    if len(output_names) != 2:
+        raise LoweringError(
+            f"model ({type(model).__name__}): a scoring module returns (item_ids, scores); "
+            f"it has {len(output_names)} outputs"
+        )
+    embeddings = model.item_embeddings
+    items = embeddings.weight if isinstance(embeddings, nn.Embedding) else embeddings
+    if not isinstance(items, torch.Tensor):
+        raise LoweringError(
+            f"model.item_embeddings ({type(embeddings).__name__}): expected an nn.Embedding "
+            "or a [items, dim] tensor"
+        )
+    bias = getattr(model, "item_bias", None)
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise LoweringError(f"model.item_bias ({type(bias).__name__}): expected a tensor")
+    k = model.top_k
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise LoweringError(f"model.top_k: expected an int, got {k!r}")
+    tower = model.user_tower
+    if not isinstance(tower, nn.Module):
+        raise LoweringError(f"model.user_tower ({type(tower).__name__}): expected a module")
+    names = (input_name, output_names[0], output_names[1])
+    return lower_scoring(tower, items, k, bias, names)
+
+
 def lower_scoring(
     user_tower: nn.Module,
     item_embeddings: torch.Tensor,
@@ -62,7 +107,12 @@ def lower_scoring(
     weights["items"] = items
     args: dict[str, Any] = {"items": "items", "k": int(k)}
     if item_bias is not None:
-        weights["item_bias"] = _array(item_bias).reshape(-1)
+        bias = _array(item_bias).reshape(-1)
+        if bias.shape[0] != items.shape[0]:
+            raise LoweringError(
+                f"item_bias: {bias.shape[0]} values for {items.shape[0]} item embeddings"
+            )
+        weights["item_bias"] = bias
         args["item_bias"] = "item_bias"
     user, ids, scores = names
     plan = Plan(

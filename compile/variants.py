@@ -173,24 +173,22 @@ def _aoti(ctx: BuildContext, path: Path) -> None:
 
 def _kernels(ctx: BuildContext, path: Path) -> None:
     # An nn.Sequential of Linear layers and supported activations lowers to a plan of
-    # fused linear steps; anything else is refused naming the module.
+    # fused linear steps, a recommender's scoring module to those steps and score_topk;
+    # anything else is refused naming the module.
     import importlib.util
 
     if importlib.util.find_spec("numba") is None:
         raise Skipped("the kernel backend runs Numba kernels on the CPU; numba is not installed")
-    from warpserve.compile.kernel_lowering import LoweringError, lower_sequential
+    from warpserve.compile.kernel_lowering import LoweringError, lower_module
     from warpserve.server.backends.kernel_plan import write_plan
 
-    if len(ctx.inputs) != 1 or len(ctx.output_names) != 1:
-        raise Refused(
-            f"the kernels take one input and give one output; the model has {len(ctx.inputs)} "
-            f"inputs and {len(ctx.output_names)} outputs"
-        )
+    if len(ctx.inputs) != 1:
+        raise Refused(f"the kernels take one input; the model has {len(ctx.inputs)}")
     spec = ctx.inputs[0]
     if spec.dtype != "FP32" or len(spec.dims) != 1:
         raise Refused(f"input {spec.text()}: the kernels take FP32 rows [batch, features]")
     try:
-        plan, weights = lower_sequential(ctx.source.module, spec.name, ctx.output_names[0])
+        plan, weights = lower_module(ctx.source.module, spec.name, ctx.output_names)
     except LoweringError as exc:
         raise Refused(str(exc)) from None
     if plan.input.dims != spec.dims:
@@ -283,7 +281,8 @@ TARGETS: dict[str, Target] = {
             "plan.json",
             "fp32",
             _kernels,
-            "warpserve's kernels: fused Linear + activation layers (Numba on the CPU)",
+            "warpserve's kernels: fused Linear + activation layers, and top-k scoring "
+            "(Numba on the CPU)",
             ("weights.npz",),
         ),
     )

@@ -77,3 +77,25 @@ def tanh_mlp() -> nn.Module:
     """A Sequential with Tanh, which the kernels have no epilogue for."""
     torch.manual_seed(4)
     return nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 4))
+
+
+class Scoring(nn.Module):
+    """A recommender's scoring step in the shape compile's kernels variant lowers: a user
+    tower, item embeddings, a per-item bias and k; forward gives (item_ids, scores)."""
+
+    def __init__(self, n_items: int = 300, top_k: int = 5) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.user_tower = nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 8))
+        self.item_embeddings = nn.Embedding(n_items, 8)
+        self.item_bias = nn.Parameter(torch.randn(n_items) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.user_tower(x) @ self.item_embeddings.weight.T + self.item_bias
+        best = torch.topk(scores, self.top_k, dim=1)
+        return best.indices, best.values
+
+
+def scoring() -> nn.Module:
+    torch.manual_seed(5)
+    return Scoring()

@@ -13,6 +13,7 @@ from torch import nn  # noqa: E402
 from warpserve.compile.kernel_lowering import (  # noqa: E402
     LoweringError,
     check_parity,
+    lower_module,
     lower_scoring,
     lower_sequential,
 )
@@ -88,3 +89,52 @@ def test_scoring_refuses_items_that_do_not_match_the_tower() -> None:
         lower_scoring(tower, torch.randn(10, 7), 3)
     with pytest.raises(LoweringError, match="k: 11 must be between 1 and the item count 10"):
         lower_scoring(tower, torch.randn(10, 8), 11)
+
+
+def test_a_scoring_module_passed_whole_lowers_to_the_tower_and_top_k() -> None:
+    from tests.compile.models import scoring
+
+    model = scoring().eval()
+    plan, weights = lower_module(model, "USER", ["ITEM_IDS", "SCORES"])
+    assert [s.op for s in plan.steps] == ["linear", "linear", "score_topk"]
+    assert [o.name for o in plan.outputs] == ["ITEM_IDS", "SCORES"]
+    x = torch.randn(6, 16)
+    ids, scores = model(x)
+    reference = (ids.numpy().astype(np.float64), scores.detach().numpy())
+    assert check_parity(plan, weights, reference, x.numpy()) < 1e-4
+    weights["item_bias"] = weights["item_bias"] + 1.0  # positive control: a shifted bias
+    assert check_parity(plan, weights, reference, x.numpy()) > 0.5
+
+
+def test_a_sequential_passed_whole_lowers_as_before() -> None:
+    plan, _ = lower_module(_mlp(), "X", ["Y"])
+    assert [s.op for s in plan.steps] == ["linear"] * 3
+
+
+@pytest.mark.parametrize(
+    ("change", "outputs", "message"),
+    [
+        ({}, ["IDS"], "a scoring module returns \\(item_ids, scores\\); it has 1 outputs"),
+        ({"top_k": 2.5}, ["IDS", "S"], "model.top_k: expected an int"),
+        ({"item_embeddings": "table"}, ["IDS", "S"], "model.item_embeddings \\(str\\)"),
+        ({"item_bias": torch.zeros(7)}, ["IDS", "S"], "item_bias: 7 values for 300"),
+        ({"user_tower": nn.Linear(16, 8)}, ["IDS", "S"], "user_tower \\(Linear\\): only"),
+    ],
+)
+def test_a_scoring_module_that_does_not_fit_is_refused_naming_the_part(
+    change: dict[str, object], outputs: list[str], message: str
+) -> None:
+    from tests.compile.models import scoring
+
+    model = scoring()
+    for name, value in change.items():
+        if name in model._parameters or name in model._modules:
+            delattr(model, name)
+        object.__setattr__(model, name, value)
+    with pytest.raises(LoweringError, match=message):
+        lower_module(model, "USER", outputs)
+
+
+def test_a_sequential_with_two_outputs_is_refused() -> None:
+    with pytest.raises(LoweringError, match=r"2 outputs; an nn\.Sequential gives one"):
+        lower_module(_mlp(), "X", ["A", "B"])

@@ -21,7 +21,7 @@ from warpserve.server.repository import config as cfg
 FAST = ["--max-batch-size", "8", "--batch-sizes", "1,8", "--seconds-per-point", "0.02"]
 
 
-def _compile(repo: Path, model: str, targets: str) -> int:
+def _compile(repo: Path, model: str, targets: str, *extra: str) -> int:
     return main(
         [
             "compile",
@@ -36,6 +36,7 @@ def _compile(repo: Path, model: str, targets: str) -> int:
             targets,
             "--json",
             *FAST,
+            *extra,
         ]
     )
 
@@ -92,3 +93,28 @@ def test_only_kernels_on_an_unsupported_model_exits_1_with_the_reason(
     assert code == 1
     assert "kernels: rejected (unsupported: model.1 (Tanh)" in err
     assert not (tmp_path / "m" / "1").exists()
+
+
+def test_a_recommenders_scoring_module_compiles_to_kernels_and_serves_top_k(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = _compile(tmp_path, "scoring", "kernels", "--output-names", "ITEM_IDS,SCORES")
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    (entry,) = report["variants"]
+    assert entry["status"] == "passed", entry["reason"]
+    assert entry["parity"]["outputs"]["ITEM_IDS"]["max_abs"] == 0
+    folder = tmp_path / "m" / "1"
+    config = cfg.complete(cfg.read_config(folder.parent), folder)
+    assert config.platform == "warpserve_kernels"
+    instance = backend_spec.loader_for(config)(config, folder, 0, 1)
+    x = np.random.default_rng(6).standard_normal((4, 16)).astype(np.float32)
+    try:
+        got = instance.execute({"x": x})
+    finally:
+        instance.close()
+    with torch.no_grad():
+        ids, scores = models.scoring().eval()(torch.from_numpy(x))
+    np.testing.assert_array_equal(got["ITEM_IDS"], ids.numpy())
+    np.testing.assert_allclose(got["SCORES"], scores.numpy(), atol=1e-4, rtol=1e-4)
+    assert len({tuple(row) for row in ids.numpy()}) > 1  # users get different items
