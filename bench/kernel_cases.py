@@ -206,23 +206,7 @@ def _onnx_mlp(batch: int) -> Runner:
 
 
 def _torch_mlp(batch: int, compiled: bool) -> Runner:
-    layers, x = _fraud_layers(), _fraud_input(batch)
-    import torch
-
-    modules: list[torch.nn.Module] = []
-    for layer in layers:
-        linear = torch.nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
-        linear.weight.data = torch.from_numpy(layer.weight)
-        linear.bias.data = torch.from_numpy(layer.bias)
-        modules += [linear, torch.nn.ReLU() if layer.activation == "relu" else torch.nn.Sigmoid()]
-    net = torch.nn.Sequential(*modules).eval()
-    fn = torch.compile(net) if compiled else net
-    tensor = torch.from_numpy(x)
-
-    def run() -> object:
-        with torch.inference_mode():
-            return fn(tensor)
-
+    run = _torch_mlp_on(batch, "cpu", compiled)
     run()
     return run
 
@@ -383,3 +367,169 @@ def _batch_cases() -> list[Case]:
 
 
 CASES += _batch_cases()
+
+
+# ------------------------------------------------------------------ the GPU
+# Each op's CUDA providers beside torch eager and torch.compile on the same CUDA tensors;
+# every call ends in torch.cuda.synchronize() so that a timing covers the GPU's work. Built
+# only where torch sees a GPU (bench/gpu_check.sh runs them on a lent one).
+
+
+def gpu_name() -> str:
+    import torch
+
+    return str(torch.cuda.get_device_name()) if _cuda() else ""
+
+
+def _synced(call: Runner) -> Runner:
+    import torch
+
+    def run() -> object:
+        out = call()
+        torch.cuda.synchronize()
+        return out
+
+    run()  # compilation and autotuning stay out of the timings
+    return run
+
+
+def _gpu_preprocess_cases() -> list[Case]:
+    n, h, w, size = 32, 256, 320, (224, 224)
+    shape = f"gpu {n}x{h}x{w}x3->224x224"
+
+    def images() -> Any:
+        import torch
+
+        return torch.from_numpy(_photos(n, h, w)).cuda()
+
+    def ours(name: str) -> Callable[[], Runner]:
+        def make() -> Runner:
+            select("preprocess", "cuda", name)
+            x = images()
+            return _synced(lambda: preprocess.preprocess_images(x, size, MEAN, STD, provider=name))
+
+        return make
+
+    def torch_chain(compiled: bool) -> Callable[[], Runner]:
+        def make() -> Runner:
+            import torch
+
+            x = images()
+            mean = torch.tensor(MEAN, device="cuda").view(1, 3, 1, 1)
+            std = torch.tensor(STD, device="cuda").view(1, 3, 1, 1)
+
+            def chain(t: torch.Tensor) -> torch.Tensor:
+                t = t.permute(0, 3, 1, 2).float()
+                t = torch.nn.functional.interpolate(
+                    t, size=size, mode="bilinear", align_corners=False
+                )
+                return ((t / 255 - mean) / std).contiguous()
+
+            fn = torch.compile(chain) if compiled else chain
+            return _synced(lambda: fn(x))
+
+        return make
+
+    base = ("torch",)
+    return [
+        Case("preprocess", shape, "torch", torch_chain(False), base, device="cuda"),
+        Case("preprocess", shape, "torch.compile", torch_chain(True), base, device="cuda"),
+        *[
+            Case("preprocess", shape, name, ours(name), base, device="cuda")
+            for name in ("triton", "cupy", "numba")
+        ],
+    ]
+
+
+def _gpu_mlp_cases() -> list[Case]:
+    cases = []
+    for batch in (1, 64, 1024, 16384):
+        shape = f"gpu fraud 16-64-32-1 batch {batch}"
+
+        def triton(batch: int = batch) -> Runner:
+            import torch
+
+            select("mlp", "cuda", "triton")
+            model = FusedMLP(_fraud_layers())
+            x = torch.from_numpy(_fraud_input(batch)).cuda()
+            return _synced(lambda: model(x, "triton"))
+
+        def eager(batch: int = batch, compiled: bool = False) -> Runner:
+            return _synced(_torch_mlp_on(batch, "cuda", compiled))
+
+        cases += [
+            Case("mlp", shape, "torch", eager, ("torch",), device="cuda", iterations=10),
+            Case(
+                "mlp",
+                shape,
+                "torch.compile",
+                partial(eager, compiled=True),
+                ("torch",),
+                device="cuda",
+                iterations=10,
+            ),
+            Case("mlp", shape, "triton", triton, ("torch",), device="cuda", iterations=10),
+        ]
+    return cases
+
+
+def _torch_mlp_on(batch: int, device: str, compiled: bool) -> Runner:
+    import torch
+
+    modules: list[torch.nn.Module] = []
+    for layer in _fraud_layers():
+        linear = torch.nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
+        linear.weight.data = torch.from_numpy(layer.weight)
+        linear.bias.data = torch.from_numpy(layer.bias)
+        modules += [linear, torch.nn.ReLU() if layer.activation == "relu" else torch.nn.Sigmoid()]
+    net = torch.nn.Sequential(*modules).eval().to(device)
+    fn = torch.compile(net) if compiled else net
+    tensor = torch.from_numpy(_fraud_input(batch)).to(device)
+
+    def run() -> object:
+        with torch.inference_mode():
+            return fn(tensor)
+
+    return run
+
+
+def _gpu_topk_cases() -> list[Case]:
+    users_n, items_n, dims, k = 32, 100_000, 32, 10
+    shape = f"gpu {users_n} users x {items_n} items x {dims}, k={k}"
+
+    def inputs() -> tuple[Any, Any]:
+        import torch
+
+        rng = np.random.default_rng(3)
+        users = torch.from_numpy(rng.standard_normal((users_n, dims)).astype(np.float32))
+        items = torch.from_numpy(rng.standard_normal((items_n, dims)).astype(np.float32))
+        return users.cuda(), items.cuda()
+
+    def triton() -> Runner:
+        select("topk", "cuda", "triton")
+        users, items = inputs()
+        return _synced(lambda: topk.score_topk(users, items, k, "triton"))
+
+    def full(compiled: bool) -> Callable[[], Runner]:
+        def make() -> Runner:
+            import torch
+
+            users, items = inputs()
+            fn = lambda u, i: torch.topk(u @ i.T, k, dim=1)  # noqa: E731
+            fn = torch.compile(fn) if compiled else fn
+            return _synced(lambda: fn(users, items))
+
+        return make
+
+    base = ("torch",)
+    return [
+        Case("topk", shape, "torch", full(False), base, device="cuda"),
+        Case("topk", shape, "torch.compile", full(True), base, device="cuda"),
+        Case("topk", shape, "triton", triton, base, device="cuda"),
+    ]
+
+
+GPU_CASES: list[Case] = (
+    _gpu_preprocess_cases() + _gpu_mlp_cases() + _gpu_topk_cases() if _cuda() else []
+)
+CASES += GPU_CASES

@@ -4,7 +4,7 @@ On a loaded machine the sequential pytest-benchmark run (bench_kernels.py) drift
 cases; here each round times every contender once, in turn, and the best round of each is
 compared, so a load spike hits both sides of a ratio alike.
 
-    python bench/kernel_targets.py [--rounds 7] [--only mlp]
+    python bench/kernel_targets.py [--rounds 7] [--only mlp] [--gpu]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import timeit
 from pathlib import Path
 
-from kernel_cases import CASES, MLP_BATCHES, Runner, mlp_shape, versions
+from kernel_cases import CASES, GPU_CASES, MLP_BATCHES, Runner, gpu_name, mlp_shape, versions
 
 # (op, shape prefix, contender, baseline, target ratio: baseline time / contender time).
 # The MLP over its whole batch curve: within 1.5x of ONNX Runtime at every batch size.
@@ -26,6 +26,17 @@ TARGETS = [
     ("mlp", "linear 1024x256->512 gelu", "numba", "torch", 1.0),
     ("mlp", "linear 1024x256->512 gelu", "numba", "numpy", 1.0),
     ("topk", "32 users", "numba", "numpy+argpartition", 2.0),
+]
+# On a GPU (--gpu): Triton-lang preprocessing >= 2x the torch eager chain (CuPy and
+# numba.cuda beside it), the fused MLP at least as fast as torch eager, top-k >= 3x
+# torch.topk over the full score matrix.
+GPU_TARGETS = [
+    *[("preprocess", "gpu 32x", p, "torch", 2.0) for p in ("triton", "cupy", "numba")],
+    *[
+        ("mlp", f"gpu fraud 16-64-32-1 batch {b} ", "triton", "torch", 1.0)
+        for b in (1, 64, 1024, 16384)
+    ],
+    ("topk", "gpu 32 users", "triton", "torch", 3.0),
 ]
 RESULTS = Path(__file__).resolve().parent / "results" / "kernel_targets.json"
 
@@ -53,9 +64,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--only", choices=sorted({t[0] for t in TARGETS}), help="one op's rows")
+    parser.add_argument("--gpu", action="store_true", help="the GPU targets (needs CUDA)")
     args = parser.parse_args()
+    if args.gpu and not GPU_CASES:
+        raise SystemExit("--gpu: torch sees no CUDA GPU here")
     rows = []
-    for op, shape, contender, baseline, target in TARGETS:
+    for op, shape, contender, baseline, target in GPU_TARGETS if args.gpu else TARGETS:
         if args.only and op != args.only:
             continue
         runs = {name: _runner(op, shape, name) for name in (contender, baseline)}
@@ -82,7 +96,11 @@ def main() -> None:
             f"{baseline} {best[baseline] * 1e6:9.0f}us  ratio {ratio:5.2f} (target {target:.2f})"
         )
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"versions": versions(), "rows": rows}, indent=2))
+    out = RESULTS.with_name("kernel_targets_gpu.json") if args.gpu else RESULTS
+    record = {"versions": versions(), "gpu": gpu_name(), "rows": rows}
+    out.write_text(json.dumps(record, indent=2))
+    if args.gpu:
+        print(f"GPU: {record['gpu']}")
 
 
 if __name__ == "__main__":
