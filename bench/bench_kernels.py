@@ -9,7 +9,9 @@ is asserted.
     python bench/bench_kernels.py            # or: python -m pytest bench/bench_kernels.py
     python bench/bench_kernels.py --quick    # fewer rounds
 
-CPU only so far: the GPU providers (Triton-lang, CuPy on CUDA tensors) have no cases yet.
+On a machine with a CUDA GPU the GPU cases run too (`kernel_cases.GPU_CASES`: Triton-lang,
+CuPy and numba.cuda on CUDA tensors against torch eager and torch.compile); they have not
+run yet, no GPU having been lent (bench/gpu_check.sh runs `kernel_targets.py --gpu`).
 """
 
 from __future__ import annotations
