@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,10 +81,17 @@ def owner_args(
 
 
 class OwnerProcess:
-    def __init__(self, repository: Path, socket_dir: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        socket_dir: Path,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.repository = repository
         self.socket_dir = socket_dir
         self.extra_args = list(extra_args)
+        self.env = env or {}  # added to this process's environment
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -107,7 +115,7 @@ class OwnerProcess:
             str(self.repository),
             *self.extra_args,
         ]
-        self.process = subprocess.Popen(command)
+        self.process = subprocess.Popen(command, env={**os.environ, **self.env})
         self.starts += 1
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -149,15 +157,20 @@ class OwnerProcess:
         return process.returncode
 
 
-async def keep(owner: OwnerProcess, stopping: asyncio.Event) -> None:
+async def keep(
+    owner: OwnerProcess, stopping: asyncio.Event, on_exit: Callable[[int], None] | None = None
+) -> None:
     """Restart the owner whenever it dies, until ``stopping`` is set. Meanwhile the
-    frontends answer UNAVAILABLE for its models and reconnect once it is back."""
+    frontends answer UNAVAILABLE for its models and reconnect once it is back.
+    ``on_exit`` is told each process's pid as it ends."""
     backoff = 1.0
     while not stopping.is_set():
         process = owner.process
         assert process is not None, "start the owner before keeping it"
         started = time.monotonic()
         status = await asyncio.to_thread(process.wait)
+        if on_exit is not None:
+            on_exit(process.pid)
         if stopping.is_set():
             return
         log.error("the model owner (pid %d) exited with %d; starting it again", process.pid, status)

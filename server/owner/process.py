@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import ctypes
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from warpserve.server.repository.repository import ModelRepository
 log = logging.getLogger("warpserve.owner")
 
 DATA_SOCKET = "owner.sock"
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MIRROR_SECS = 0.5
 CONTROL_SOCKET = "control.sock"
 _PR_SET_PDEATHSIG = 1
 
@@ -81,12 +84,16 @@ class RunningOwner:
     service: OwnerService
     control: grpc.aio.Server
     poller: RepositoryPoller | None = None
+    mirror: asyncio.Task[None] | None = None
 
     async def stop(self, exit_timeout_s: float) -> int:
         """Stop taking connections, answer every request received, unload; the exit
         status (1 when requests were cut off at the timeout)."""
         if self.poller is not None:
             await self.poller.stop()
+        if self.mirror is not None:
+            self.mirror.cancel()
+            await asyncio.gather(self.mirror, return_exceptions=True)
         await self.service.stop_accepting()
         try:
             await asyncio.wait_for(self.service.wait_idle(), exit_timeout_s)
@@ -127,7 +134,24 @@ async def start_owner(
     if control_mode == "poll":
         running.poller = RepositoryPoller(registry, poll_secs)
         running.poller.start()
+    if os.environ.get(METRICS_DIR_ENV):  # beside workers whose metrics a supervisor sums
+        running.mirror = asyncio.get_running_loop().create_task(_mirror_metrics(registry))
     return running
+
+
+async def _mirror_metrics(registry: ModelRegistry) -> None:
+    """Copy this registry's metrics into the supervisor's multiprocess files, where
+    the supervisor's scrape sums them with the workers' (a scrape sees them at most
+    MIRROR_SECS old: the supervisor asks only its workers to copy theirs at once)."""
+    from warpserve.server.workers.metrics import MetricsMirror
+
+    mirror = MetricsMirror(registry, worker=False)
+    try:
+        while True:
+            mirror.flush()
+            await asyncio.sleep(MIRROR_SECS)
+    finally:
+        mirror.flush()  # the last counts, as the owner stops
 
 
 async def serve(args: argparse.Namespace) -> int:

@@ -52,8 +52,11 @@ def mode_of(family: str, kind: str) -> str:
 class MetricsMirror:
     """Copies one worker's collector output into its multiprocess files."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, *, worker: bool = True) -> None:
         self.collector = RegistryCollector(registry)
+        # The model owner mirrors its models too, but is no worker: it answers only
+        # what the workers pass it, so it takes no PER_WORKER sample.
+        self.worker = worker
         self._gauges: dict[str, Gauge] = {}
         self._modes: dict[str, str] = {}
         self._written: dict[str, set[tuple[str, ...]]] = {}
@@ -68,11 +71,12 @@ class MetricsMirror:
                 values = tuple(sample.labels[n] for n in names)
                 gauge.labels(*values).set(sample.value)
                 seen.setdefault(sample.name, set()).add(values)
-        answered = sum(
-            mv.stats.success.count + mv.stats.fail.count
-            for mv in self.collector.registry.all_versions()
-        )
-        self._gauge(PER_WORKER, PER_WORKER_HELP, (), "liveall").set(answered)
+        if self.worker:
+            answered = sum(
+                mv.stats.success.count + mv.stats.fail.count
+                for mv in self.collector.registry.all_versions()
+            )
+            self._gauge(PER_WORKER, PER_WORKER_HELP, (), "liveall").set(answered)
         for name, written in self._written.items():
             if self._modes[name] in LIVE_MODES:
                 for values in written - seen.get(name, set()):

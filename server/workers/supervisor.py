@@ -132,14 +132,16 @@ class Supervisor:
             options.exit_timeout_secs,
             self.event_loop,
         )
-        owner = OwnerProcess(options.model_repository, self.runtime / "owner", args)
+        # Its models' metrics join the workers' in the files the scrape sums.
+        metrics_env = {"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
+        owner = OwnerProcess(options.model_repository, self.runtime / "owner", args, metrics_env)
         if not await asyncio.to_thread(owner.needed):
             return None
         owner.start()
         await asyncio.to_thread(owner.wait_ready, OWNER_READY_S)
         log.info("model owner (pid %d) serves the owner-placed models", owner.pid)
         options.owner_socket_dir = owner.socket_dir
-        return OwnerKeeper(owner, options.exit_timeout_secs)
+        return OwnerKeeper(owner, options.exit_timeout_secs, str(self.metrics_dir))
 
     @property
     def supervisor_socket(self) -> Path:
@@ -306,11 +308,15 @@ class Supervisor:
 class OwnerKeeper:
     """The running model owner: restarted when it dies (``keep``), stopped last."""
 
-    def __init__(self, owner: OwnerProcess, exit_timeout_s: float) -> None:
+    def __init__(self, owner: OwnerProcess, exit_timeout_s: float, metrics_dir: str) -> None:
         self.owner = owner
         self.exit_timeout_s = exit_timeout_s
         self.stopping = asyncio.Event()
-        self.task = asyncio.get_running_loop().create_task(keep(owner, self.stopping))
+
+        def exited(pid: int) -> None:  # its live gauges go; its counters stay summed
+            mark_process_dead(pid, metrics_dir)
+
+        self.task = asyncio.get_running_loop().create_task(keep(owner, self.stopping, exited))
 
     async def stop(self) -> None:
         self.stopping.set()
