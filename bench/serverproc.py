@@ -56,6 +56,8 @@ def warpserve(
         str(port),
         "--allow-metrics",
         "false",
+        "--http-port",
+        "0",
         *flags,
     ]
     with _running(command, port, log_path, model, env) as url:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from warpserve import __version__
 from warpserve.server import tls
-from warpserve.server.argtypes import boolean, non_negative_int, workers_count
+from warpserve.server.argtypes import boolean, non_negative_int, positive_int, workers_count
 from warpserve.server.busypoll import DEFAULT_WINDOW_US, MIN_CORES
 from warpserve.server.options import ServerOptions
 from warpserve.server.ports import PortUnavailable, check_ports
@@ -49,11 +49,29 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="gRPC port (KServe v2 inference, health, admin); 0 picks a free port",
     )
     p.add_argument(
+        "--http-address", default="0.0.0.0", help="address the HTTP (KServe v2 REST) server binds"
+    )
+    p.add_argument(
         "--http-port",
         type=int,
         default=8000,
-        help="port reserved for the v2 REST endpoint, which this release does not "
-        "serve; accepted so Triton command lines carry over",
+        help="HTTP port: KServe v2 REST inference (JSON and Triton's binary tensor "
+        "extension), health, metadata, repository and statistics endpoints, and the status "
+        "page at /; 0 picks a free port",
+    )
+    p.add_argument(
+        "--allow-http",
+        type=boolean,
+        default=True,
+        help="serve the HTTP endpoint (true/false)",
+    )
+    p.add_argument(
+        "--http-max-input-size",
+        type=positive_int,
+        default=64 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest HTTP request body accepted, in bytes (default 64 MiB, as Triton); "
+        "larger ones are refused with 413",
     )
     p.add_argument(
         "--metrics-port",
@@ -175,7 +193,10 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         model_repository=args.model_repository,
         grpc_address=args.grpc_address,
         grpc_port=args.grpc_port,
+        http_address=args.http_address,
         http_port=args.http_port,
+        allow_http=args.allow_http,
+        http_max_input_bytes=args.http_max_input_size,
         metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,
         allow_metrics=args.allow_metrics,

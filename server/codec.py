@@ -467,7 +467,7 @@ def _response_parts(
     for name, array in outputs:
         dt = dtypes.from_numpy(array.dtype)
         response.outputs.add(name=name, datatype=dt.wire, shape=array.shape)
-        data = serialize_bytes(array) if dt.wire == "BYTES" else _c_order_bytes(array)
+        data = tensor_bytes(array, dt.wire)
         target = targets.get(name) if targets else None
         if target is not None:
             target.write(data)
@@ -489,6 +489,12 @@ def _set_parameters(
             slot.int64_param = value
         else:
             slot.string_param = value
+
+
+def tensor_bytes(array: np.ndarray, wire: str) -> bytes | memoryview:
+    """An output's bytes as the wire carries them: length-prefixed elements for BYTES,
+    the elements in C order otherwise."""
+    return serialize_bytes(array) if wire == "BYTES" else _c_order_bytes(array)
 
 
 def _c_order_bytes(array: np.ndarray) -> bytes | memoryview:

@@ -13,7 +13,11 @@ class ServerOptions:
     model_repository: Path | None = None  # None: the built-in demo repository
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
+    http_address: str = "0.0.0.0"
     http_port: int = 8000
+    allow_http: bool = True
+    # Triton's default for --http-max-input-size.
+    http_max_input_bytes: int = 64 * 1024 * 1024
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 8002
     allow_metrics: bool = True

@@ -40,5 +40,7 @@ def unavailable(address: str, port: int, flag: str, what: str, exc: Exception) -
 def check_ports(options: ServerOptions) -> None:
     """Every port the server will listen on, before models are built or loaded."""
     check_free(options.grpc_address, options.grpc_port, "--grpc-port", "gRPC")
+    if options.allow_http:
+        check_free(options.http_address, options.http_port, "--http-port", "HTTP")
     if options.allow_metrics:
         check_free(options.metrics_address, options.metrics_port, "--metrics-port", "metrics")

@@ -7,26 +7,23 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from warpserve import __version__
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server import codec
 from warpserve.server.control.local import LocalControlPlane
 from warpserve.server.control.plane import ControlPlane
 from warpserve.server.dataplane import DataPlane
-from warpserve.server.errors import InvalidInput, Unavailable, Unimplemented
-from warpserve.server.grpc import limits, reports
+from warpserve.server.errors import Unavailable, Unimplemented
+from warpserve.server.grpc import limits
 from warpserve.server.grpc.status import maps_errors, status_of
 from warpserve.server.inflight import CALL, SHUTTING_DOWN, STREAM, STREAM_REQUEST, Ticket
-from warpserve.server.lifecycle.registry import ModelRegistry, parse_version
+from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.lifecycle.version import at_point
+from warpserve.server.serverapi import ServerApi
 from warpserve.server.shm import SharedMemoryRegions
 
 # Requests of one ModelStreamInfer call read ahead of the answers its client has taken.
 STREAM_IN_FLIGHT = 256
-
-EXTENSIONS = ["classification", "model_repository", "statistics", "model_configuration"]
-
 
 NO_CUDA_SHM = (
     "CUDA shared memory is not supported by this server; register system shared memory "
@@ -42,77 +39,62 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         shm: SharedMemoryRegions | None = None,
         max_message_bytes: int | None = None,
         control: ControlPlane | None = None,
+        api: ServerApi | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.registry = registry
         self.shm = shm if shm is not None else SharedMemoryRegions(allowed=False)
         # Loads, unloads, regions and statistics are server-wide: with several server
-        # processes this forwards them to the supervisor (control/).
-        self.control = control if control is not None else LocalControlPlane(registry, self.shm)
+        # processes the control plane forwards them to the supervisor (control/).
+        self.api = api or ServerApi(
+            dataplane, registry, self.shm, control or LocalControlPlane(registry, self.shm)
+        )
         # Requests and answers over it are refused with a hint naming the flag (limits).
         self.max_message_bytes = max_message_bytes
-        self.live = True
 
     async def ServerLive(self, request, context):
-        return pb.ServerLiveResponse(live=self.live)
+        return pb.ServerLiveResponse(live=self.api.live)
 
     async def ServerReady(self, request, context):
-        ready = not self.dataplane.calls.draining and all(
-            served.ready_versions() for served in self.registry.models.values()
-        )
-        return pb.ServerReadyResponse(ready=ready and await self.control.ready())
+        return pb.ServerReadyResponse(ready=await self.api.server_ready())
 
     @maps_errors
     async def ModelReady(self, request, context):
-        if self.dataplane.calls.draining:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self.registry.is_ready(request.name, request.version))
+        return pb.ModelReadyResponse(ready=self.api.model_ready(request.name, request.version))
 
     async def ServerMetadata(self, request, context):
-        extensions = [*EXTENSIONS, "system_shared_memory"] if self.shm.allowed else EXTENSIONS
-        return pb.ServerMetadataResponse(
-            name="warpserve", version=__version__, extensions=extensions
-        )
+        return self.api.server_metadata()
 
     @maps_errors
     async def ModelMetadata(self, request, context):
-        mv = self.registry.describe(request.name, request.version)
-        served = self.registry.model(request.name)
-        return reports.metadata(mv, served.ready_versions())
+        return self.api.model_metadata(request.name, request.version)
 
     @maps_errors
     async def ModelConfig(self, request, context):
-        mv = self.registry.describe(request.name, request.version)
-        return pb.ModelConfigResponse(config=mv.config)
+        return pb.ModelConfigResponse(config=self.api.model_config(request.name, request.version))
 
     @maps_errors
     async def ModelStatistics(self, request, context):
-        if request.name:
-            self.registry.model(request.name)
-        if request.version:
-            parse_version(request.version)
-        return await self.control.statistics(request.name, request.version)
+        return await self.api.statistics(request.name, request.version)
 
     @maps_errors
     async def RepositoryIndex(self, request, context):
-        return reports.index(self.registry, ready_only=request.ready)
+        return self.api.repository_index(ready_only=request.ready)
 
     @maps_errors
     async def RepositoryModelLoad(self, request, context):
-        await self.control.load_request(request)
+        await self.api.load(request)
         return pb.RepositoryModelLoadResponse()
 
     @maps_errors
     async def RepositoryModelUnload(self, request, context):
-        if request.repository_name:
-            raise InvalidInput("only the default repository (empty repository_name) exists")
-        await self.control.unload(request.model_name, None)
+        await self.api.unload(request.model_name, request.repository_name)
         return pb.RepositoryModelUnloadResponse()
 
     @maps_errors
     async def SystemSharedMemoryStatus(self, request, context):
         reply = pb.SystemSharedMemoryStatusResponse()
-        for region in self.shm.status(request.name):
+        for region in self.api.shm_status(request.name):
             reply.regions[region.name].CopyFrom(
                 pb.SystemSharedMemoryStatusResponse.RegionStatus(
                     name=region.name,
@@ -125,14 +107,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @maps_errors
     async def SystemSharedMemoryRegister(self, request, context):
-        await self.control.shm_register(
-            request.name, request.key, request.offset, request.byte_size
-        )
+        await self.api.shm_register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @maps_errors
     async def SystemSharedMemoryUnregister(self, request, context):
-        await self.control.shm_unregister(request.name)
+        await self.api.shm_unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @maps_errors

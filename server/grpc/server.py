@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,9 @@ from warpserve.server.errors import WarpserveError
 from warpserve.server.grpc.health import HealthReporter
 from warpserve.server.grpc.inference import InferenceServicer, add_inference_service
 from warpserve.server.grpc.limits import add_bounded, receive_ceiling
+from warpserve.server.http.routes import RestApi
+from warpserve.server.http.server import HttpServer, listening_socket, start_http
+from warpserve.server.http.statuspage import add_status_page
 from warpserve.server.inflight import CALL, STREAM, STREAM_REQUEST, InFlight
 from warpserve.server.lifecycle.poller import RepositoryPoller
 from warpserve.server.lifecycle.registry import ModelRegistry
@@ -33,6 +37,7 @@ from warpserve.server.metrics import serve_metrics
 from warpserve.server.options import ServerOptions
 from warpserve.server.ports import check_ports, unavailable
 from warpserve.server.repository.repository import ModelRepository
+from warpserve.server.serverapi import ServerApi
 from warpserve.server.shm import SharedMemoryRegions
 from warpserve.server.tls import grpc_server_credentials
 
@@ -66,6 +71,8 @@ class RunningServer:
     metrics_port: int = 0
     poller: RepositoryPoller | None = None
     owner: OwnerLink | None = None  # a worker's link to the model owner
+    http: HttpServer | None = None
+    api: ServerApi | None = None
     _metrics: Any = None
     _shutdown: asyncio.Task[int] | None = None
     _shutdown_begun: asyncio.Event = field(default_factory=asyncio.Event)
@@ -115,6 +122,7 @@ class RunningServer:
                 _describe(cut),
             )
             await self.grpc_server.stop(grace=CUT_OFF_GRACE_S)
+            await self._stop_http(CUT_OFF_GRACE_S)
             self._stop_metrics()
             return EXIT_CUT_OFF
         # Every admitted call has its answer: only now do the models go.
@@ -124,9 +132,14 @@ class RunningServer:
         await _quiet(calls, deadline)
         # Nothing of ours is left running; the grace covers answers still being sent.
         await self.grpc_server.stop(grace=max(CUT_OFF_GRACE_S, deadline - loop.time()))
+        await self._stop_http(CUT_OFF_GRACE_S)
         self._stop_metrics()
         log.info("shutdown complete: every request received was answered")
         return 0
+
+    async def _stop_http(self, grace_s: float) -> None:
+        if self.http is not None:
+            await self.http.stop(grace_s)
 
     def _stop_metrics(self) -> None:
         if self._metrics is not None:
@@ -225,7 +238,10 @@ async def start_server(
     server = grpc.aio.server(options=_grpc_options(options))
     if shm.allowed:
         log.info("client shared memory: on (--allow-client-shm); regions map from %s", shm.root)
-    inference = InferenceServicer(dataplane, registry, shm, options.max_message_bytes, control)
+    server_api = ServerApi(dataplane, registry, shm, control)
+    inference = InferenceServicer(
+        dataplane, registry, shm, options.max_message_bytes, control=control, api=server_api
+    )
     if owner is not None:
         owner.forward(inference)  # calls about the owner's models answered there
     add_inference_service(inference, server)
@@ -240,16 +256,23 @@ async def start_server(
     # at once). A worker binds only when it can answer: with SO_REUSEPORT the kernel
     # hands a bound port's new connections to every listener, ready or not.
     port = 0 if options.reuse_port else _bind_grpc(server, options)
+    http_socket = None if options.reuse_port else _bind_http(options)
     metrics, metrics_port = _start_metrics(registry, options)
     await _load_startup_models(registry, options)
     if before_accepting is not None:
         await before_accepting(registry, shm)
     if options.reuse_port:
         port = _bind_grpc(server, options)
+        http_socket = _bind_http(options)
     await server.start()
     running = RunningServer(options, registry, dataplane, server, health, port)
     running.owner = owner
     running._metrics, running.metrics_port = metrics, metrics_port
+    running.api = server_api
+    if http_socket is not None:
+        rest = RestApi(dataplane, server_api, options.http_max_input_bytes)
+        add_status_page(rest, server_api)
+        running.http = await start_http(rest, http_socket)
     if options.model_control_mode == "poll" and isinstance(control, LocalControlPlane):
         running.poller = RepositoryPoller(registry, options.repository_poll_secs)
         running.poller.start()
@@ -263,6 +286,8 @@ async def start_server(
     log.info(
         "Started GRPCInferenceService at %s:%d%s", options.grpc_address, port, _tls_note(options)
     )
+    if running.http is not None:
+        log.info("Started HTTPService at %s:%d", options.http_address, running.http.port)
     if running.metrics_port:
         log.info("Started Metrics Service at %s:%d", options.metrics_address, running.metrics_port)
     return running
@@ -287,6 +312,12 @@ def _tls_note(options: ServerOptions) -> str:
     if options.grpc_tls is None:
         return ""
     return " (mutual TLS)" if options.grpc_tls.mutual else " (TLS)"
+
+
+def _bind_http(options: ServerOptions) -> socket.socket | None:
+    if not options.allow_http:
+        return None
+    return listening_socket(options.http_address, options.http_port)
 
 
 def _start_metrics(registry: ModelRegistry, options: ServerOptions) -> tuple[Any, int]:

@@ -73,6 +73,7 @@ class Supervisor:
         self.stopping = False
         self.failed: int | None = None
         self._held_port: socket.socket | None = None
+        self._held_http: socket.socket | None = None
         self._spawned = 0
         self._signalled_at = 0.0
 
@@ -149,19 +150,15 @@ class Supervisor:
 
     def _hold_grpc_port(self) -> None:
         """With port 0 the workers must agree on one: bind it here (not listening, so it
-        takes no connections) with SO_REUSEPORT, and hold it while the workers run."""
-        if self.options.grpc_port != 0:
-            return
-        address = self.options.grpc_address
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        held = socket.socket(family, socket.SOCK_STREAM)
-        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            held.bind((address, 0))
-        except OSError as exc:
-            raise unavailable(address, 0, "--grpc-port", "gRPC", exc) from None
-        self._held_port = held
-        self.options.grpc_port = held.getsockname()[1]
+        takes no connections) with SO_REUSEPORT, and hold it while the workers run. The
+        same for the HTTP port."""
+        options = self.options
+        if options.grpc_port == 0:
+            self._held_port = _held_port(options.grpc_address, "--grpc-port", "gRPC")
+            options.grpc_port = self._held_port.getsockname()[1]
+        if options.allow_http and options.http_port == 0:
+            self._held_http = _held_port(options.http_address, "--http-port", "HTTP")
+            options.http_port = self._held_http.getsockname()[1]
 
     def _start_metrics(self, loop: asyncio.AbstractEventLoop) -> Any:
         if not self.options.allow_metrics:
@@ -348,3 +345,16 @@ def supervise(options: ServerOptions, count: int, event_loop: str) -> int:
     runs on the standard library's loop (it serves no requests; the workers take
     ``event_loop``), whose subprocesses start with posix_spawn."""
     return asyncio.run(Supervisor(options, count, event_loop).run())
+
+
+def _held_port(address: str, flag: str, what: str) -> socket.socket:
+    """A free port on ``address``, bound with SO_REUSEPORT and not listening."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    held = socket.socket(family, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        held.bind((address, 0))
+    except OSError as exc:
+        held.close()
+        raise unavailable(address, 0, flag, what, exc) from None
+    return held

@@ -29,10 +29,15 @@ class ServerProcess:
     grpc_port: int
     metrics_port: int
     log_path: Path
+    http_port: int = 0
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -76,7 +81,7 @@ def start_server(
     wait_ready: bool = True,
     module: str = "warpserve.server.cli",
 ) -> ServerProcess:
-    grpc_port, metrics_port = free_port(), free_port()
+    grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -90,6 +95,10 @@ def start_server(
         "127.0.0.1",
         "--metrics-port",
         str(metrics_port),
+        "--http-address",
+        "127.0.0.1",
+        "--http-port",
+        str(http_port),
         *args,
     ]
     if repo is not None:
@@ -98,7 +107,7 @@ def start_server(
     log_file = log_path.open("wb")
     full_env = {**os.environ, **(env or {})}
     process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
-    server = ServerProcess(process, grpc_port, metrics_port, log_path)
+    server = ServerProcess(process, grpc_port, metrics_port, log_path, http_port)
     deadline = time.monotonic() + timeout
     while wait_ready and not _ready(server.url):
         if process.poll() is not None:

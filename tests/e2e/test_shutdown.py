@@ -254,7 +254,9 @@ def test_sigint_when_idle_exits_zero(repo: Path, log_dir: Path) -> None:
 TRITON_FLAGS = [
     "--model-repository",
     "--grpc-port",
+    "--http-address",
     "--http-port",
+    "--allow-http",
     "--metrics-port",
     "--allow-metrics",
     "--model-control-mode",
@@ -298,19 +300,26 @@ def test_unknown_flag_is_rejected() -> None:
     assert "--no-such-flag" in done.stderr
 
 
-@pytest.mark.parametrize("flag", ["--grpc-port", "--metrics-port"])
+@pytest.mark.parametrize("flag", ["--grpc-port", "--metrics-port", "--http-port"])
 def test_a_port_in_use_ends_the_start_in_one_line_before_models_load(repo: Path, flag: str) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = str(holder.getsockname()[1])
-        ports = {"--grpc-port": str(free_port()), "--metrics-port": str(free_port()), flag: busy}
+        ports = {
+            "--grpc-port": str(free_port()),
+            "--metrics-port": str(free_port()),
+            "--http-port": str(free_port()),
+            flag: busy,
+        }
         done = _serve_cli(
             "--model-repository",
             str(repo),
             "--grpc-address",
             "127.0.0.1",
             "--metrics-address",
+            "127.0.0.1",
+            "--http-address",
             "127.0.0.1",
             *[part for pair in ports.items() for part in pair],
         )
