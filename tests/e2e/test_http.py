@@ -374,3 +374,36 @@ def test_a_jpeg_gets_its_label_from_the_demo_classifier(demo_server: ServerProce
         assert labels == ["cat", "dog"]
     finally:
         rest.close()
+
+
+def test_rest_over_several_worker_processes(tmp_path: Path, log_dir: Path) -> None:
+    """With --workers 2 both processes serve the one HTTP port (SO_REUSEPORT), and the
+    statistics a REST call reads are summed over them, as over gRPC."""
+    from tests.e2e.test_workers import per_worker
+    from tests.models import write_affine
+
+    write_affine(tmp_path, AFFINE, (1,))
+    server = start_server(tmp_path, "--workers", "2", log_dir=log_dir)
+    try:
+        sent = 0
+        for _ in range(8):  # a connection each: the kernel spreads them over the workers
+            rest = httpclient.InferenceServerClient(server.http_url)
+            try:
+                for seed in range(5):
+                    x = rows(1, seed=seed)
+                    got = rest.infer(AFFINE, [fp32(x, True)]).as_numpy("OUTPUT0")
+                    np.testing.assert_allclose(got, reference(x), rtol=1e-4, atol=1e-4)
+                    sent += 1
+            finally:
+                rest.close()
+        rest = httpclient.InferenceServerClient(server.http_url)
+        try:
+            (stats,) = rest.get_inference_statistics(AFFINE, "1")["model_stats"]
+            assert stats["inference_stats"]["success"]["count"] == sent
+        finally:
+            rest.close()
+        answered = per_worker(server.metrics_port)
+        # Both processes answered REST calls (all 8 connections on one: odds 1 in 128).
+        assert len(answered) == 2 and min(answered.values()) > 0, answered
+    finally:
+        assert server.stop() == 0, server.log()
