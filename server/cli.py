@@ -170,7 +170,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "client that reaches the gRPC port can then read and write shared memory objects "
         "this server's user can open, so it is off by default",
     )
-    tls.add_arguments(p)
+    tls.add_arguments(p, ("grpc", "http"))
     p.add_argument(
         "--workers",
         type=workers_count,
@@ -211,6 +211,7 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         busy_poll_us=args.busy_poll_us,
         allow_client_shm=args.allow_client_shm,
         grpc_tls=tls.from_args(args, "grpc"),
+        http_tls=tls.from_args(args, "http"),
         workers=args.workers,
     )
 

@@ -32,6 +32,7 @@ class ServerOptions:
     busy_poll_us: int | None = None  # None: busypoll.default_window_us(); 0: off
     allow_client_shm: bool = False  # clients may register system shared memory regions
     grpc_tls: TlsSettings | None = None  # None: plaintext gRPC
+    http_tls: TlsSettings | None = None  # None: plaintext HTTP
     workers: int = 1  # server processes on the same ports (--workers); 1: this process serves
     # Set in each worker of several: listeners bind with SO_REUSEPORT beside the others'.
     reuse_port: bool = False

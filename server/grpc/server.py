@@ -39,7 +39,7 @@ from warpserve.server.ports import check_ports, unavailable
 from warpserve.server.repository.repository import ModelRepository
 from warpserve.server.serverapi import ServerApi
 from warpserve.server.shm import SharedMemoryRegions
-from warpserve.server.tls import grpc_server_credentials
+from warpserve.server.tls import TlsSettings, grpc_server_credentials, ssl_context
 
 if TYPE_CHECKING:
     from warpserve.server.owner.launcher import OwnerLink
@@ -272,7 +272,10 @@ async def start_server(
     if http_socket is not None:
         rest = RestApi(dataplane, server_api, options.http_max_input_bytes)
         add_status_page(rest, server_api)
-        running.http = await start_http(rest, http_socket)
+        http_tls = options.http_tls
+        running.http = await start_http(
+            rest, http_socket, None if http_tls is None else ssl_context(http_tls)
+        )
     if options.model_control_mode == "poll" and isinstance(control, LocalControlPlane):
         running.poller = RepositoryPoller(registry, options.repository_poll_secs)
         running.poller.start()
@@ -284,10 +287,14 @@ async def start_server(
     if on_started is not None:
         await on_started()
     log.info(
-        "Started GRPCInferenceService at %s:%d%s", options.grpc_address, port, _tls_note(options)
+        "Started GRPCInferenceService at %s:%d%s",
+        options.grpc_address,
+        port,
+        "" if options.grpc_tls is None else _tls_note(options.grpc_tls),
     )
     if running.http is not None:
-        log.info("Started HTTPService at %s:%d", options.http_address, running.http.port)
+        note = "" if options.http_tls is None else _tls_note(options.http_tls)
+        log.info("Started HTTPService at %s:%d%s", options.http_address, running.http.port, note)
     if running.metrics_port:
         log.info("Started Metrics Service at %s:%d", options.metrics_address, running.metrics_port)
     return running
@@ -308,10 +315,8 @@ def _bind_grpc(server: grpc.aio.Server, options: ServerOptions) -> int:
     return bound
 
 
-def _tls_note(options: ServerOptions) -> str:
-    if options.grpc_tls is None:
-        return ""
-    return " (mutual TLS)" if options.grpc_tls.mutual else " (TLS)"
+def _tls_note(tls: TlsSettings) -> str:
+    return " (mutual TLS)" if tls.mutual else " (TLS)"
 
 
 def _bind_http(options: ServerOptions) -> socket.socket | None:

@@ -1,4 +1,5 @@
-"""TLS and mutual TLS on the gRPC port, with Triton's flags and certificates made here.
+"""TLS and mutual TLS on the gRPC and HTTP ports, with Triton's flags and certificates made
+here.
 
 Each refusal has its positive control in the same module: the same server answers a
 client that holds the right CA (and, for mutual TLS, the right client certificate).
@@ -6,8 +7,13 @@ client that holds the right CA (and, for mutual TLS, the right client certificat
 
 from __future__ import annotations
 
+import http.client
+import json
 import signal
+import ssl
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -186,3 +192,70 @@ def test_bench_speaks_mutual_tls(
     assert '"requests"' in capsys.readouterr().out
     assert warpserve_main(bench) == 1  # plaintext: the server cannot be reached
     assert "unreachable" in capsys.readouterr().err
+
+
+# --- HTTPS on the HTTP port ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def https_server(repo: Path, log_dir: Path, pki: Pki) -> Iterator[ServerProcess]:
+    """Plain TLS on gRPC, mutual TLS on HTTP (the --http- flags take the --grpc- files)."""
+    process = _start_tls(repo, log_dir, pki, "--grpc-use-ssl", "--http-use-ssl-mutual")
+    yield process
+    process.stop()
+
+
+def _context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+def _get(url: str, context: ssl.SSLContext | None = None) -> int:
+    with urllib.request.urlopen(url, context=context, timeout=10) as reply:
+        return int(reply.status)
+
+
+def test_https_serves_a_client_certificate_from_its_ca(
+    https_server: ServerProcess, pki: Pki
+) -> None:
+    context = _context(pki.ca, pki.client_cert, pki.client_key)
+    base = f"https://127.0.0.1:{https_server.http_port}"
+    assert _get(f"{base}/v2/health/ready", context) == 200
+    x = rows(2, seed=5)
+    body = {
+        "inputs": [
+            {"name": "INPUT0", "shape": [2, 4], "datatype": "FP32", "data": x.flatten().tolist()}
+        ]
+    }
+    request = urllib.request.Request(
+        f"{base}/v2/models/{AFFINE}/infer",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, context=context, timeout=10) as reply:
+        (output,) = json.loads(reply.read())["outputs"]
+    got = np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+    np.testing.assert_allclose(got, reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_https_refuses_plaintext(https_server: ServerProcess) -> None:
+    with pytest.raises((OSError, http.client.HTTPException)):
+        _get(f"http://127.0.0.1:{https_server.http_port}/v2/health/ready")
+
+
+def test_https_refuses_a_client_without_a_certificate(
+    https_server: ServerProcess, pki: Pki
+) -> None:
+    with pytest.raises((OSError, http.client.HTTPException)):
+        _get(f"https://127.0.0.1:{https_server.http_port}/v2/health/ready", _context(pki.ca))
+
+
+def test_https_is_refused_by_a_client_that_trusts_another_ca(
+    https_server: ServerProcess, pki: Pki
+) -> None:
+    context = _context(pki.other_ca, pki.client_cert, pki.client_key)
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        _get(f"https://127.0.0.1:{https_server.http_port}/v2/health/ready", context)
