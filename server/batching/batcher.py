@@ -44,6 +44,10 @@ INLINE_WINDOW_US = 2000
 _TIMER_SLACK_S = 10e-6
 _LATE_TIMER_S = 1.5e-3
 
+# A bound on the callers counted on their way back (see ``_returning``), far above any
+# batch, so that a count inflated by callers that left stays cheap to correct.
+MAX_RETURNING = 1 << 16
+
 # Tests set this to inject a delay at a named point (race windows are hit on purpose).
 Hook = Callable[[str], None]
 
@@ -60,7 +64,6 @@ class DynamicBatcher:
         load: LoopLoad | None = None,
         poller: BusyPoller | None = None,
         clock: Callable[[], float] = time.perf_counter,
-        busy_clock: Callable[[], float] | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -91,9 +94,12 @@ class DynamicBatcher:
         # The holding window's clock, in seconds. Not loop.time(): uvloop's advances in
         # whole milliseconds, and a window's pauses are tens to hundreds of microseconds.
         self._clock = clock
-        # The loop thread's busy (CPU, not idle-polling) time in seconds: a window's
-        # pauses count only the loop's idle time (see ``window``).
-        self._busy_clock = busy_clock or (lambda: cpu_ns() / 1e9)
+        # Callers answered that have not arrived again (inline executors only): closed-
+        # loop clients on their way back, whom a window waits for (see ``window``).
+        # Arrivals are not told apart, so this counts answers less arrivals, floored
+        # at zero: exact after a batch goes, a lower bound otherwise.
+        self._returning = 0
+        self._awaited_arrival = False  # the last arrival was one of them
 
     # -- public ------------------------------------------------------------------
 
@@ -118,6 +124,10 @@ class DynamicBatcher:
         idle = self._idle
         if not idle or not idle[-1].inline:
             return None
+        returning = self._returning
+        self._awaited_arrival = returning > 0
+        if returning:
+            self._returning = returning - 1
         self._saturated = self.policy.batch_limit > 1 and self._load.arrival()
         if self._saturated or self._tick_pending or any(self._queued):
             return None
@@ -145,6 +155,7 @@ class DynamicBatcher:
             raise
         self.stats.record_inline(rows, infer_ns)
         self.stats.timeline.add(infer_ns)
+        self._returning = min(self._returning + 1, MAX_RETURNING)
         return outputs
 
     def submit(self, request: QueuedRequest) -> None:
@@ -197,8 +208,13 @@ class DynamicBatcher:
                 self._holding.cancel()
                 self._tick(busy=True)
             else:
-                # its timer finds the window's new end
-                self._window.arrival(self._clock(), self._busy_clock())
+                # its timer finds the window's new end, unless that end came closer:
+                # the last caller awaited is back, so a pause may end the window now
+                now = self._clock()
+                self._window.arrival(now, self._awaited_arrival)
+                if self._awaited_arrival and not self._returning:
+                    self._holding.cancel()
+                    self._holding = loop.call_later(self._window.due() - now, self._window_due)
             return
         if self._tick_pending:
             return
@@ -207,25 +223,33 @@ class DynamicBatcher:
         # as batch clients send): it goes on the next loop pass like an unheld one.
         if self._saturated and self._queued_rows < self.policy.batch_limit:
             now = self._clock()
-            self._window.open(now, self._busy_clock())
-            self._holding = loop.call_later(self._window.due() - now, self._window_due)
+            self._window.open(now)
+            due = self._window.due(self._returning > 0)
+            self._holding = loop.call_later(due - now, self._window_due)
         else:
             loop.call_soon(self._tick)
 
     def _window_due(self) -> None:
-        """The holding window's timer: close it unless requests kept arriving."""
+        """The holding window's timer: close it unless requests kept arriving or
+        answered callers are still on their way back."""
         loop = asyncio.get_running_loop()
-        busy_s = self._window.busy_since_arrival(self._busy_clock())
-        due, now = self._window.due(busy_s), self._clock()
+        window = self._window
+        awaited = self._returning > 0
+        due, now = window.due(awaited), self._clock()
         if now + _TIMER_SLACK_S < due:
             self._holding = loop.call_later(due - now, self._window_due)
             return
-        # A timer later than the pause it waited for, beyond the loop's busy time (and
-        # later than a loop that sleeps in whole milliseconds makes it), means the loop
-        # thread did not run meanwhile, as when the machine runs something else:
-        # requests may have arrived unread, so the pause says nothing about arrivals.
-        judged = now - due < max(self._window.quiet_s, _LATE_TIMER_S)
-        self._tick(busy=self._window.unpaused(busy_s), judged=judged)
+        busy = window.unpaused()
+        if awaited and not busy:
+            # They did not come back within max_queue_delay while the loop idled:
+            # callers that left. Only callers answered from now on are awaited.
+            self._returning = 0
+        # A timer later than the pause it waited for (and later than a loop that sleeps
+        # in whole milliseconds makes it) means the loop thread did not run meanwhile,
+        # as when the machine runs something else: requests may have arrived unread, so
+        # the pause says nothing about arrivals.
+        judged = now - due < max(window.quiet_s, _LATE_TIMER_S)
+        self._tick(busy=busy, judged=judged)
 
     def _tick(self, busy: bool = False, judged: bool = True) -> None:
         """Form batches now. ``busy``: a holding window that ends here saw arrivals
@@ -408,6 +432,8 @@ class DynamicBatcher:
                 else:
                     request.future.set_result(outcome)
             request.state = DONE
+        if executor.inline:
+            self._returning = min(self._returning + len(batch), MAX_RETURNING)
         self._running -= len(batch)
         self._idle.append(executor)
         self._check_drained()

@@ -15,22 +15,21 @@ usual gap between arrivals inside windows (at most a quarter of max_queue_delay)
 stream of requests behind the first has dried up. The usual gap is learnt (a moving
 average), since how fast a loop takes requests depends on the machine.
 
-A pause counts only the loop's idle time. A loop that spends the time after an
-arrival on the CPU (decoding the next requests, encoding the last batch's answers)
-cannot read a request meanwhile, so wall time without an arrival says nothing about
-whether clients stopped sending. At 64 clients on the fraud scorer the loop spends
-about 300 us on each request and half a millisecond or more on a batch's answers:
-measured in wall time, windows ended on those busy stretches with a handful of rows,
-counted as not paying, and holding flipped off and on (2.3 requests per execution
-instead of 7.7, and less throughput than at 32 clients).
+A pause does not end a window while callers it just answered are still on their way
+back (the batcher counts them: answered, not yet arrived again). At 64 closed-loop
+clients every batch's callers turn around at once: the loop is truly idle while they
+do, and windows that ended on that pause gathered a handful of rows, counted as not
+paying, and holding flipped off and on (2.3 requests per execution instead of 7.7, and
+less throughput than at 32 clients). Such a window waits for them up to its
+max_queue_delay instead; if they did not come by then, the count was stale (callers
+that left) and is dropped.
 
 How a window ended tells whether holding cost the loop anything (``loopload`` uses
 it): one that went full or at max_queue_delay saw arrivals without a pause, so the loop
 spent it taking requests; one that went after a pause left the loop idle for that
 pause.
 
-Times are in seconds: wall time from the batcher's clock (``time.perf_counter``), busy
-time from the loop thread's CPU clock less its idle polling (``busypoll``).
+Times are in seconds, from the batcher's clock (``time.perf_counter``).
 """
 
 from __future__ import annotations
@@ -47,38 +46,34 @@ class HoldingWindow:
         self.usual_gap_s = FIRST_GAP_S
         self.opened = 0.0
         self.last = 0.0
-        self.busy_at_last = 0.0  # the loop's busy time at the last arrival
 
     @property
     def quiet_s(self) -> float:
-        """How long a pause with no arrival, in the loop's idle time, ends the window."""
+        """How long a pause with no arrival ends the window."""
         return min(max(GAP_FACTOR * self.usual_gap_s, MIN_QUIET_S), self.max_delay_s / 4)
 
-    def open(self, now: float, busy: float = 0.0) -> None:
+    def open(self, now: float) -> None:
         self.opened = self.last = now
-        self.busy_at_last = busy
 
-    def arrival(self, now: float, busy: float = 0.0) -> None:
-        """A request joined the open window at ``now``, with the loop's busy time ``busy``."""
+    def arrival(self, now: float, awaited: bool = False) -> None:
+        """A request joined the open window at ``now``; ``awaited``: it is one of the
+        callers on their way back, so a gap longer than the quiet time before it was
+        their turnaround, not the usual gap between arrivals."""
         gap = now - self.last
-        self.usual_gap_s += SMOOTHING * (gap - self.usual_gap_s)
+        if not awaited or gap <= self.quiet_s:
+            self.usual_gap_s += SMOOTHING * (gap - self.usual_gap_s)
         self.last = now
-        self.busy_at_last = busy
 
-    def busy_since_arrival(self, busy: float) -> float:
-        """The loop's busy time since the last arrival (or the opening), given its busy
-        time now."""
-        return max(0.0, busy - self.busy_at_last)
+    def due(self, awaited: bool = False) -> float:
+        """When the window goes unless another request arrives first. ``awaited``:
+        callers answered earlier are still on their way back, so a pause is no sign
+        that arrivals stopped and only max_queue_delay ends the window."""
+        end = self.opened + self.max_delay_s
+        return end if awaited else min(self.last + self.quiet_s, end)
 
-    def due(self, busy_s: float = 0.0) -> float:
-        """When the window goes unless another request arrives first, given ``busy_s``,
-        the loop's busy time since the last arrival: its idle time must add up to the
-        quiet time (a busy loop reads no requests, so its busy time is no pause)."""
-        return min(self.last + self.quiet_s + busy_s, self.opened + self.max_delay_s)
-
-    def unpaused(self, busy_s: float = 0.0) -> bool:
+    def unpaused(self) -> bool:
         """Whether arrivals so far never left a pause that would end the window: its
-        end is max_queue_delay after it opened. Decided by the arrivals and the loop's
-        busy time, not by when the timer fired: without busy polling the event loop
-        sleeps in whole milliseconds, so a timer for a short pause fires late."""
-        return self.last + self.quiet_s + busy_s >= self.opened + self.max_delay_s
+        end is max_queue_delay after it opened. Decided by the arrivals, not by when
+        the timer fired: without busy polling the event loop sleeps in whole
+        milliseconds, so a timer for a short pause fires late."""
+        return self.last + self.quiet_s >= self.opened + self.max_delay_s

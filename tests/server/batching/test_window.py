@@ -63,15 +63,13 @@ def test_a_window_knows_whether_arrivals_paused() -> None:
     assert not paused.unpaused(), "two arrivals, then nothing"
 
 
-def test_the_loops_busy_time_is_no_pause() -> None:
+def test_a_window_awaiting_callers_ignores_pauses() -> None:
     window = HoldingWindow(max_delay_s=2000 * US)
-    window.open(0.0, busy=5.0)
-    window.arrival(FIRST_GAP_S, busy=5.0 + FIRST_GAP_S)
-    assert window.busy_since_arrival(5.0 + FIRST_GAP_S + 300 * US) == pytest.approx(300 * US)
-    assert window.due(300 * US) == pytest.approx(window.due() + 300 * US)
+    window.open(0.0)
+    window.arrival(FIRST_GAP_S)
+    assert window.due() == pytest.approx(FIRST_GAP_S + QUIET_S)
+    assert window.due(awaited=True) == pytest.approx(2000 * US), "only the max delay"
     assert not window.unpaused(), "idle since the arrival: a pause"
-    assert window.unpaused(2000 * US), "busy the whole window: no pause"
-    assert window.due(5.0) == pytest.approx(2000 * US), "never past the max delay"
 
 
 def test_the_quiet_time_has_a_floor_and_a_ceiling() -> None:
@@ -101,7 +99,6 @@ class FakeTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         super().__init__()
         self.now = 1000.0
-        self.busy = 0.0  # the loop thread's busy time: the test adds what it spends
 
     def time(self) -> float:
         return self.now
@@ -127,7 +124,6 @@ def on_the_loop_clock(
         VersionStats(),
         load=load,
         clock=loop.time,
-        busy_clock=lambda: loop.busy,
     )
 
 
@@ -223,7 +219,6 @@ def test_a_lone_client_stops_being_held() -> None:
             VersionStats(),
             load=load,
             clock=loop.time,
-            busy_clock=lambda: loop.busy,
         )
         held = 0
         for _ in range(LONELY_WINDOWS + 3):
@@ -243,78 +238,85 @@ def test_a_lone_client_stops_being_held() -> None:
     on_fake_time(body)
 
 
-# The fraud scorer at 64 clients: the loop spends about 300 us of CPU on each request it
-# reads, and every few requests more on other work (the last batch's answers) while
-# no request reaches the batcher.
-READ_S = 300 * US
-OTHER_WORK_S = 600 * US
-
-
-async def slow_loop(loop: FakeTimeLoop, batcher: DynamicBatcher, reads: int, busy: bool) -> int:
-    """Feed ``reads`` requests as a slow loop reads them, with a stretch of
-    OTHER_WORK_S after every third one: spent on the CPU when ``busy``, else idle
-    (clients stopped sending). Returns how many were held for a batch."""
-    held = 0
-    for i in range(reads):
-        loop.now += READ_S
-        loop.busy += READ_S
-        r = request()
-        slot = batcher.inline_slot()
-        if slot is None:
-            held += 1
-            batcher.submit(r)
-        else:
-            batcher.run_inline(slot, r.inputs, r.rows)
+async def held_round(loop: FakeTimeLoop, batcher: DynamicBatcher, arrivals: list[float]) -> None:
+    """Requests arriving at the given offsets (s) from now, each held for a batch."""
+    start = loop.now
+    for offset in arrivals:
+        loop.now = start + offset
         await passes(1)
-        if i % 3 == 2:
-            loop.now += OTHER_WORK_S
-            loop.busy += OTHER_WORK_S if busy else 0.0
-            await passes()
-    loop.now += 1.0  # whatever is still held goes
-    await passes()
-    return held
+        assert batcher.inline_slot() is None, "a saturated loop holds"
+        batcher.submit(request())
+        await passes(1)
 
 
-def fake_time_load(loop: FakeTimeLoop) -> LoopLoad:
-    """A LoopLoad that measures utilisation on the fake clocks, already holding."""
-    load = LoopLoad(wall_ns=lambda: int(loop.now * 1e9), cpu_ns=lambda: int(loop.busy * 1e9))
-    load.holding = True
-    return load
-
-
-def test_a_busy_loop_between_arrivals_is_no_pause() -> None:
-    """Many callers, a slow loop: gaps between arrivals longer than the quiet time,
-    but spent by the loop on the CPU, where it could read no request. Holding stays
-    on, and windows run to max_queue_delay and gather several requests each."""
+def test_a_window_waits_through_the_pause_while_answered_callers_turn_around() -> None:
+    """20 callers answered together come back together: the loop idles while they turn
+    around (a pause several quiet times long after the first is back), yet the window
+    stays open until all 20 are back, and then goes on the next pause."""
 
     async def body(loop: FakeTimeLoop) -> None:
         model = FakeModel()
         policy = BatchingPolicy(max_batch_size=64, dynamic=True, max_queue_delay_us=2000)
-        load = fake_time_load(loop)
+        load = Recorded()
         batcher = on_the_loop_clock(loop, policy, model, load)
-        reads = 60
-        held = await slow_loop(loop, batcher, reads, busy=True)
-        assert held == reads, "every request joined a batch"
-        assert load.holding
-        assert sum(model.batches) == reads
-        assert min(model.batches[:-1]) >= 5, model.batches
+        callers = 20
+        await held_round(loop, batcher, [i * FIRST_GAP_S for i in range(callers)])
+        loop.now += QUIET_S + 10 * US  # nobody else: the first window goes on the pause
+        await passes()
+        assert model.batches == [callers]
+        turnaround = 3 * QUIET_S
+        back = [0.0] + [turnaround + i * FIRST_GAP_S for i in range(callers - 1)]
+        await held_round(loop, batcher, back)
+        assert model.batches == [callers], "a pause while callers are on their way back"
+        loop.now += QUIET_S + 10 * US
+        await passes()
+        assert model.batches == [callers, callers], "all back: the next pause ends it"
+        assert [rows for rows, _ in load.windows] == [callers, callers]
 
     on_fake_time(body)
 
 
-def test_an_idle_loop_between_arrivals_is_a_pause() -> None:
-    """The same arrivals, but the loop idles between them (clients paused): windows
-    end on those pauses with a few rows, and holding ends."""
+def test_callers_that_left_are_awaited_for_one_window_at_most() -> None:
+    """Of 20 callers answered, 5 come back: that window goes at max_queue_delay, and
+    the next one, awaiting only those 5, goes on the pause after they are back."""
 
     async def body(loop: FakeTimeLoop) -> None:
         model = FakeModel()
         policy = BatchingPolicy(max_batch_size=64, dynamic=True, max_queue_delay_us=2000)
-        load = fake_time_load(loop)
+        load = Recorded()
         batcher = on_the_loop_clock(loop, policy, model, load)
-        reads = 60
-        held = await slow_loop(loop, batcher, reads, busy=False)
-        assert not load.holding
-        assert held < reads / 2, "holding ended after a few windows that did not pay"
-        assert max(model.batches) <= 3, model.batches
+        await held_round(loop, batcher, [i * FIRST_GAP_S for i in range(20)])
+        loop.now += QUIET_S + 10 * US
+        await passes()
+        opened = loop.now
+        await held_round(loop, batcher, [i * FIRST_GAP_S for i in range(5)])
+        loop.now = opened + 2000 * US - 20 * US
+        await passes()
+        assert model.batches == [20], "15 callers still awaited: no pause ends it"
+        loop.now = opened + 2000 * US
+        await passes()
+        assert model.batches == [20, 5], "max_queue_delay"
+        opened = loop.now
+        await held_round(loop, batcher, [i * FIRST_GAP_S for i in range(5)])
+        loop.now += QUIET_S + 10 * US
+        await passes()
+        assert model.batches == [20, 5, 5]
+        assert loop.now - opened < 2000 * US / 2, "the stale 15 were not awaited again"
+
+    on_fake_time(body)
+
+
+def test_without_answered_callers_a_pause_ends_the_window() -> None:
+    """Positive control for the two tests above: the same pause in a window that awaits
+    no one ends it with the rows it has."""
+
+    async def body(loop: FakeTimeLoop) -> None:
+        model = FakeModel()
+        policy = BatchingPolicy(max_batch_size=64, dynamic=True, max_queue_delay_us=2000)
+        batcher = on_the_loop_clock(loop, policy, model, Recorded())
+        await held_round(loop, batcher, [0.0])
+        loop.now += 3 * QUIET_S
+        await passes()
+        assert model.batches == [1]
 
     on_fake_time(body)
