@@ -16,6 +16,14 @@ polling. The cost is up to one core while requests keep arriving within the wind
 it is on by default only where the process may use two cores or more (its affinity and
 cgroup quota, see ``cpus``); ``--busy-poll-us 0`` turns it off.
 
+It polls only while a single call is in flight (``calls``, counted by the transport
+from a call's start until gRPC has sent its answer). Polling pays when the loop would
+otherwise sleep until a lone caller's next request; with two or more callers the others'
+requests keep waking the loop, and the polling core is taken from gRPC's own threads
+and from clients on the same machine: on the 2-vCPU VM, with the load generator beside
+the server, polling at 2 to 8 closed-loop callers held the fraud model at about 2,900
+requests/s, where the Python echo server reached 4,800 to 6,000.
+
 The time spent polling with nothing to do is counted (``idle_ns``), so that what
 measures the loop's utilisation (``LoopLoad``) can leave it out: a polling loop is on
 the CPU all the time without being busy.
@@ -58,6 +66,7 @@ class BusyPoller:
         self.window_ns = window_us * 1000
         self.idle_ns = 0  # loop-thread time spent polling with nothing to do
         self.threads_busy = 0  # batches running on worker threads
+        self.calls = 0  # inference calls in flight (the transport counts them)
         self.spinning = False
         self._until = 0
         self._last = 0
@@ -65,7 +74,7 @@ class BusyPoller:
 
     def arm(self) -> None:
         """Poll until ``window`` from now (call on the loop thread on activity)."""
-        if not self.window_ns:
+        if not self.window_ns or self.calls > 1:
             return
         now = self._wall()
         self._until = now + self.window_ns
@@ -75,6 +84,13 @@ class BusyPoller:
         self.spinning = True
         self._last = now
         self._loop.call_soon(self._spin)
+
+    def call_started(self) -> None:
+        self.calls += 1
+
+    def call_ended(self, *_: object) -> None:
+        """A call's answer is sent (takes and ignores gRPC's done-callback argument)."""
+        self.calls -= 1
 
     def thread_started(self) -> None:
         self.threads_busy += 1
@@ -93,7 +109,7 @@ class BusyPoller:
         if elapsed < IDLE_PASS_NS:
             self.idle_ns += elapsed
         self._last = now
-        if now >= self._until or self.threads_busy:
+        if now >= self._until or self.threads_busy or self.calls > 1:
             self.spinning = False
             return
         assert self._loop is not None

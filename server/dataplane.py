@@ -62,7 +62,7 @@ class DataPlane:
         owner: RemoteModels | None = None,
     ) -> None:
         self.registry = registry
-        self._poller = poller
+        self.poller = poller
         # Requests for models placed on the model owner go there (see server/owner).
         self.owner = owner
         # Every transport admits its calls here, so that a shutdown waits for them all.
@@ -107,8 +107,8 @@ class DataPlane:
         owner = self.owner
         if owner is not None and owner.owns(request.model_name):
             return await owner.infer(request, deadline_s)
-        if self._poller:
-            self._poller.arm()
+        if self.poller:
+            self.poller.arm()
         try:
             mv, outputs = self.infer_now(request)
         except fallbacks.FALLBACK_ERRORS as exc:
@@ -232,7 +232,7 @@ class DataPlane:
         if stage.is_cheap(inputs):
             return stage.apply(inputs)
         work = decoders().submit(stage.apply, inputs)
-        poller = self._poller
+        poller = self.poller
         if poller:
             # Finished when the thread is, even if the caller stops waiting first.
             poller.thread_started()

@@ -129,6 +129,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @maps_errors
     async def ModelInfer(self, request: codec.ReceivedInfer, context) -> bytes:
+        poller = self.dataplane.poller
+        if poller is not None:  # counted until gRPC has sent the answer
+            poller.call_started()
+            context.add_done_callback(poller.call_ended)
         # Admitted before decoding: once a shutdown starts, a call that got this far
         # is answered for real and a later one gets UNAVAILABLE.
         with self.dataplane.calls.admit(CALL):
@@ -159,6 +163,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_reply(self, request: codec.ReceivedInfer, ticket: Ticket) -> bytes:
         """One streamed request's serialized ModelStreamInferResponse; errors in-band."""
+        poller = self.dataplane.poller
+        if poller is not None:  # a stream's requests count until each is answered
+            poller.call_started()
         try:
             with ticket:
                 hook = self.registry.hook
@@ -180,6 +187,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
         except Exception as exc:
             return _stream_error(request, exc)
+        finally:
+            if poller is not None:
+                poller.call_ended()
 
     async def ModelStreamInfer(
         self,

@@ -13,12 +13,18 @@ import asyncio
 import functools
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import numpy as np
 import pytest
 
+from tests.models import write_affine
 from tests.server.batching.test_batcher import POLICY, FakeModel, request, until
+from tests.server.test_admin import request as infer_request
+from tests.server.test_admin import serving
+from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server import busypoll, cpus
 from warpserve.server.batching.batcher import DynamicBatcher
 from warpserve.server.batching.executor import Executor
@@ -229,3 +235,56 @@ async def test_a_caller_that_stops_waiting_leaves_the_decoder_counted_until_it_e
     assert poller.threads_busy == 1  # the thread still decodes
     stage.gate.set()
     await until(lambda: poller.threads_busy == 0)
+
+
+@on_a_loop
+async def test_no_polling_while_two_calls_are_in_flight() -> None:
+    poller, _ = stepped_poller()
+    poller.call_started()
+    poller.arm()
+    assert poller.spinning, "a lone call: poll for its caller's next request"
+    poller.call_started()
+    await loop_passes(2)
+    assert not poller.spinning, "a second call stops it"
+    poller.arm()
+    assert not poller.spinning, "nor does an arrival start it while two are in flight"
+    poller.call_ended()
+    poller.arm()
+    assert poller.spinning, "one call left"
+    poller.call_ended()
+    await loop_passes(2 * WINDOW_PASSES)
+    assert not poller.spinning
+
+
+def test_the_servicer_counts_each_call_until_its_answer_is_sent(tmp_path: Path) -> None:
+    """Calls count from the handler's start until gRPC has sent the answer (its done
+    callback), unary and streamed alike; a call held at "encoding" is still one."""
+
+    async def body() -> None:
+        write_affine(tmp_path, "affine", (1,))
+        async with serving(tmp_path, busy_poll_us=1000) as (running, channel):
+            poller = running.dataplane.poller
+            assert poller is not None and poller.calls == 0
+            reached, release = asyncio.Event(), asyncio.Event()
+
+            async def hold() -> None:
+                reached.set()
+                await release.wait()
+
+            running.registry.hook = lambda point: hold() if point == "encoding" else None
+            x = np.ones((1, 4), np.float32)
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            held = asyncio.ensure_future(stub.ModelInfer(infer_request(x)))
+            await reached.wait()
+            assert poller.calls == 1
+            running.registry.hook = None
+            await stub.ModelInfer(infer_request(x))  # a second call, answered meanwhile
+            await until(lambda: poller.calls == 1)  # the second call's answer is sent
+            release.set()
+            await held
+            await until(lambda: poller.calls == 0)
+            stream = stub.ModelStreamInfer(iter([infer_request(x), infer_request(x)]))
+            assert len([reply async for reply in stream]) == 2
+            await until(lambda: poller.calls == 0)
+
+    asyncio.run(asyncio.wait_for(body(), 60))
