@@ -46,6 +46,9 @@ class InferRequest:
     shared_inputs: bool = False
     # Set by the data plane when the answer needs parameters (a fallback answered).
     response_parameters: dict[str, bool | int | str] | None = None
+    # The plan its wire head was decoded from (``wireplans``), shared by every request
+    # with that head; None for a request decoded the full way.
+    plan: Any = None
 
 
 # ModelInferRequest.raw_input_contents: field 7, wire type 2 (length-delimited).
@@ -66,8 +69,10 @@ class ReceivedInfer(NamedTuple):
     the bytes are not a ModelInferRequest, or too many of them to parse."""
 
     message: pb.ModelInferRequest
-    raw: Sequence[memoryview] | None = None
+    raw: Sequence[memoryview | bytes] | None = None
     error: WarpserveError | None = None
+    plan: Any = None  # a ``wireplans`` plan that decodes it (then raw holds its tensors)
+    head: bytes | None = None  # its wire head, for ``wireplans`` to make a plan of
 
 
 def receive_infer(data: bytes) -> ReceivedInfer:
@@ -108,10 +113,10 @@ def _split_raw_inputs(data: bytes) -> tuple[bytes, list[memoryview]] | None:
             if pos >= end:
                 break
             field_start = pos
-            tag, pos = _varint(data, pos)
+            tag, pos = read_varint(data, pos)
             wire_type = tag & 7
             if wire_type == 2:
-                length, pos = _varint(data, pos)
+                length, pos = read_varint(data, pos)
                 if pos + length > end:
                     return None
                 if tag == _RAW_INPUT_TAG:
@@ -120,7 +125,7 @@ def _split_raw_inputs(data: bytes) -> tuple[bytes, list[memoryview]] | None:
                     kept_from = pos + length
                 pos += length
             elif wire_type == 0:
-                _, pos = _varint(data, pos)
+                _, pos = read_varint(data, pos)
             elif wire_type == 1:
                 pos += 8
             elif wire_type == 5:
@@ -137,7 +142,7 @@ def _split_raw_inputs(data: bytes) -> tuple[bytes, list[memoryview]] | None:
     return b"".join(rest), raw
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         byte = data[pos]
@@ -159,7 +164,7 @@ def _parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
     return {key: parameter_value(value) for key, value in params.items()}
 
 
-def _element_count(name: str, shape: Sequence[int]) -> int:
+def element_count(name: str, shape: Sequence[int]) -> int:
     if shape and min(shape) < 0:
         raise InvalidInput(f"input '{name}' has shape {list(shape)}: dimensions must be >= 0")
     return math.prod(shape)
@@ -205,7 +210,7 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 def _from_raw(
     name: str, dt: dtypes.DType, shape: tuple[int, ...], raw: bytes | memoryview
 ) -> np.ndarray:
-    count = _element_count(name, shape)
+    count = element_count(name, shape)
     if dt.wire == "BYTES":
         return deserialize_bytes(name, raw, count).reshape(shape)
     expected = count * dt.itemsize
@@ -225,7 +230,7 @@ def _from_contents(
             f"input '{name}': {dt.wire} has no typed contents field; send it in raw_input_contents"
         )
     values = getattr(contents, dt.contents_field)
-    count = _element_count(name, shape)
+    count = element_count(name, shape)
     if len(values) != count:
         raise InvalidInput(
             f"input '{name}': contents hold {len(values)} elements but shape "
@@ -409,7 +414,7 @@ def decode_request(received: ReceivedInfer, shm: SharedMemoryRegions | None = No
 
 
 # ModelInferResponse.raw_output_contents: field 6, length-delimited.
-_RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])
+RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])
 # ModelStreamInferResponse.infer_response: field 2, length-delimited.
 _STREAM_REPLY_TAG = bytes([(2 << 3) | 2])
 # Outputs from this size are sent from their own memory rather than copied first.
@@ -442,7 +447,7 @@ def encode_stream_response(
     """A serialized ModelStreamInferResponse carrying a successful reply."""
     parts = _response_parts(model_name, model_version, request_id, outputs, targets, parameters)
     size = sum(len(part) for part in parts)
-    return b"".join([_STREAM_REPLY_TAG, _encode_varint(size), *parts])
+    return b"".join([_STREAM_REPLY_TAG, encode_varint(size), *parts])
 
 
 def _response_parts(
@@ -471,9 +476,9 @@ def _response_parts(
         target = targets.get(name) if targets else None
         if target is not None:
             target.write(data)
-            parts += (_RAW_OUTPUT_TAG, _ONE_BYTE_VARINTS[0])
+            parts += (RAW_OUTPUT_TAG, _ONE_BYTE_VARINTS[0])
             continue
-        parts += (_RAW_OUTPUT_TAG, _encode_varint(len(data)), data)
+        parts += (RAW_OUTPUT_TAG, encode_varint(len(data)), data)
     parts[0] = response.SerializeToString()
     return parts
 
@@ -494,10 +499,10 @@ def _set_parameters(
 def tensor_bytes(array: np.ndarray, wire: str) -> bytes | memoryview:
     """An output's bytes as the wire carries them: length-prefixed elements for BYTES,
     the elements in C order otherwise."""
-    return serialize_bytes(array) if wire == "BYTES" else _c_order_bytes(array)
+    return serialize_bytes(array) if wire == "BYTES" else c_order_bytes(array)
 
 
-def _c_order_bytes(array: np.ndarray) -> bytes | memoryview:
+def c_order_bytes(array: np.ndarray) -> bytes | memoryview:
     """The array's elements in C order: a flat byte view of a large C-contiguous array,
     a copy otherwise (for a small array, one call costs less than making the view)."""
     if array.nbytes < _VIEW_OUTPUT_FROM_BYTES:
@@ -505,7 +510,7 @@ def _c_order_bytes(array: np.ndarray) -> bytes | memoryview:
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
     if value < 0x80:
         return _ONE_BYTE_VARINTS[value]
     out = bytearray()

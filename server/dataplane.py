@@ -299,12 +299,19 @@ class DataPlane:
 
 
 def _checked_rows(validator: InputValidator, request: InferRequest) -> int:
-    """Validate the request's inputs and requested outputs; return its batch rows."""
+    """Validate the request's inputs and requested outputs; return its batch rows.
+    Requests decoded from one wire plan (same names, dtypes and shapes) are checked
+    once per validator."""
+    plan = request.plan
+    if plan is not None and plan.checked_by is validator:
+        return int(plan.rows)
     rows = validator.check(request.inputs)
     if request.outputs:
         validator.check_outputs(request.outputs)
         if request.classes:
             classification.check_classifiable(request.classes, validator.outputs)
+    if plan is not None:
+        plan.checked_by, plan.rows = validator, rows
     return rows
 
 

@@ -9,7 +9,7 @@ import grpc
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
-from warpserve.server import codec
+from warpserve.server import codec, wireplans
 from warpserve.server.control.local import LocalControlPlane
 from warpserve.server.control.plane import ControlPlane
 from warpserve.server.dataplane import DataPlane
@@ -139,12 +139,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             hook = self.registry.hook
             if hook is not None:
                 await at_point(hook, "decoding")
-            decoded = codec.decode_request(request, self.shm)
+            decoded = wireplans.decode_request(request, self.shm)
             mv, outputs = await self.dataplane.infer(decoded, context.time_remaining())
             if hook is not None:
                 await at_point(hook, "encoding")
             return self._sized(
-                codec.encode_response(
+                wireplans.encode_response(
                     mv.name,
                     str(mv.version),
                     decoded.id,
@@ -171,7 +171,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 hook = self.registry.hook
                 if hook is not None:
                     await at_point(hook, "decoding")
-                decoded = codec.decode_request(request, self.shm)
+                decoded = wireplans.decode_request(request, self.shm)
                 mv, outputs = await self.dataplane.infer(decoded, None)
                 if hook is not None:
                     await at_point(hook, "encoding")
@@ -295,7 +295,7 @@ def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) 
     captured = _CapturedHandlers()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, captured)
     handlers = dict(captured.handlers)
-    receive: Callable[[bytes], codec.ReceivedInfer] = codec.receive_infer
+    receive: Callable[[bytes], codec.ReceivedInfer] = wireplans.receive
     max_message_bytes = servicer.max_message_bytes
     if max_message_bytes is not None:
         handlers = {

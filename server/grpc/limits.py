@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from warpserve.protos import grpc_service_pb2 as pb
-from warpserve.server import codec
+from warpserve.server import codec, wireplans
 from warpserve.server.errors import ResourceExhausted
 from warpserve.server.grpc.status import status_of
 
@@ -56,7 +56,7 @@ def infer_receiver(limit: int) -> Callable[[bytes], codec.ReceivedInfer]:
     def receive(data: bytes) -> codec.ReceivedInfer:
         if len(data) > limit:
             return codec.ReceivedInfer(pb.ModelInferRequest(), error=too_large(len(data), limit))
-        return codec.receive_infer(data)
+        return wireplans.receive(data)
 
     return receive
 
