@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from warpserve.server.batching.deadlines import Deadlines
 from warpserve.server.batching.executor import BatchResult, Executor
 from warpserve.server.batching.loopload import MIN_COMPANY, LoopLoad
 from warpserve.server.batching.policy import BatchingPolicy
@@ -75,6 +76,7 @@ class DynamicBatcher:
         self._running = 0
         self._closed = False
         self._delay_timer: asyncio.TimerHandle | None = None
+        self._deadlines = Deadlines(self._expire)
         self._drained = asyncio.Event()
         self._drained.set()
         self._hook = hook
@@ -176,9 +178,7 @@ class DynamicBatcher:
         self._queued_rows += request.rows
         self._drained.clear()
         if request.deadline_ns:
-            delay = max(0.0, (request.deadline_ns - time.monotonic_ns()) / 1e9)
-            loop = asyncio.get_running_loop()
-            request.timer = loop.call_later(delay, self._expire, request)
+            self._deadlines.add(request, self._queued[level])
         if self._idle and self._idle[-1].inline:
             self._collect_inline()
             return
@@ -284,8 +284,6 @@ class DynamicBatcher:
         request.state = state
         self._queued[request.priority - 1] -= 1
         self._queued_rows -= request.rows
-        if request.timer is not None:
-            request.timer.cancel()
 
     def _leave_queue(self, request: QueuedRequest) -> None:
         self._dequeue(request, DONE)

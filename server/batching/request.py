@@ -25,7 +25,6 @@ class QueuedRequest:
     delay_on_timeout: bool = False
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
     state: int = QUEUED
-    timer: asyncio.TimerHandle | None = None
     queue_ns: int = 0
 
 
