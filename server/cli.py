@@ -152,8 +152,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         metavar="US",
         help="after each request, the event loop polls without sleeping for up to this many "
         "microseconds (never while a model runs on a worker thread): a thread woken from "
-        "sleep runs on cold caches, which costs small models much of their latency. Uses up "
-        "to one core while requests keep coming; 0 turns it off. Default: "
+        "sleep runs on cold caches, which costs small models much of their latency. Polls only "
+        "while a single call is in flight, using up to one core while a lone client keeps "
+        "sending; 0 turns it off. Default: "
         f"{DEFAULT_WINDOW_US} where the process may use {MIN_CORES} cores or more (CPU "
         "affinity and cgroup quota), else 0",
     )
