@@ -152,6 +152,10 @@ class FrontendConnection:
     async def wait_idle(self) -> None:
         while self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            # Finished tasks leave self.tasks in done callbacks the loop runs later, and
+            # since Python 3.12 gathering finished tasks does not yield to the loop: give
+            # it a turn, or this spins forever.
+            await asyncio.sleep(0)
 
     async def close(self) -> None:
         self.channel.close()
