@@ -463,6 +463,9 @@ def _response_parts(
     (Appending them to the message would copy each one into it and again out of it when
     serialized; here the only copy is the join into the reply.) An output written to
     shared memory keeps an empty raw entry, so entries still line up with outputs."""
+    outputs = list(outputs)
+    if not targets and not parameters and all(a.dtype != np.object_ for _, a in outputs):
+        return _planned_parts(model_name, model_version, request_id, outputs)
     response = pb.ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request_id
     )
@@ -481,6 +484,50 @@ def _response_parts(
         parts += (RAW_OUTPUT_TAG, encode_varint(len(data)), data)
     parts[0] = response.SerializeToString()
     return parts
+
+
+# A reply's model name and version, and the descriptions of its outputs, repeat from
+# request to request: each is serialized once and kept (up to MAX_REPLY_PLANS of each;
+# past that a table starts over, so ever new shapes cost a serialization, never memory).
+MAX_REPLY_PLANS = 256
+_heads: dict[tuple[str, str], bytes] = {}
+_descriptions: dict[tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...], bytes] = {}
+
+
+def _planned_parts(
+    model_name: str, model_version: str, request_id: str, outputs: list[tuple[str, np.ndarray]]
+) -> list[bytes | memoryview]:
+    """``_response_parts`` for outputs with no targets, parameters or BYTES tensors, from
+    the tables: fields in number order, as protobuf writes them."""
+    head = _heads.get((model_name, model_version))
+    if head is None:
+        if len(_heads) >= MAX_REPLY_PLANS:
+            _heads.clear()
+        head = _heads[model_name, model_version] = pb.ModelInferResponse(
+            model_name=model_name, model_version=model_version
+        ).SerializeToString()
+    key = tuple((name, array.dtype, array.shape) for name, array in outputs)
+    described = _descriptions.get(key)
+    if described is None:
+        described = _describe(key)
+    parts: list[bytes | memoryview] = [head]
+    if request_id:
+        parts.append(pb.ModelInferResponse(id=request_id).SerializeToString())
+    parts.append(described)
+    for _, array in outputs:
+        data = c_order_bytes(array)
+        parts += (RAW_OUTPUT_TAG, encode_varint(len(data)), data)
+    return parts
+
+
+def _describe(key: tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]) -> bytes:
+    response = pb.ModelInferResponse()
+    for name, dtype, shape in key:
+        response.outputs.add(name=name, datatype=dtypes.from_numpy(dtype).wire, shape=shape)
+    if len(_descriptions) >= MAX_REPLY_PLANS:
+        _descriptions.clear()
+    described = _descriptions[key] = response.SerializeToString()
+    return described
 
 
 def _set_parameters(

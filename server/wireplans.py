@@ -1,4 +1,4 @@
-"""Wire bytes that repeat from request to request, parsed or serialized once.
+"""Request heads that repeat from request to request, parsed once.
 
 A client sends the same request shape over and over: the model name, the input names,
 datatypes and shapes, the requested outputs and parameters are byte for byte the same,
@@ -7,8 +7,8 @@ into numpy arrays costs more per request than a tiny model's run, so a small req
 whose raw_input_contents come last is split into that head and its raw tensors, and
 the head is looked up in a table of plans made from the first request that carried it:
 the decoded fields, how each raw tensor becomes an array, and the validator that last
-accepted the shapes. Answers repeat the same way: the model name and version and the
-output descriptions are serialized once per output shape.
+accepted the shapes. (Answers repeat too: the codec serializes their model name and
+version and output descriptions once per output shape.)
 
 Only heads with no request id (an id makes every head unique), no shared-memory
 tensors (regions come and go) and no typed contents get a plan; anything else, or a
@@ -18,7 +18,7 @@ words the errors.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.server import codec, dtypes
-from warpserve.server.shm import OutputTarget, SharedMemoryRegions
+from warpserve.server.shm import SharedMemoryRegions
 
 # Top-level fields of a ModelInferRequest: 1 model_name ... 7 raw_input_contents, all
 # length-delimited, so a head is a run of one-byte tags each followed by a length.
@@ -173,55 +173,3 @@ def _raw_tail(data: bytes) -> tuple[int, list[tuple[int, int]]] | None:
     except IndexError:
         return None
     return (head_end, spans) if pos == end else None
-
-
-# -- answers --------------------------------------------------------------------------
-
-_heads: dict[tuple[str, str], bytes] = {}
-_descriptions: dict[tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...], bytes] = {}
-
-
-def encode_response(
-    model_name: str,
-    model_version: str,
-    request_id: str,
-    outputs: Iterable[tuple[str, np.ndarray]],
-    targets: Mapping[str, OutputTarget] | None = None,
-    parameters: Mapping[str, bool | int | str] | None = None,
-) -> bytes:
-    """``codec.encode_response``'s bytes, with the name, version and output
-    descriptions serialized once: fields in number order, as protobuf writes them."""
-    outputs = list(outputs)
-    if targets or parameters or any(array.dtype == np.object_ for _, array in outputs):
-        return codec.encode_response(
-            model_name, model_version, request_id, outputs, targets, parameters
-        )
-    head = _heads.get((model_name, model_version))
-    if head is None:
-        if len(_heads) >= MAX_PLANS:
-            _heads.clear()
-        head = _heads[model_name, model_version] = pb.ModelInferResponse(
-            model_name=model_name, model_version=model_version
-        ).SerializeToString()
-    key = tuple((name, array.dtype, array.shape) for name, array in outputs)
-    described = _descriptions.get(key)
-    if described is None:
-        described = _describe(key)
-    parts: list[bytes | memoryview] = [head]
-    if request_id:
-        parts.append(pb.ModelInferResponse(id=request_id).SerializeToString())
-    parts.append(described)
-    for _, array in outputs:
-        data = codec.c_order_bytes(array)
-        parts += (codec.RAW_OUTPUT_TAG, codec.encode_varint(len(data)), data)
-    return b"".join(parts)
-
-
-def _describe(key: tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]) -> bytes:
-    response = pb.ModelInferResponse()
-    for name, dtype, shape in key:
-        response.outputs.add(name=name, datatype=dtypes.from_numpy(dtype).wire, shape=shape)
-    if len(_descriptions) >= MAX_PLANS:
-        _descriptions.clear()
-    described = _descriptions[key] = response.SerializeToString()
-    return described

@@ -144,7 +144,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if hook is not None:
                 await at_point(hook, "encoding")
             return self._sized(
-                wireplans.encode_response(
+                codec.encode_response(
                     mv.name,
                     str(mv.version),
                     decoded.id,

@@ -158,6 +158,32 @@ def test_encoded_outputs_equal_protobufs_own_serialization(array: np.ndarray) ->
     assert stream.infer_response == want and not stream.error_message
 
 
+@pytest.mark.parametrize("request_id", ["", "r-7"])
+def test_answers_from_the_reply_tables_are_protobufs_own_bytes(request_id: str) -> None:
+    outputs: list[tuple[str, np.ndarray]] = [
+        ("y", np.arange(6, dtype=np.float32).reshape(2, 3)),
+        ("ids", np.array([[1], [2]], dtype=np.int64)),
+        ("big", np.zeros((64, 64), np.float32)),
+    ]
+    want = pb.ModelInferResponse(model_name="m", model_version="2", id=request_id)
+    for name, array in outputs:
+        want.outputs.add(name=name, datatype=dtypes.from_numpy(array.dtype).wire, shape=array.shape)
+        want.raw_output_contents.append(array.tobytes())
+    codec._heads.clear()
+    codec._descriptions.clear()
+    for _ in range(2):  # made, then from the tables
+        assert codec.encode_response("m", "2", request_id, outputs) == want.SerializeToString()
+        stream = pb.ModelStreamInferResponse.FromString(
+            codec.encode_stream_response("m", "2", request_id, outputs)
+        )
+        assert stream.infer_response == want
+    assert ("m", "2") in codec._heads and len(codec._descriptions) == 1
+    strings: list[tuple[str, np.ndarray]] = [("s", np.array([b"a", b"bc"], dtype=np.object_))]
+    resp = pb.ModelInferResponse.FromString(codec.encode_response("m", "2", "", strings))
+    assert codec.deserialize_bytes("s", resp.raw_output_contents[0], 2).tolist() == [b"a", b"bc"]
+    assert len(codec._descriptions) == 1  # BYTES outputs are not planned
+
+
 def test_parameters_are_decoded() -> None:
     req = raw_request({"x": np.zeros((1, 2), np.float32)})
     req.parameters["priority"].int64_param = 2

@@ -126,19 +126,3 @@ def test_a_plan_is_validated_once_per_validator() -> None:
     with pytest.raises(InvalidInput, match="does not match"):
         _checked_rows(rejects, decoded)  # a new version checks again
     assert decoded.plan.checked_by is accepts
-
-
-@pytest.mark.parametrize("request_id", ["", "r-7"])
-def test_answers_are_the_codecs_bytes(request_id: str) -> None:
-    outputs: list[tuple[str, np.ndarray]] = [
-        ("y", np.arange(6, dtype=np.float32).reshape(2, 3)),
-        ("ids", np.array([[1], [2]], dtype=np.int64)),
-        ("big", np.zeros((64, 64), np.float32)),
-    ]
-    for _ in range(2):  # made, then from the tables
-        got = wireplans.encode_response("m", "2", request_id, outputs)
-        assert got == codec.encode_response("m", "2", request_id, outputs)
-    strings: list[tuple[str, np.ndarray]] = [("s", np.array([b"a", b"bc"], dtype=np.object_))]
-    assert wireplans.encode_response("m", "2", "", strings) == codec.encode_response(
-        "m", "2", "", strings
-    )
