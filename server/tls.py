@@ -50,46 +50,29 @@ def add_arguments(parser: argparse.ArgumentParser, ports: tuple[str, ...] = ("gr
 
 def _add_port_arguments(parser: argparse.ArgumentParser, port: str, where: str) -> None:
     fallback = "" if port == "grpc" else " (default: the --grpc- one)"
-    parser.add_argument(
-        f"--{port}-use-ssl",
-        type=boolean,
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="BOOL",
-        help=f"serve TLS on {where} with --{port}-server-cert and --{port}-server-key",
-    )
-    parser.add_argument(
-        f"--{port}-use-ssl-mutual",
-        type=boolean,
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="BOOL",
-        help=f"mutual TLS on {where} (implies --{port}-use-ssl): clients must present a "
-        f"certificate signed by a CA in --{port}-root-cert",
-    )
-    parser.add_argument(
-        f"--{port}-server-cert",
-        type=Path,
-        default=None,
-        metavar="PEM",
-        help=f"the server's certificate chain for {where}{fallback}",
-    )
-    parser.add_argument(
-        f"--{port}-server-key",
-        type=Path,
-        default=None,
-        metavar="PEM",
-        help=f"the private key of --{port}-server-cert{fallback}",
-    )
-    parser.add_argument(
-        f"--{port}-root-cert",
-        type=Path,
-        default=None,
-        metavar="PEM",
-        help=f"CA certificates that sign client certificates, for mutual TLS on {where}{fallback}",
-    )
+    switches = {
+        "use-ssl": f"serve TLS on {where} with --{port}-server-cert and --{port}-server-key",
+        "use-ssl-mutual": f"mutual TLS on {where} (implies --{port}-use-ssl): clients must "
+        f"present a certificate signed by a CA in --{port}-root-cert",
+    }
+    for name, text in switches.items():
+        parser.add_argument(
+            f"--{port}-{name}",
+            type=boolean,
+            nargs="?",
+            const=True,
+            default=False,
+            metavar="BOOL",
+            help=text,
+        )
+    files = {
+        "server-cert": f"the server's certificate chain for {where}{fallback}",
+        "server-key": f"the private key of --{port}-server-cert{fallback}",
+        "root-cert": "CA certificates that sign client certificates, for mutual TLS on "
+        f"{where}{fallback}",
+    }
+    for name, text in files.items():
+        parser.add_argument(f"--{port}-{name}", type=Path, default=None, metavar="PEM", help=text)
 
 
 def from_args(args: argparse.Namespace, port: str) -> TlsSettings | None:
