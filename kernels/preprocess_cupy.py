@@ -13,6 +13,8 @@ import cupy
 import numpy as np
 import torch
 
+from warpserve.kernels.preprocess_launch import prepare
+
 _SOURCE = r"""
 extern "C" __global__ void preprocess(
     const unsigned char* images, void* out, int half, int n, int h, int w,
@@ -59,9 +61,7 @@ def preprocess_cupy(
     out_dtype: str,
 ) -> torch.Tensor:
     """Resize and normalise; inputs already checked by `preprocess_images`."""
-    n, h, w, _ = images.shape
-    height, width = size
-    out = torch.empty((n, 3, height, width), dtype=getattr(torch, out_dtype), device=images.device)
+    n, h, w, height, width, scale_y, scale_x, out = prepare(images, size, out_dtype)
     total = n * height * width
     if total == 0:
         return out
@@ -71,7 +71,7 @@ def preprocess_cupy(
     args: tuple[object, ...] = (src, dst, np.int32(out_dtype == "float16"), np.int32(n))
     args += (np.int32(h),)
     args += (np.int32(w), np.int32(height), np.int32(width))
-    args += (f32(h) / f32(height), f32(w) / f32(width), *scale.astype(f32), *shift.astype(f32))
+    args += (scale_y, scale_x, *scale.astype(f32), *shift.astype(f32))
     with cupy.cuda.ExternalStream(torch.cuda.current_stream(images.device).cuda_stream):
         _kernel()(((total + THREADS - 1) // THREADS,), (THREADS,), args)
     return out

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from numba import cuda
 
+from warpserve.kernels.preprocess_launch import prepare
+
 THREADS = 256
 
 
@@ -58,9 +60,8 @@ def preprocess_numba_cuda(
     out_dtype: str,
 ) -> torch.Tensor:
     """Resize and normalise on the GPU; inputs already checked by `preprocess_images`."""
-    n, h, w, _ = images.shape
-    height, width = size
-    out = torch.empty((n, 3, height, width), dtype=torch.float32, device=images.device)
+    # float32 whatever out_dtype: the kernel stores float32, converted after it
+    n, _, _, height, width, scale_y, scale_x, out = prepare(images, size, "float32")
     if n:
         on_gpu = images.is_cuda
         launch = _preprocess_kernel[((height * width + THREADS - 1) // THREADS, n), THREADS]
@@ -72,8 +73,8 @@ def preprocess_numba_cuda(
         args = (
             _device(images),
             _device(out),
-            np.float32(h) / np.float32(height),
-            np.float32(w) / np.float32(width),
+            scale_y,
+            scale_x,
             _device(torch.from_numpy(scale).to(images.device)),
             _device(torch.from_numpy(shift).to(images.device)),
         )

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from warpserve.kernels.preprocess_launch import prepare
+
 BLOCK = 256
 
 
@@ -76,9 +78,7 @@ def preprocess_triton(
     out_dtype: str,
 ) -> torch.Tensor:
     """Resize and normalise; inputs already checked by `preprocess_images`."""
-    n, h, w, _ = images.shape
-    height, width = size
-    out = torch.empty((n, 3, height, width), dtype=getattr(torch, out_dtype), device=images.device)
+    n, h, w, height, width, scale_y, scale_x, out = prepare(images, size, out_dtype)
     if n == 0:
         return out
     grid = (n, triton.cdiv(height * width, BLOCK))
@@ -89,8 +89,8 @@ def preprocess_triton(
         w,
         height,
         width,
-        float(np.float32(h) / np.float32(height)),
-        float(np.float32(w) / np.float32(width)),
+        float(scale_y),
+        float(scale_x),
         *(float(v) for v in shift),
         *(float(v) for v in scale),
         BLOCK=BLOCK,
