@@ -31,13 +31,8 @@ import math
 import os
 import platform
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,13 +40,13 @@ from typing import Any
 import curve
 import grpc
 import numpy as np
+import serverproc
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server.tools.loadgen import TABLE_COLUMNS, BenchResult, format_row, measure
 
 BENCH_DIR = Path(__file__).resolve().parent
-READY_TIMEOUT_S = 120.0
 FRAUD_MODEL = "fraud_scorer"
 RESNET_MODEL = "resnet18"
 NO_POLL = "no-busy-poll"  # warpserve with --busy-poll-us 0: the loop sleeps when idle
@@ -60,113 +55,19 @@ NO_POLL = "no-busy-poll"  # warpserve with --busy-poll-us 0: the loop sleeps whe
 # ------------------------------------------------------------------ processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _warpserve_command() -> list[str]:
-    exe = shutil.which("warpserve")
-    if exe:
-        return [exe]
-    return [
-        sys.executable,
-        "-c",
-        "import sys; from warpserve.server.cli import main; sys.exit(main())",
-    ]
-
-
-@contextlib.contextmanager
-def running(command: list[str], port: int, name: str, log_dir: Path, model: str) -> Iterator[str]:
-    """Start ``command``, wait until ``model`` is ready on ``port``, SIGTERM it at the end."""
-    log_path = log_dir / f"{name}-{model}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        url = f"127.0.0.1:{port}"
-        try:
-            _wait_ready(process, url, model, name, log_path)
-            yield url
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_ready(
-    process: subprocess.Popen[bytes], url: str, model: str, name: str, log_path: Path
-) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    with grpc.insecure_channel(url) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"{name} exited with {process.returncode} before it was "
-                    f"ready; its log:\n{_tail(log_path)}"
-                )
-            if _ready(stub, model):
-                return
-            time.sleep(0.2)
-    raise RuntimeError(
-        f"{name} not ready after {READY_TIMEOUT_S:.0f}s; its log:\n{_tail(log_path)}"
-    )
-
-
-def _ready(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> bool:
-    try:
-        return bool(
-            stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready
-            and stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready
-        )
-    except grpc.RpcError:
-        return False
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 def serve_warpserve(
     repo: Path, log_dir: Path, model: str, *flags: str, name: str = "warpserve"
 ) -> contextlib.AbstractContextManager[str]:
-    port = free_port()
-    command = [
-        *_warpserve_command(),
-        "serve",
-        "--model-repository",
-        str(repo),
-        "--grpc-port",
-        str(port),
-        "--http-port",
-        "0",
-        "--metrics-port",
-        "0",
-        *flags,
-    ]
-    return running(command, port, name, log_dir, model)
+    log_path = log_dir / f"{name}-{model}.log"
+    return serverproc.warpserve(repo, log_path, *flags, model=model, metrics=True)
 
 
 def serve_ceiling(
     metadata_from: str, log_dir: Path, model: str, event_loop: str = "asyncio"
 ) -> contextlib.AbstractContextManager[str]:
-    port = free_port()
-    command = [
-        sys.executable,
-        str(BENCH_DIR / "ceiling_server.py"),
-        "--port",
-        str(port),
-        "--metadata-from",
-        metadata_from,
-        "--model",
-        model,
-        "--event-loop",
-        event_loop,
-    ]
-    return running(command, port, f"ceiling-{event_loop}", log_dir, model)
+    log_path = log_dir / f"ceiling-{event_loop}-{model}.log"
+    # One row per answer: the requests here carry one row each.
+    return serverproc.ceiling(metadata_from, model, log_path, event_loop=event_loop, batch_size=1)
 
 
 # ------------------------------------------------------------------ model repositories

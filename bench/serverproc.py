@@ -1,8 +1,7 @@
 """A warpserve process for a benchmark, or the echo ceiling beside it: started on a free
 loopback port, waited for, stopped.
 
-Shared by the benchmarks that drive one real server (compile, lifecycle); the serving
-benchmark runs several kinds of server side by side and keeps its own launcher.
+Shared by the benchmarks that drive real servers (compile, lifecycle, serving, spike).
 """
 
 from __future__ import annotations
@@ -37,10 +36,12 @@ def warpserve(
     *flags: str,
     model: str | None = None,
     env: Mapping[str, str] | None = None,
+    metrics: bool = False,
 ) -> Iterator[str]:
     """Serve ``repo`` until the block ends; yields the gRPC address.
 
-    Ready means ServerReady, or ModelReady of ``model`` when one is named.
+    Ready means ServerReady, and ModelReady of ``model`` when one is named. ``metrics``:
+    Prometheus metrics on (on a free port), as a server is usually run; off otherwise.
     """
     port = free_port()
     command = [
@@ -54,8 +55,7 @@ def warpserve(
         "127.0.0.1",
         "--grpc-port",
         str(port),
-        "--allow-metrics",
-        "false",
+        *(("--metrics-port", "0") if metrics else ("--allow-metrics", "false")),
         "--http-port",
         "0",
         *flags,
@@ -65,9 +65,17 @@ def warpserve(
 
 
 @contextlib.contextmanager
-def ceiling(metadata_from: str, model: str, log_path: Path) -> Iterator[str]:
-    """bench/ceiling_server.py for ``model`` until the block ends, answering each request
-    with as many rows as it carries; yields its gRPC address."""
+def ceiling(
+    metadata_from: str,
+    model: str,
+    log_path: Path,
+    *,
+    event_loop: str = "asyncio",
+    batch_size: int = 0,
+) -> Iterator[str]:
+    """bench/ceiling_server.py for ``model`` on ``event_loop`` until the block ends; yields
+    its gRPC address. Each answer has ``batch_size`` rows, or with 0 as many as the
+    request carries (which costs the ceiling a look at each request)."""
     port = free_port()
     command = [
         sys.executable,
@@ -79,7 +87,9 @@ def ceiling(metadata_from: str, model: str, log_path: Path) -> Iterator[str]:
         "--model",
         model,
         "--batch-size",
-        "0",
+        str(batch_size),
+        "--event-loop",
+        event_loop,
     ]
     with _running(command, port, log_path, model) as url:
         yield url
@@ -116,15 +126,25 @@ def wait_ready(
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"the server exited early; its log:\n{log_path.read_text()}")
+                raise RuntimeError(
+                    f"{log_path.stem}: the server exited with {process.returncode} before "
+                    f"it was ready; its log:\n{_tail(log_path)}"
+                )
             with contextlib.suppress(grpc.RpcError):
                 if _ready(stub, model):
                     return
             time.sleep(0.2)  # poll interval while the server loads
-    raise RuntimeError(f"the server was not ready in time; its log:\n{log_path.read_text()}")
+    raise RuntimeError(
+        f"{log_path.stem}: the server was not ready after {READY_TIMEOUT_S:.0f} s; "
+        f"its log:\n{_tail(log_path)}"
+    )
 
 
 def _ready(stub: pb_grpc.GRPCInferenceServiceStub, model: str | None) -> bool:
-    if model is None:
-        return bool(stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready)
-    return bool(stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready)
+    if not stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
+        return False
+    return model is None or bool(stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
