@@ -10,7 +10,7 @@ Inline executors (tiny models run on the event loop thread) are never busy while
 request arrives, so for them "idle" means an idle loop (see ``loopload``): when the
 loop is saturated, a request is held so that the requests behind it join its batch,
 until they stop arriving or max_queue_delay (or INLINE_WINDOW_US) passes (see
-``window``).
+``window``, whose collector does this for the batcher).
 
 Everything here runs on the event loop thread; only ``Executor.run`` crosses to a
 worker thread, so queue state needs no locks.
@@ -30,7 +30,7 @@ from warpserve.server.batching.executor import BatchResult, Executor
 from warpserve.server.batching.loopload import MIN_COMPANY, LoopLoad
 from warpserve.server.batching.policy import BatchingPolicy
 from warpserve.server.batching.request import DONE, QUEUED, RUNNING, Outputs, QueuedRequest
-from warpserve.server.batching.window import HoldingWindow
+from warpserve.server.batching.window import HoldingWindow, InlineCollector
 from warpserve.server.busypoll import BusyPoller
 from warpserve.server.errors import DeadlineExceeded, LoadShed, QueueFull, Unavailable
 from warpserve.server.stats import VersionStats
@@ -39,15 +39,6 @@ from warpserve.server.stats import VersionStats
 # no max_queue_delay_microseconds. On the serving benchmark's tiny MLP at 32 clients,
 # 1 ms windows reached 0.69 of the ceiling's throughput, 2 ms 0.79-0.81, 4 ms 0.78.
 INLINE_WINDOW_US = 2000
-
-# A timer that fires this early counts as on time: the event loop itself runs timers
-# up to its clock resolution early, and re-arming for microseconds costs a loop pass.
-_TIMER_SLACK_S = 10e-6
-_LATE_TIMER_S = 1.5e-3
-
-# A bound on the callers counted on their way back (see ``_returning``), far above any
-# batch, so that a count inflated by callers that left stays cheap to correct.
-MAX_RETURNING = 1 << 16
 
 # Tests set this to inject a delay at a named point (race windows are hit on purpose).
 Hook = Callable[[str], None]
@@ -80,7 +71,6 @@ class DynamicBatcher:
         self._drained = asyncio.Event()
         self._drained.set()
         self._hook = hook
-        self._tick_pending = False
         self._queued_rows = 0
         self.shed = [0] * policy.priority_levels  # requests refused per level
         self._poller = poller
@@ -88,20 +78,15 @@ class DynamicBatcher:
         if load is None:
             company = min(MIN_COMPANY, max(policy.batch_limit, 1))
             load = LoopLoad(company=company, cpu_ns=cpu_ns)
-        self._load = load
-        self._saturated = False  # at the last arrival (inline executors only)
-        self._holding: asyncio.TimerHandle | None = None  # an inline batch being collected
         window_us = policy.max_queue_delay_us or INLINE_WINDOW_US
-        self._window = HoldingWindow(window_us / 1e6)
-        # The holding window's clock, in seconds. Not loop.time(): uvloop's advances in
-        # whole milliseconds, and a window's pauses are tens to hundreds of microseconds.
-        self._clock = clock
-        # Callers answered that have not arrived again (inline executors only): closed-
-        # loop clients on their way back, whom a window waits for (see ``window``).
-        # Arrivals are not told apart, so this counts answers less arrivals, floored
-        # at zero: exact after a batch goes, a lower bound otherwise.
-        self._returning = 0
-        self._awaited_arrival = False  # the last arrival was one of them
+        self._inline = InlineCollector(
+            HoldingWindow(window_us / 1e6),
+            load,
+            policy.batch_limit,
+            clock,
+            lambda: self._queued_rows,
+            self._schedule,
+        )
 
     # -- public ------------------------------------------------------------------
 
@@ -126,12 +111,8 @@ class DynamicBatcher:
         idle = self._idle
         if not idle or not idle[-1].inline:
             return None
-        returning = self._returning
-        self._awaited_arrival = returning > 0
-        if returning:
-            self._returning = returning - 1
-        self._saturated = self.policy.batch_limit > 1 and self._load.arrival()
-        if self._saturated or self._tick_pending or any(self._queued):
+        inline = self._inline
+        if inline.arrival() or inline.tick_pending or any(self._queued):
             return None
         return idle[-1]
 
@@ -157,7 +138,7 @@ class DynamicBatcher:
             raise
         self.stats.record_inline(rows, infer_ns)
         self.stats.timeline.add(infer_ns)
-        self._returning = min(self._returning + 1, MAX_RETURNING)
+        self._inline.answered(1)
         return outputs
 
     def submit(self, request: QueuedRequest) -> None:
@@ -180,7 +161,7 @@ class DynamicBatcher:
         if request.deadline_ns:
             self._deadlines.add(request, self._queued[level])
         if self._idle and self._idle[-1].inline:
-            self._collect_inline()
+            self._inline.collect()
             return
         self._schedule()
 
@@ -196,71 +177,6 @@ class DynamicBatcher:
                 f"{size} for priority {level + 1} (shed_queue_size); retry with backoff or "
                 "send at a higher priority"
             )
-
-    def _collect_inline(self) -> None:
-        """Inline executors run on this thread, so a batch is formed from what arrives
-        before the next tick: the next loop pass, or, on a saturated loop, the end of a
-        holding window (see ``window``). A full batch goes at once, and one that is full
-        when it arrives opens no window."""
-        loop = asyncio.get_running_loop()
-        if self._holding is not None:
-            if self._queued_rows >= self.policy.batch_limit:
-                self._holding.cancel()
-                self._tick(busy=True)
-            else:
-                # its timer finds the window's new end, unless that end came closer:
-                # the last caller awaited is back, so a pause may end the window now
-                now = self._clock()
-                self._window.arrival(now, self._awaited_arrival)
-                if self._awaited_arrival and not self._returning:
-                    self._holding.cancel()
-                    self._holding = loop.call_later(self._window.due() - now, self._window_due)
-            return
-        if self._tick_pending:
-            return
-        self._tick_pending = True
-        # A full batch gathers nothing by waiting (requests of max_batch_size rows each,
-        # as batch clients send): it goes on the next loop pass like an unheld one.
-        if self._saturated and self._queued_rows < self.policy.batch_limit:
-            now = self._clock()
-            self._window.open(now)
-            due = self._window.due(self._returning > 0)
-            self._holding = loop.call_later(due - now, self._window_due)
-        else:
-            loop.call_soon(self._tick)
-
-    def _window_due(self) -> None:
-        """The holding window's timer: close it unless requests kept arriving or
-        answered callers are still on their way back."""
-        loop = asyncio.get_running_loop()
-        window = self._window
-        awaited = self._returning > 0
-        due, now = window.due(awaited), self._clock()
-        if now + _TIMER_SLACK_S < due:
-            self._holding = loop.call_later(due - now, self._window_due)
-            return
-        busy = window.unpaused()
-        if awaited and not busy:
-            # They did not come back within max_queue_delay while the loop idled:
-            # callers that left. Only callers answered from now on are awaited.
-            self._returning = 0
-        # A timer later than the pause it waited for (and later than a loop that sleeps
-        # in whole milliseconds makes it) means the loop thread did not run meanwhile,
-        # as when the machine runs something else: requests may have arrived unread, so
-        # the pause says nothing about arrivals.
-        judged = now - due < max(window.quiet_s, _LATE_TIMER_S)
-        self._tick(busy=busy, judged=judged)
-
-    def _tick(self, busy: bool = False, judged: bool = True) -> None:
-        """Form batches now. ``busy``: a holding window that ends here saw arrivals
-        without a pause (it filled up or ran its whole delay); ``judged``: its ending
-        is evidence for or against holding."""
-        if self._holding is not None:
-            self._holding = None
-            if judged:
-                self._load.window_closed(self._queued_rows, busy)
-        self._tick_pending = False
-        self._schedule()
 
     def cancel(self, request: QueuedRequest) -> None:
         """The caller went away: take the request out of the queue if it is still there."""
@@ -352,7 +268,7 @@ class DynamicBatcher:
             return None
         limit = self.policy.batch_limit
         batch = self._collect(head, limit) if limit else [head]
-        batch = self._trim_to_preferred(batch)
+        batch = self.policy.trim_to_preferred(batch)
         rows = sum(r.rows for r in batch)
         if self._should_wait(head, rows):
             return None
@@ -374,17 +290,6 @@ class DynamicBatcher:
                 if rows == limit:
                     return batch
         return batch
-
-    def _trim_to_preferred(self, batch: list[QueuedRequest]) -> list[QueuedRequest]:
-        preferred = self.policy.preferred_batch_sizes
-        if not preferred or len(batch) == 1:
-            return batch
-        rows, best = 0, 0
-        for i, request in enumerate(batch):
-            rows += request.rows
-            if rows in preferred:
-                best = i + 1
-        return batch[:best] if best else batch
 
     def _take(self, request: QueuedRequest) -> None:
         self._dequeue(request, RUNNING)
@@ -431,7 +336,7 @@ class DynamicBatcher:
                     request.future.set_result(outcome)
             request.state = DONE
         if executor.inline:
-            self._returning = min(self._returning + len(batch), MAX_RETURNING)
+            self._inline.answered(len(batch))
         self._running -= len(batch)
         self._idle.append(executor)
         self._check_drained()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.batching.request import QueuedRequest
 from warpserve.server.errors import ModelLoadError
 from warpserve.server.repository.parameters import BATCHING, integer_list_with_zeros
 
@@ -50,6 +51,19 @@ class BatchingPolicy:
     def batch_limit(self) -> int:
         """Most rows one execution may take."""
         return self.max_batch_size if self.dynamic and self.max_batch_size > 0 else 0
+
+    def trim_to_preferred(self, batch: list[QueuedRequest]) -> list[QueuedRequest]:
+        """The longest leading part of ``batch`` whose rows make a preferred batch size;
+        all of it when no part does."""
+        preferred = self.preferred_batch_sizes
+        if not preferred or len(batch) == 1:
+            return batch
+        rows, best = 0, 0
+        for i, request in enumerate(batch):
+            rows += request.rows
+            if rows in preferred:
+                best = i + 1
+        return batch[:best] if best else batch
 
 
 def _queue_policy(p: mc.ModelQueuePolicy) -> QueuePolicy:
