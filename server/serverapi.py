@@ -18,7 +18,8 @@ from warpserve.server.control.plane import ControlPlane
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import InvalidInput
 from warpserve.server.grpc import reports
-from warpserve.server.lifecycle.registry import ModelRegistry, parse_version
+from warpserve.server.lifecycle.registry import ModelRegistry
+from warpserve.server.lifecycle.served import parse_version
 from warpserve.server.shm import Region, SharedMemoryRegions
 
 SERVER_NAME = "warpserve"

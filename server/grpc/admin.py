@@ -34,8 +34,9 @@ from warpserve.server.errors import (
 from warpserve.server.grpc.admin_auth import TOKEN_ENV, is_loopback, token_matches
 from warpserve.server.grpc.limits import add_bounded
 from warpserve.server.grpc.status import maps_errors
+from warpserve.server.lifecycle.events import RegistryEvents
 from warpserve.server.lifecycle.guarding import GuardStatus
-from warpserve.server.lifecycle.registry import ModelRegistry, RegistryEvents
+from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.lifecycle.router import VersionRouter
 from warpserve.server.lifecycle.served import ServedModel
 from warpserve.server.lifecycle.version import ModelVersion

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.server.errors import InvalidInput
-from warpserve.server.lifecycle.registry import ModelRegistry, parse_version
+from warpserve.server.lifecycle.registry import ModelRegistry
+from warpserve.server.lifecycle.served import parse_version
 from warpserve.server.lifecycle.version import ModelVersion
 from warpserve.server.repository import overrides
 from warpserve.server.stats import Duration

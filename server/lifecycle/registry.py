@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.busypoll import BusyPoller
@@ -28,6 +28,7 @@ from warpserve.server.errors import (
     ModelNotFound,
     Unavailable,
 )
+from warpserve.server.lifecycle.events import RegistryEvents
 from warpserve.server.lifecycle.guarding import ChangeListener, ServingChange, ServingMode
 from warpserve.server.lifecycle.served import ServedModel, is_serving
 from warpserve.server.lifecycle.version import (
@@ -45,29 +46,12 @@ from warpserve.server.repository.repository import (
 log = logging.getLogger(__name__)
 
 
-EventKey = tuple[str, int, str]  # (model, version, outcome or reason)
-
-
 @dataclass(frozen=True)
 class Prepared:
     """What a prepare loaded: the versions wanted, and those it loaded anew."""
 
     wanted: list[int]
     fresh: list[int]
-
-
-@dataclass
-class RegistryEvents:
-    """Counters the metrics exporter reads (from its thread, on a copy of each table)."""
-
-    rollouts: dict[EventKey, int] = field(default_factory=dict)  # outcome per version
-    rollbacks: dict[EventKey, int] = field(default_factory=dict)  # reason per version left
-    # Answers a fallback model gave: (model asked for, fallback model, reason).
-    fallbacks: dict[tuple[str, str, str], int] = field(default_factory=dict)
-
-    def count(self, table: dict[EventKey, int], model: str, version: int, label: str) -> None:
-        key = (model, version, label)
-        table[key] = table.get(key, 0) + 1
 
 
 class ModelRegistry:
@@ -110,52 +94,16 @@ class ModelRegistry:
         """The version that should answer an inference request."""
         served = self.model(name)
         if version:
-            return self._pinned(served, version)
+            return served.pinned(version)
         chosen = served.router.choose(request_id)
         mv = served.versions.get(chosen) if chosen is not None else None
         if mv is None or not mv.ready:
-            raise Unavailable(self._not_ready_reason(served))
+            raise Unavailable(served.not_ready_reason())
         return mv
-
-    def _pinned(self, served: ServedModel, version: str) -> ModelVersion:
-        number = parse_version(version)
-        mv = served.versions.get(number)
-        if mv is None:
-            raise ModelNotFound(
-                f"{UNKNOWN_MODEL}: '{served.name}' version {number} is not found; loaded: "
-                f"{served.ready_versions() or 'none'}"
-            )
-        if not mv.ready:
-            detail = f": {mv.reason}" if mv.reason else ""
-            raise Unavailable(
-                f"{UNKNOWN_MODEL}: '{served.name}' version {number} is not at ready state "
-                f"({mv.state.value}){detail}"
-            )
-        return mv
-
-    def _not_ready_reason(self, served: ServedModel) -> str:
-        states = {v: mv.state.value for v, mv in served.versions.items()}
-        detail = f" ({served.reason})" if served.reason else ""
-        return (
-            f"{UNKNOWN_MODEL}: '{served.name}' has no available versions; versions: "
-            f"{states or 'none'}{detail}"
-        )
 
     def describe(self, name: str, version: str = "") -> ModelVersion:
         """The version whose metadata and config answer ModelMetadata / ModelConfig."""
-        served = self.model(name)
-        if version:
-            number = parse_version(version)
-            if number not in served.versions:
-                raise ModelNotFound(f"{UNKNOWN_MODEL}: '{name}' version {number} is not found")
-            return served.versions[number]
-        active = served.router.active
-        if active is not None and active in served.versions:
-            return served.versions[active]
-        ready = served.ready_versions()
-        if ready:
-            return served.versions[ready[-1]]
-        raise Unavailable(self._not_ready_reason(served))
+        return self.model(name).described_by(version)
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -485,16 +433,6 @@ def check_rollout(version: int, canary_percent: float) -> None:
         raise InvalidInput(
             f"canary percent {canary_percent} must lie in [0, 100); 0 switches all traffic"
         )
-
-
-def parse_version(version: str) -> int:
-    try:
-        number = int(version)
-    except ValueError:
-        number = 0
-    if number <= 0:
-        raise InvalidInput(f"model version {version!r} is not a positive integer")
-    return number
 
 
 def _copy(config: mc.ModelConfig) -> mc.ModelConfig:

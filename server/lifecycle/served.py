@@ -1,4 +1,5 @@
-"""One served model: its loaded versions, its router, and the timers that retire versions.
+"""One served model: its loaded versions (and which one a request or a description
+names), its router, and the timers that retire versions.
 
 A replaced version is retired after a grace period (so rollback needs no load); a
 version that is routed to again before its timer fires stays. Retiring drains the
@@ -11,11 +12,27 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from warpserve.server.errors import FailedPrecondition
+from warpserve.server.errors import (
+    UNKNOWN_MODEL,
+    FailedPrecondition,
+    InvalidInput,
+    ModelNotFound,
+    Unavailable,
+)
 from warpserve.server.lifecycle.router import VersionRouter
 from warpserve.server.lifecycle.version import ModelVersion, VersionState
 
 log = logging.getLogger(__name__)
+
+
+def parse_version(version: str) -> int:
+    try:
+        number = int(version)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise InvalidInput(f"model version {version!r} is not a positive integer")
+    return number
 
 
 def is_serving(mv: ModelVersion | None) -> bool:
@@ -40,6 +57,47 @@ class ServedModel:
 
     def ready_versions(self) -> list[int]:
         return sorted(v for v, mv in self.versions.items() if mv.ready)
+
+    def pinned(self, version: str) -> ModelVersion:
+        """The version a request names, ready to answer it."""
+        number = parse_version(version)
+        mv = self.versions.get(number)
+        if mv is None:
+            raise ModelNotFound(
+                f"{UNKNOWN_MODEL}: '{self.name}' version {number} is not found; loaded: "
+                f"{self.ready_versions() or 'none'}"
+            )
+        if not mv.ready:
+            detail = f": {mv.reason}" if mv.reason else ""
+            raise Unavailable(
+                f"{UNKNOWN_MODEL}: '{self.name}' version {number} is not at ready state "
+                f"({mv.state.value}){detail}"
+            )
+        return mv
+
+    def not_ready_reason(self) -> str:
+        states = {v: mv.state.value for v, mv in self.versions.items()}
+        detail = f" ({self.reason})" if self.reason else ""
+        return (
+            f"{UNKNOWN_MODEL}: '{self.name}' has no available versions; versions: "
+            f"{states or 'none'}{detail}"
+        )
+
+    def described_by(self, version: str = "") -> ModelVersion:
+        """The version whose metadata and config describe the model: ``version``, else
+        the active one, else the newest ready one."""
+        if version:
+            number = parse_version(version)
+            if number not in self.versions:
+                raise ModelNotFound(f"{UNKNOWN_MODEL}: '{self.name}' version {number} is not found")
+            return self.versions[number]
+        active = self.router.active
+        if active is not None and active in self.versions:
+            return self.versions[active]
+        ready = self.ready_versions()
+        if ready:
+            return self.versions[ready[-1]]
+        raise Unavailable(self.not_ready_reason())
 
     def require_ready(self, version: int) -> ModelVersion:
         mv = self.versions.get(version)

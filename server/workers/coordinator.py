@@ -23,7 +23,8 @@ from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.server.control.statsum import sum_statistics
 from warpserve.server.control.wire import WORKER_SERVICE, ControlClient
 from warpserve.server.errors import InvalidInput, Unavailable, WarpserveError
-from warpserve.server.lifecycle.registry import check_rollout, parse_version
+from warpserve.server.lifecycle.registry import check_rollout
+from warpserve.server.lifecycle.served import parse_version
 from warpserve.server.repository import overrides
 from warpserve.server.repository.repository import ModelRepository
 

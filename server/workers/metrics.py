@@ -21,7 +21,8 @@ from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from warpserve.server.lifecycle.registry import ModelRegistry, RegistryEvents
+from warpserve.server.lifecycle.events import RegistryEvents
+from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.metrics import RegistryCollector
 
 # Each worker counts the same rollouts and rollbacks (every worker applies each change).
