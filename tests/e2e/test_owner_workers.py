@@ -18,14 +18,12 @@ from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import fp32_input, metric_value, metrics_text
 from tests.e2e.harness import ServerProcess, start_server
-from tests.e2e.test_workers import connect, per_worker
+from tests.e2e.test_workers import CHANNELS, ON_OWNER, clients_of, connect, per_worker
 from tests.models import affine_reference, write_affine
 
 pytestmark = pytest.mark.e2e
 
 OWNED, LOCAL = "gpu_like", "cpu"
-ON_OWNER = 'parameters { key: "warpserve.placement" value: { string_value: "owner" } }'
-CHANNELS = 8
 
 
 @pytest.fixture(scope="module")
@@ -67,19 +65,19 @@ def owner_pid(supervisor: int) -> int:
 
 def test_the_owned_model_is_loaded_and_counted_once(server: ServerProcess) -> None:
     before = per_worker(server.metrics_port)
-    clients = [connect(server.url) for _ in range(CHANNELS)]
-    for i, client in enumerate(clients):
-        assert client.is_model_ready(OWNED) and client.is_model_ready(LOCAL)
-        assert client.get_model_config(OWNED).config.name == OWNED
-        infer(client, OWNED, 2, i)
-        infer(client, LOCAL, 1, i)
-    after = per_worker(server.metrics_port)
+    with clients_of(server.url) as clients:
+        for i, client in enumerate(clients):
+            assert client.is_model_ready(OWNED) and client.is_model_ready(LOCAL)
+            assert client.get_model_config(OWNED).config.name == OWNED
+            infer(client, OWNED, 2, i)
+            infer(client, LOCAL, 1, i)
+        after = per_worker(server.metrics_port)
+        (owned,) = clients[0].get_inference_statistics(OWNED).model_stats
+        (local,) = clients[0].get_inference_statistics(LOCAL).model_stats
+        index = clients[0].get_model_repository_index().models
     assert len(before) == 2 and all(after[pid] > before[pid] for pid in before), after
-    (owned,) = clients[0].get_inference_statistics(OWNED).model_stats
-    (local,) = clients[0].get_inference_statistics(LOCAL).model_stats
     assert owned.inference_count == 2 * CHANNELS  # counted in the owner alone
     assert local.inference_count == CHANNELS  # summed over the two workers
-    index = clients[0].get_model_repository_index().models
     assert sorted(m.name for m in index) == [LOCAL, OWNED]
 
     def metric(model: str) -> float | None:
@@ -94,8 +92,6 @@ def test_the_owned_model_is_loaded_and_counted_once(server: ServerProcess) -> No
     log = server.log()
     assert log.count(f"model '{OWNED}' version 1 is ready") == 1  # loaded once
     assert log.count(f"model '{LOCAL}' version 1 is ready") == 2  # in each worker
-    for client in clients:
-        client.close()
 
 
 def test_a_killed_owner_is_unavailable_until_restarted(server: ServerProcess) -> None:

@@ -10,6 +10,7 @@ server's own per-process metric, ``warpserve_worker_requests{pid=...}``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -56,6 +57,16 @@ def infer(client: grpcclient.InferenceServerClient, seed: int) -> tuple[int, np.
     return version, x
 
 
+def infer_from_region(
+    client: grpcclient.InferenceServerClient, region: str, x: np.ndarray, scale: float
+) -> None:
+    """One request whose input ``x`` lies in the registered ``region``; checks the answer."""
+    inp = fp32_input(np.zeros((1, 4), np.float32))
+    inp.set_shared_memory(region, x.nbytes)
+    result = client.infer(MODEL, [inp])
+    assert np.allclose(result.as_numpy("OUTPUT0"), affine_reference(x, scale=scale), atol=1e-4)
+
+
 class Load(threading.Thread):
     """One connection sending back to back; records versions and failures."""
 
@@ -92,11 +103,24 @@ class Load(threading.Thread):
         self.join(60)
 
 
-def start_load(url: str, n: int = CHANNELS, *, until_refused: bool = False) -> list[Load]:
-    loads = [Load(url, seed, until_refused=until_refused) for seed in range(n)]
+@contextlib.contextmanager
+def loads_running(url: str, *, until_refused: bool = False) -> Iterator[list[Load]]:
+    """CHANNELS connections sending back to back until the block ends."""
+    loads = [Load(url, seed, until_refused=until_refused) for seed in range(CHANNELS)]
     for load in loads:
         load.start()
-    return loads
+    try:
+        yield loads
+    finally:
+        for load in loads:
+            load.finish()
+
+
+def progressed(loads: list[Load], by: int = 3) -> list[int]:
+    """Wait until every load has ``by`` more answers; returns their counts before."""
+    marks = [len(load.versions) for load in loads]
+    wait_until(lambda: all(len(ld.versions) >= m + by for ld, m in zip(loads, marks, strict=True)))
+    return marks
 
 
 def wait_until(check: object, timeout: float = 60.0) -> None:
@@ -104,6 +128,29 @@ def wait_until(check: object, timeout: float = 60.0) -> None:
     while not check():  # type: ignore[operator]
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def clients_of(url: str) -> Iterator[list[grpcclient.InferenceServerClient]]:
+    """CHANNELS clients, each on its own connection, closed when the block ends."""
+    clients = [connect(url) for _ in range(CHANNELS)]
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
+
+
+@contextlib.contextmanager
+def region_holding(x: np.ndarray) -> Iterator[shared_memory.SharedMemory]:
+    """A 4 KiB system shared-memory block holding ``x``, unlinked when the block ends."""
+    block = shared_memory.SharedMemory(create=True, size=4096)
+    try:
+        np.ndarray(x.shape, x.dtype, block.buf)[:] = x
+        yield block
+    finally:
+        block.close()
+        block.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -132,18 +179,18 @@ def test_requests_over_many_connections_are_counted_once_in_statistics_and_metri
 ) -> None:
     before = per_worker(workers.metrics_port)
     assert len(before) == 2, before  # two live workers, each its own pid
-    clients = [connect(workers.url) for _ in range(CHANNELS)]
-    sent = 0
-    for i, client in enumerate(clients):
-        assert client.is_server_ready() and client.is_model_ready(MODEL)
-        assert client.get_model_metadata(MODEL).name == MODEL
-        for j in range(5):
-            infer(client, i * 10 + j)
-            sent += 1
-    after = per_worker(workers.metrics_port)
+    with clients_of(workers.url) as clients:
+        sent = 0
+        for i, client in enumerate(clients):
+            assert client.is_server_ready() and client.is_model_ready(MODEL)
+            assert client.get_model_metadata(MODEL).name == MODEL
+            for j in range(5):
+                infer(client, i * 10 + j)
+                sent += 1
+        after = per_worker(workers.metrics_port)
+        (stats,) = clients[0].get_inference_statistics(MODEL, "1").model_stats
     assert all(after[pid] > before[pid] for pid in before), (before, after)  # both answered
     assert sum(after.values()) - sum(before.values()) == sent
-    (stats,) = clients[0].get_inference_statistics(MODEL, "1").model_stats
     total = sum(after.values())
     assert stats.inference_stats.success.count == total
     assert stats.inference_count == total  # one row each
@@ -157,28 +204,18 @@ def test_requests_over_many_connections_are_counted_once_in_statistics_and_metri
     assert metric_value(text, f"warpserve_request_duration_us_bucket{inf}") == total
     assert "# TYPE warpserve_request_duration_us histogram" in text
     assert "# TYPE nv_inference_request_success untyped" in text  # bare name, as one process
-    for client in clients:
-        client.close()
 
 
 def test_a_region_registered_through_one_connection_serves_every_worker(
     workers: ServerProcess,
 ) -> None:
-    block = shared_memory.SharedMemory(create=True, size=4096)
     x = np.arange(4, dtype=np.float32).reshape(1, 4) / 4
-    np.ndarray(x.shape, x.dtype, block.buf)[:] = x
-    clients = [connect(workers.url) for _ in range(CHANNELS)]
-    try:
+    with region_holding(x) as block, clients_of(workers.url) as clients:
         clients[0].register_system_shared_memory("io", "/" + block.name, block.size)
         before = per_worker(workers.metrics_port)
         for client in clients:
             for _ in range(3):
-                inp = fp32_input(np.zeros((1, 4), np.float32))
-                inp.set_shared_memory("io", x.nbytes)
-                result = client.infer(MODEL, [inp])
-                assert np.allclose(
-                    result.as_numpy("OUTPUT0"), affine_reference(x, scale=1.0), atol=1e-4
-                )
+                infer_from_region(client, "io", x, scale=1.0)
         after = per_worker(workers.metrics_port)
         assert all(after[pid] > before[pid] for pid in before), (before, after)
         status = clients[-1].get_system_shared_memory_status()
@@ -189,29 +226,17 @@ def test_a_region_registered_through_one_connection_serves_every_worker(
         for client in clients:  # gone everywhere
             with pytest.raises(Exception, match="not registered"):
                 client.infer(MODEL, [inp])
-    finally:
-        for client in clients:
-            client.close()
-        block.close()
-        block.unlink()
 
 
 def test_a_rollout_under_load_switches_every_worker_without_a_failed_request(
     workers: ServerProcess, repo: Path
 ) -> None:
-    loads = start_load(workers.url)
-    try:
-        wait_until(lambda: all(len(load.versions) >= 3 for load in loads))
+    with loads_running(workers.url) as loads:
+        progressed(loads)
         write_affine(repo, MODEL, (2,), config=False)
         rolled = cli(workers.url, "rollout", MODEL, "--version", "2")
         assert rolled.returncode == 0, rolled.stderr
-        mark = [len(load.versions) for load in loads]
-        wait_until(
-            lambda: all(len(ld.versions) >= m + 3 for ld, m in zip(loads, mark, strict=True))
-        )
-    finally:
-        for load in loads:
-            load.finish()
+        mark = progressed(loads)
     for load, m in zip(loads, mark, strict=True):
         assert load.errors == []
         assert set(load.versions[m:]) == {2}  # the rollout answered after every worker switched
@@ -229,76 +254,51 @@ def test_a_failed_load_fails_everywhere_and_the_old_version_keeps_serving(
     (repo / MODEL / "3" / "model.onnx").write_bytes(b"not an onnx model")
     failed = cli(workers.url, "rollout", MODEL, "--version", "3")
     assert failed.returncode == 1 and "load failed" in failed.stderr
-    clients = [connect(workers.url) for _ in range(CHANNELS)]
-    try:
+    with clients_of(workers.url) as clients:
         assert {infer(client, i)[0] for i, client in enumerate(clients)} == {2}
-    finally:
-        for client in clients:
-            client.close()
 
 
 def test_a_killed_worker_fails_only_its_calls_and_its_replacement_takes_the_state(
     workers: ServerProcess,
 ) -> None:
-    block = shared_memory.SharedMemory(create=True, size=4096)
     x = np.ones((1, 4), np.float32)
-    np.ndarray(x.shape, x.dtype, block.buf)[:] = x
-    with connect(workers.url) as client:
-        client.register_system_shared_memory("kept", "/" + block.name, block.size)
-    pids = set(per_worker(workers.metrics_port))
-    loads = start_load(workers.url)
-    try:
-        wait_until(lambda: all(len(load.versions) >= 3 for load in loads))
-        victim = min(pids)
-        os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: len(set(per_worker(workers.metrics_port)) - pids) == 1, 120)
-        wait_until(lambda: all(connect(workers.url).is_server_ready() for _ in range(3)), 60)
-        mark = [len(load.versions) for load in loads]
-        wait_until(
-            lambda: all(len(ld.versions) >= m + 3 for ld, m in zip(loads, mark, strict=True))
-        )
-    finally:
-        for load in loads:
-            load.finish()
-    failed = [e for load in loads for e in load.errors]
-    # Only the killed worker's connections see failures (its calls in flight, then
-    # calls while their channel reconnects), all UNAVAILABLE; the others see none.
-    assert all("UNAVAILABLE" in e for e in failed), failed[:5]
-    assert 0 < sum(1 for load in loads if load.errors) < CHANNELS
-    assert all(set(load.versions[-3:]) == {2} for load in loads)  # all serve v2 again
-    replacement = set(per_worker(workers.metrics_port)) - pids
-    assert len(replacement) == 1 and victim not in per_worker(workers.metrics_port)
-    clients = [connect(workers.url) for _ in range(CHANNELS)]
-    try:
-        before = per_worker(workers.metrics_port)
-        for client in clients:  # the region works on the replacement too
-            inp = fp32_input(np.zeros((1, 4), np.float32))
-            inp.set_shared_memory("kept", x.nbytes)
-            result = client.infer(MODEL, [inp])
-            assert np.allclose(
-                result.as_numpy("OUTPUT0"), affine_reference(x, scale=2.0), atol=1e-4
-            )
-        after = per_worker(workers.metrics_port)
-        (new,) = replacement
-        assert after[new] > before[new]
-        clients[0].unregister_system_shared_memory("kept")
-    finally:
-        for client in clients:
-            client.close()
-        block.close()
-        block.unlink()
+    with region_holding(x) as block:
+        with connect(workers.url) as client:
+            client.register_system_shared_memory("kept", "/" + block.name, block.size)
+        pids = set(per_worker(workers.metrics_port))
+        with loads_running(workers.url) as loads:
+            progressed(loads)
+            victim = min(pids)
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: len(set(per_worker(workers.metrics_port)) - pids) == 1, 120)
+            wait_until(lambda: all(connect(workers.url).is_server_ready() for _ in range(3)), 60)
+            progressed(loads)
+        failed = [e for load in loads for e in load.errors]
+        # Only the killed worker's connections see failures (its calls in flight, then
+        # calls while their channel reconnects), all UNAVAILABLE; the others see none.
+        assert all("UNAVAILABLE" in e for e in failed), failed[:5]
+        assert 0 < sum(1 for load in loads if load.errors) < CHANNELS
+        assert all(set(load.versions[-3:]) == {2} for load in loads)  # all serve v2 again
+        replacement = set(per_worker(workers.metrics_port)) - pids
+        assert len(replacement) == 1 and victim not in per_worker(workers.metrics_port)
+        with clients_of(workers.url) as clients:
+            before = per_worker(workers.metrics_port)
+            for client in clients:  # the region works on the replacement too
+                infer_from_region(client, "kept", x, scale=2.0)
+            after = per_worker(workers.metrics_port)
+            (new,) = replacement
+            assert after[new] > before[new]
+            clients[0].unregister_system_shared_memory("kept")
     assert "starting a replacement" in workers.log()
 
 
 def test_sigterm_answers_every_call_received_by_any_worker(tmp_path: Path, log_dir: Path) -> None:
     write_affine(tmp_path, MODEL, (1,))
     server = start_server(tmp_path, "--workers", "2", log_dir=log_dir)
-    loads = start_load(server.url, until_refused=True)
-    wait_until(lambda: all(len(load.versions) >= 3 for load in loads))
-    server.process.send_signal(signal.SIGTERM)
-    assert server.process.wait(60) == 0, server.log()
-    for load in loads:
-        load.finish()
+    with loads_running(server.url, until_refused=True) as loads:
+        progressed(loads)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(60) == 0, server.log()
     errors = [e for load in loads for e in load.errors]
     # Refused ("shutting down"), or (a connection idle past the last 100 ms) not
     # reached: never CANCELLED, nothing a worker received left unanswered.
@@ -316,8 +316,7 @@ def test_a_model_placed_on_the_owner_is_loaded_once_and_served_through_every_wor
     write_affine(tmp_path, MODEL, (1,))
     write_affine(tmp_path, "owned", (1,), extra=ON_OWNER)
     server = start_server(tmp_path, "--workers", "2", log_dir=log_dir)
-    clients = [connect(server.url) for _ in range(CHANNELS)]
-    try:
+    with clients_of(server.url) as clients:
         before = per_worker(server.metrics_port)
         for i, client in enumerate(clients):
             x = np.random.default_rng(i).uniform(-2, 2, (1, 4)).astype(np.float32)
@@ -328,9 +327,6 @@ def test_a_model_placed_on_the_owner_is_loaded_once_and_served_through_every_wor
         assert all(after[pid] > before[pid] for pid in before)  # through both workers
         (owned,) = clients[0].get_inference_statistics("owned", "1").model_stats
         assert owned.inference_stats.success.count == CHANNELS  # one copy counted them all
-    finally:
-        for client in clients:
-            client.close()
     assert server.stop() == 0, server.log()
     log = server.log()
     assert log.count("serves the owner-placed models") == 1  # one owner started

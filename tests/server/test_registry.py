@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.models import affine_model, affine_reference, write_affine, write_golden
+from tests.server.progress import GatedModel, until
 from warpserve.server.backends.onnxruntime import OnnxRuntimeInstance
 from warpserve.server.batching.executor import ModelInstance
 from warpserve.server.codec import InferRequest
@@ -82,15 +83,6 @@ async def infer(dp: DataPlane, *, version: str = "", rid: str = "", x: np.ndarra
     return mv.version
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Wait for progress made by other tasks (not for a race: those use hooks)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "timed out waiting for a condition"
-        await asyncio.sleep(0.002)
-
-
 def runs(sequence: list[int]) -> list[int]:
     """[1, 1, 2, 2, 1] -> [1, 2, 1]."""
     return [v for i, v in enumerate(sequence) if i == 0 or sequence[i - 1] != v]
@@ -120,20 +112,6 @@ class Client:
 async def progressed(clients: list[Client], by: int) -> None:
     marks = [len(c.versions) for c in clients]
     await until(lambda: all(len(c.versions) >= m + by for c, m in zip(clients, marks, strict=True)))
-
-
-class GatedModel:
-    """Wraps a model instance so that executions wait for ``gate`` (holds requests)."""
-
-    def __init__(self, inner: Any, gate: threading.Event) -> None:
-        self.inner, self.gate = inner, gate
-
-    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        assert self.gate.wait(20), "gate never opened"
-        return dict(self.inner.execute(inputs))
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 # --- hot swap under load ------------------------------------------------------------------

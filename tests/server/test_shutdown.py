@@ -27,6 +27,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.models import write_affine
+from tests.server.progress import until
 from tests.server.test_admin import answer_version, code_of, request, serving
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
@@ -53,15 +54,6 @@ def batcher(running: RunningServer) -> DynamicBatcher:
     loaded = version(running).batcher
     assert loaded is not None, "the version is not loaded"
     return loaded
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Wait for progress made by other tasks (not for a race: those are held open)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "timed out waiting for a condition"
-        await asyncio.sleep(0.002)
 
 
 class GatedModel:

@@ -5,10 +5,9 @@ shared memory, which these cross for real)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from tests.models import affine_reference, write_affine
+from tests.server.progress import GatedModel
+from warpserve.server.batching.batcher import DynamicBatcher
 from warpserve.server.codec import InferRequest
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.lifecycle.registry import ModelRegistry
@@ -34,6 +35,17 @@ ON_THREADS = 'parameters { key: "execution" value: { string_value: "thread" } }'
 
 def version(owner: RunningOwner, number: int = 1) -> ModelVersion:
     return owner.registry.models[MODEL].versions[number]
+
+
+def owner_batcher(owner: RunningOwner) -> DynamicBatcher:
+    loaded = version(owner).batcher
+    assert loaded is not None, "the version is not loaded"
+    return loaded
+
+
+def placed_registry(repo: Path, side: str) -> ModelRegistry:
+    """A registry of the models placed on ``side`` (LOCAL: a frontend's, OWNER: the owner's)."""
+    return ModelRegistry(PlacedRepository(ModelRepository(repo), side))
 
 
 @dataclass
@@ -56,7 +68,7 @@ async def stop_owner(owner: RunningOwner) -> None:
 
 
 async def start_frontend(repo: Path, socket_dir: Path, **kw: Any) -> Frontend:
-    registry = ModelRegistry(PlacedRepository(ModelRepository(repo), LOCAL))
+    registry = placed_registry(repo, LOCAL)
     proxy = OwnerProxy(socket_dir / process.DATA_SOCKET, {MODEL}, **kw)
     await proxy.start()
     await proxy.wait_connected(10)
@@ -95,34 +107,9 @@ async def infer(frontend: Frontend, x: np.ndarray, **kw: Any) -> np.ndarray:
     return outputs["OUTPUT0"]
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Wait for progress made by other tasks or processes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "timed out waiting for a condition"
-        await asyncio.sleep(0.002)
-
-
-class GatedModel:
-    """Executions wait for ``gate``: holds a batch running while others queue."""
-
-    def __init__(self, inner: Any, gate: threading.Event) -> None:
-        self.inner, self.gate = inner, gate
-
-    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        assert self.gate.wait(20), "gate never opened"
-        return dict(self.inner.execute(inputs))
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def gate(owner: RunningOwner) -> threading.Event:
     """Hold the owner's executions until the returned event is set."""
-    batcher = version(owner).batcher
-    assert batcher is not None
     opened = threading.Event()
-    for executor in batcher.executors:
+    for executor in owner_batcher(owner).executors:
         executor.instance = GatedModel(executor.instance, opened)
     return opened

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.models import write_affine
+from tests.server.owner.harness import ON_OWNER, placed_registry
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.errors import ModelLoadError, ModelNotFound
 from warpserve.server.owner.arena import ALIGN, Allocator, Arena
@@ -95,10 +96,14 @@ def test_gpu_models_go_to_the_owner_when_a_gpu_is_present(
     assert placement(_config(text + "instance_group [{ kind: KIND_CPU }]")) == LOCAL
 
 
+def write_both_sides(repo: Path) -> None:
+    """A model placed on the owner ("gpu_like") and one each frontend loads ("cpu")."""
+    write_affine(repo, "gpu_like", extra=ON_OWNER)
+    write_affine(repo, "cpu")
+
+
 def test_each_side_sees_its_own_models(tmp_path: Path) -> None:
-    param = 'parameters { key: "warpserve.placement" value { string_value: "owner" } }'
-    write_affine(tmp_path, "gpu_like", extra=param)
-    write_affine(tmp_path, "cpu")
+    write_both_sides(tmp_path)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.pbtxt").write_text("max_batch_sise: 3")
     repository = ModelRepository(tmp_path)
@@ -110,15 +115,11 @@ def test_each_side_sees_its_own_models(tmp_path: Path) -> None:
 def test_a_side_never_loads_the_others_models(tmp_path: Path) -> None:
     import asyncio
 
-    from warpserve.server.lifecycle.registry import ModelRegistry
-
-    param = 'parameters { key: "warpserve.placement" value { string_value: "owner" } }'
-    write_affine(tmp_path, "gpu_like", extra=param)
-    write_affine(tmp_path, "cpu")
+    write_both_sides(tmp_path)
 
     async def main() -> None:
-        frontend = ModelRegistry(PlacedRepository(ModelRepository(tmp_path), LOCAL))
-        owner = ModelRegistry(PlacedRepository(ModelRepository(tmp_path), OWNER))
+        frontend = placed_registry(tmp_path, LOCAL)
+        owner = placed_registry(tmp_path, OWNER)
         try:
             with pytest.raises(ModelNotFound, match="served by the model owner"):
                 await frontend.load("gpu_like")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.owner.harness import Frontend, infer, rows, until, write_repo
+from tests.server.owner.harness import Frontend, infer, rows, write_repo
+from tests.server.progress import until
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import Unavailable
 from warpserve.server.lifecycle.registry import ModelRegistry

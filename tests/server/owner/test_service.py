@@ -18,14 +18,15 @@ from tests.server.owner.harness import (
     gate,
     infer,
     owner_and_frontends,
+    owner_batcher,
     rows,
     start_frontend,
     start_owner,
     stop_owner,
-    until,
     version,
     write_repo,
 )
+from tests.server.progress import until
 from warpserve.server.codec import InferRequest
 from warpserve.server.errors import (
     BackendError,
@@ -43,8 +44,7 @@ def test_requests_of_two_frontends_meet_in_one_batch(tmp_path: Path) -> None:
 
     async def main() -> None:
         async with owner_and_frontends(tmp_path / "repo") as (owner, (a, b)):
-            batcher = version(owner).batcher
-            assert batcher is not None
+            batcher = owner_batcher(owner)
             opened = gate(owner)
             first = asyncio.create_task(infer(a, rows(1, 0)))
             await until(lambda: batcher.in_flight == 1 and not batcher.queued)
@@ -149,8 +149,7 @@ def test_errors_cross_with_their_status(tmp_path: Path) -> None:
             assert _code(missing.value) is grpc.StatusCode.NOT_FOUND
             opened = gate(owner)
             running = asyncio.create_task(infer(a, rows(1, 1)))
-            batcher = version(owner).batcher
-            assert batcher is not None
+            batcher = owner_batcher(owner)
             await until(lambda: batcher.in_flight == 1)
             timed = InferRequest(
                 MODEL, "", "", {"INPUT0": rows(1, 2)}, parameters={"timeout": 1000}
@@ -184,8 +183,7 @@ def test_model_error_is_internal_for_that_request(tmp_path: Path) -> None:
 
     async def main() -> None:
         async with owner_and_frontends(tmp_path / "repo") as (owner, (a, _)):
-            batcher = version(owner).batcher
-            assert batcher is not None
+            batcher = owner_batcher(owner)
             healthy = batcher.executors[0].instance
             batcher.executors[0].instance = Raising()
             with pytest.raises(BackendError, match="the model broke") as broke:
@@ -202,8 +200,7 @@ def test_cancelled_request_leaves_the_owners_queue(tmp_path: Path) -> None:
 
     async def main() -> None:
         async with owner_and_frontends(tmp_path / "repo", inline_below=0) as (owner, (a, b)):
-            batcher = version(owner).batcher
-            assert batcher is not None
+            batcher = owner_batcher(owner)
             opened = gate(owner)
             running = asyncio.create_task(infer(a, rows(1, 1)))
             await until(lambda: batcher.in_flight == 1)
@@ -232,8 +229,7 @@ def test_owner_loss_is_unavailable_until_it_returns(tmp_path: Path) -> None:
         try:
             await infer(frontend, rows(1, 0))
             opened = gate(owner)
-            batcher = version(owner).batcher
-            assert batcher is not None
+            batcher = owner_batcher(owner)
             in_flight = asyncio.create_task(infer(frontend, rows(1, 1)))
             await until(lambda: batcher.in_flight == 1)
             for connection in list(owner.service.connections):
@@ -263,8 +259,7 @@ def test_a_fallback_in_the_owner_answers_with_its_parameters(tmp_path: Path) -> 
 
     async def main() -> None:
         async with owner_and_frontends(repo, count=1) as (owner, (a,)):
-            batcher = version(owner).batcher
-            assert batcher is not None
+            batcher = owner_batcher(owner)
             batcher.executors[0].instance = Raising()
             request = InferRequest(MODEL, "", "", {"INPUT0": rows(1, 0)})
             answered, outputs = await a.dataplane.infer(request)
