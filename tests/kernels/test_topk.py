@@ -81,6 +81,34 @@ def test_triton_over_several_item_blocks(shape: tuple[int, int, int, int], block
     assert_close(scores, want_scores, 1e-4, 1e-4)
 
 
+def test_numba_over_several_tiles_of_users_and_items() -> None:
+    from warpserve.kernels.topk_numba import tile_shape
+
+    users, items, bias = _inputs(300, 1023, 64, "float32")
+    block, chunk = tile_shape(300, 64)
+    assert block < 300 and chunk < 1023  # the shape really spans several tiles each way
+    want = score_topk(users, items, 10, "numpy", bias)
+    got = score_topk(users, items, 10, "numba", bias)
+    np.testing.assert_array_equal(got[1], want[1])
+    assert_close(got[0], want[0], 1e-4, 1e-4)
+
+
+def test_numba_every_item_entering_the_heap() -> None:
+    # Scores rising with the id: each item beats the root, the worst case of the scan.
+    items = np.ascontiguousarray(np.linspace(0, 1, 2000, dtype=np.float32)[:, None])
+    scores, ids = score_topk(np.ones((2, 1), np.float32), items, 7, "numba")
+    np.testing.assert_array_equal(ids, [np.arange(1999, 1992, -1)] * 2)
+    np.testing.assert_array_equal(scores, items[ids[:, :], 0])
+
+
+def test_numba_ties_across_tiles_rank_the_lower_id_first() -> None:
+    # Every score equal, over several item chunks and (with two threads) two tasks.
+    items = np.ones((20_000, 4), np.float32)
+    scores, ids = score_topk(np.ones((3, 4), np.float32), items, 5, "numba")
+    np.testing.assert_array_equal(scores, np.full((3, 5), 4.0))
+    np.testing.assert_array_equal(ids, [np.arange(5)] * 3)
+
+
 def test_numba_parallel_path_over_many_items() -> None:
     users, items, bias = _inputs(4, 40_001, 16, "float32")  # several tasks of 8192 items
     want = score_topk(users, items, 17, "numpy", bias)

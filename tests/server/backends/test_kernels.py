@@ -100,6 +100,30 @@ def test_a_scoring_plan_returns_the_best_items(tmp_path: Path) -> None:
     np.testing.assert_allclose(out["SCORES"], np.take_along_axis(full, want, 1), atol=1e-4)
 
 
+def test_a_batch_the_prepared_scorer_cannot_take_goes_to_score_topk(tmp_path: Path) -> None:
+    # A plan that scores its input directly: a C-ordered batch runs on the prepared
+    # Numba scorer; a Fortran-ordered one goes through `score_topk`, whose refusal
+    # names the argument.
+    plan, weights = topk_plan()
+    plan = Plan(PlanTensor("USER", "FP32", (8,)), plan.steps[1:], plan.outputs)
+    write_plan(tmp_path, plan, weights)
+    instance = _load(tmp_path)
+    user = np.random.default_rng(4).standard_normal((5, 8)).astype(np.float32)
+    full = user @ weights["items"].T + weights["popularity"]
+    want = np.argsort(-full, axis=1)[:, :5]
+    np.testing.assert_array_equal(instance.execute({"USER": user})["ITEM_IDS"], want)
+    with pytest.raises(InvalidInput, match=r"steps\[0\] \(score_topk\): users: must be C-"):
+        instance.execute({"USER": np.asfortranarray(user)})
+
+
+def test_items_that_do_not_fit_the_users_fail_the_load(tmp_path: Path) -> None:
+    plan, weights = topk_plan()
+    weights["items"] = weights["items"][:, :7]
+    write_plan(tmp_path, plan, weights)
+    with pytest.raises(ModelLoadError, match=r"steps\[1\] \(score_topk\): .*7"):
+        _load(tmp_path)
+
+
 def test_a_preprocessing_plan_takes_uint8_images(tmp_path: Path) -> None:
     plan = Plan(
         PlanTensor("IMAGE", "UINT8", (10, 12, 3)),
