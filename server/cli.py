@@ -146,6 +146,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "overhead) or the standard library's; auto takes uvloop when it is installed",
     )
     p.add_argument(
+        "--grpc-frontend",
+        choices=("auto", "native", "python"),
+        default="auto",
+        help="what runs the gRPC port: native (gRPC's C++ server; HTTP/2 and framing on its "
+        "own threads, the services on the event loop, which wakes once per group of "
+        "requests), python (grpcio's asyncio server), or auto: native where warpserve was "
+        "built with it (it needs gRPC's C++ library at install time: libgrpc++-dev)",
+    )
+    p.add_argument(
         "--busy-poll-us",
         type=non_negative_int,
         default=None,
@@ -214,6 +223,7 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         grpc_tls=tls.from_args(args, "grpc"),
         http_tls=tls.from_args(args, "http"),
         workers=args.workers,
+        grpc_frontend=args.grpc_frontend,
     )
 
 

@@ -38,3 +38,6 @@ class ServerOptions:
     reuse_port: bool = False
     # Set in each worker when a model owner runs: where its sockets are (server/owner).
     owner_socket_dir: Path | None = None
+    # The gRPC port's server: "native" (gRPC's C++ server, server/native), "python"
+    # (grpcio's asyncio server), or "auto": native where it was built.
+    grpc_frontend: str = "auto"

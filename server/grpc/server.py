@@ -34,6 +34,10 @@ from warpserve.server.inflight import CALL, STREAM, STREAM_REQUEST, InFlight
 from warpserve.server.lifecycle.poller import RepositoryPoller
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.metrics import serve_metrics
+from warpserve.server.native.transport import MISSING as NATIVE_MISSING
+from warpserve.server.native.transport import NativeServer
+from warpserve.server.native.transport import available as native_available
+from warpserve.server.native.transport import grpc_version as native_version
 from warpserve.server.options import ServerOptions
 from warpserve.server.ports import check_ports, unavailable
 from warpserve.server.repository.repository import ModelRepository
@@ -45,6 +49,9 @@ if TYPE_CHECKING:
     from warpserve.server.owner.launcher import OwnerLink
 
 log = logging.getLogger("warpserve")
+
+# What runs the gRPC port: gRPC's C++ server (server/native) or grpcio's asyncio server.
+GrpcServer = grpc.aio.Server | NativeServer
 
 
 # After the exit timeout, how long the UNAVAILABLE answers of what was cut off get to
@@ -65,7 +72,7 @@ class RunningServer:
     options: ServerOptions
     registry: ModelRegistry
     dataplane: DataPlane
-    grpc_server: grpc.aio.Server
+    grpc_server: GrpcServer
     health: HealthReporter
     grpc_port: int
     metrics_port: int = 0
@@ -235,7 +242,7 @@ async def start_server(
     LatencyGuard(registry, rollback=control.guard_rollback)
     dataplane = DataPlane(registry, poller, owner=owner.proxy if owner is not None else None)
     health = HealthReporter()
-    server = grpc.aio.server(options=_grpc_options(options))
+    server = _grpc_server(options)
     if shm.allowed:
         log.info("client shared memory: on (--allow-client-shm); regions map from %s", shm.root)
     server_api = ServerApi(dataplane, registry, shm, control)
@@ -265,6 +272,13 @@ async def start_server(
         port = _bind_grpc(server, options)
         http_socket = _bind_http(options)
     await server.start()
+    if isinstance(server, NativeServer):  # binds as it starts
+        port = server.port
+        if not port:
+            raise unavailable(
+                options.grpc_address, options.grpc_port, "--grpc-port", "gRPC",
+                OSError("bind failed"),
+            )
     running = RunningServer(options, registry, dataplane, server, health, port)
     running.owner = owner
     running._metrics, running.metrics_port = metrics, metrics_port
@@ -300,9 +314,29 @@ async def start_server(
     return running
 
 
-def _bind_grpc(server: grpc.aio.Server, options: ServerOptions) -> int:
+def _grpc_server(options: ServerOptions) -> GrpcServer:
+    """The gRPC port's server: the native frontend where it was built (or asked for)."""
+    choice = options.grpc_frontend
+    if choice == "native" or (choice == "auto" and native_available()):
+        if not native_available():
+            raise RuntimeError(f"--grpc-frontend native: {NATIVE_MISSING}")
+        log.info("gRPC frontend: native (gRPC C++ %s)", native_version())
+        return NativeServer(
+            receive_ceiling(options.max_message_bytes),
+            options.max_message_bytes,
+            options.reuse_port,
+        )
+    if choice == "auto":
+        log.info("gRPC frontend: python (grpcio asyncio); %s", NATIVE_MISSING)
+    return grpc.aio.server(options=_grpc_options(options))
+
+
+def _bind_grpc(server: GrpcServer, options: ServerOptions) -> int:
     address, port = options.grpc_address, options.grpc_port
     target = f"{address}:{port}"
+    if isinstance(server, NativeServer):
+        server.listen(target, options.grpc_tls)
+        return port  # known once it starts
     try:
         if options.grpc_tls is None:
             bound = server.add_insecure_port(target)
@@ -336,7 +370,7 @@ def _start_metrics(registry: ModelRegistry, options: ServerOptions) -> tuple[Any
 
 
 def _add_admin(
-    server: grpc.aio.Server,
+    server: GrpcServer,
     registry: ModelRegistry,
     options: ServerOptions,
     control: ControlPlane,

@@ -1,0 +1,362 @@
+"""The gRPC port on gRPC's C++ server, with the services in Python.
+
+``NativeServer`` stands where ``grpc.aio.Server`` stands: the generated
+``add_*_to_server`` functions register their method handlers with it, and the handlers
+run unchanged on the asyncio loop with a servicer context that offers what they use
+(``abort``, ``time_remaining``, ``invocation_metadata``, ``add_done_callback``, ``write``).
+What differs is below them: HTTP/2, TLS, flow control and message framing run on the C++
+server's own threads (``frontend.cpp``), and the loop wakes once for every group of
+events that arrived meanwhile instead of once per request, without grpcio's per-call
+machinery. On a busy port that is where a Python gRPC server spent most of its time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, NamedTuple
+
+import grpc
+
+from warpserve.server.tls import TlsSettings
+
+log = logging.getLogger("warpserve")
+
+try:
+    from warpserve.server.native import _frontend
+except ImportError as exc:  # built only where gRPC's C++ library was found
+    _frontend = None  # type: ignore[assignment]
+    MISSING = (
+        f"the native gRPC frontend is not built ({exc}); install gRPC's C++ library "
+        "(Debian/Ubuntu: apt-get install libgrpc++-dev pkg-config g++) and reinstall warpserve"
+    )
+else:
+    MISSING = ""
+
+OK = grpc.StatusCode.OK.value[0]
+CANCELLED = grpc.StatusCode.CANCELLED.value[0]
+UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
+UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
+
+
+def available() -> bool:
+    return _frontend is not None
+
+
+def grpc_version() -> str:
+    return "" if _frontend is None else str(_frontend.GRPC_VERSION)
+
+
+class _Abort(grpc.aio.AbortError):
+    """What ``context.abort`` raises: the call ends with this status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, details)
+        self.code = code
+        self.details = details
+
+
+class _Details(NamedTuple):
+    """What a generic handler is asked about (grpc.HandlerCallDetails' fields)."""
+
+    method: str
+    invocation_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+class Context:
+    """The servicer context a handler gets for one call."""
+
+    __slots__ = (
+        "_callbacks",
+        "_deadline",
+        "_metadata",
+        "_serialize",
+        "_server",
+        "_writable",
+        "cancelled_by_client",
+        "code",
+        "details",
+        "id",
+        "messages",
+        "task",
+    )
+
+    def __init__(
+        self,
+        server: NativeServer,
+        call_id: int,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str | bytes], ...],
+        serialize: Callable[[Any], bytes] | None,
+    ) -> None:
+        self._server = server
+        self.id = call_id
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._metadata = metadata
+        self._serialize = serialize
+        self._callbacks: list[Callable[[Context], None]] = []
+        self._writable: asyncio.Future[None] | None = None
+        self.messages: asyncio.Future[bytes | None] | None = None  # the read in progress
+        self.task: asyncio.Task[None] | None = None
+        self.cancelled_by_client = False
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
+    # --- what grpc.aio.ServicerContext offers and the handlers use ---
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: object = ()
+    ) -> None:
+        raise _Abort(code, details)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def add_done_callback(self, callback: Callable[[Context], None]) -> None:
+        self._callbacks.append(callback)
+
+    def cancelled(self) -> bool:
+        return self.cancelled_by_client
+
+    def peer(self) -> str:
+        return ""
+
+    async def write(self, message: Any) -> None:
+        """Send one message of a streamed answer; waits while many are queued."""
+        data = self._serialize(message) if self._serialize is not None else message
+        frontend = self._server.frontend
+        if frontend.write(self.id, data) >= _frontend.HIGH_WRITES:
+            self._writable = asyncio.get_running_loop().create_future()
+            await self._writable
+
+    async def read(self) -> bytes | None:
+        """The next message of a streamed request (raw), None once the client is done."""
+        self.messages = asyncio.get_running_loop().create_future()
+        self._server.frontend.read(self.id)
+        return await self.messages
+
+    # --- events from the frontend ---
+    def _wake_writer(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def _ended(self) -> None:
+        self._wake_writer()
+        if self.messages is not None and not self.messages.done():
+            self.messages.set_result(None)
+        for callback in self._callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("done callback of a gRPC call failed")
+
+
+class _Requests:
+    """The async iterator a stream-request handler reads its messages from."""
+
+    __slots__ = ("_context", "_deserialize")
+
+    def __init__(self, context: Context, deserialize: Callable[[bytes], Any] | None) -> None:
+        self._context = context
+        self._deserialize = deserialize
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    async def __anext__(self) -> Any:
+        data = await self._context.read()
+        if data is None:
+            raise StopAsyncIteration
+        return self._deserialize(data) if self._deserialize is not None else data
+
+
+class NativeServer:
+    """A gRPC server on the C++ frontend, registered with and run like grpc.aio's."""
+
+    def __init__(self, max_receive: int, max_send: int, reuse_port: bool) -> None:
+        if _frontend is None:
+            raise RuntimeError(MISSING)
+        self._max_receive = max_receive
+        self._max_send = max_send
+        self._reuse_port = reuse_port
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._generic: list[Any] = []
+        self._target: str | None = None
+        self._tls: TlsSettings | None = None
+        self._calls: dict[int, Context] = {}
+        self.frontend: Any = None
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future[None] | None = None
+
+    # --- registration, as generated code does it on grpc.aio.Server ---
+    def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None:
+        self._generic.extend(handlers)
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        for name, handler in handlers.items():
+            self._handlers[f"/{service}/{name}"] = handler
+
+    def listen(self, target: str, tls: TlsSettings | None = None) -> None:
+        """Where start() will take calls (one address, as every server here has)."""
+        self._target, self._tls = target, tls
+
+    async def start(self) -> int:
+        """Bind and start taking calls; returns the port (0: the bind failed)."""
+        assert self._target is not None, "listen() first"
+        streaming = [m for m, h in self._handlers.items() if h.request_streaming]
+        self.frontend = _frontend.Frontend(streaming)
+        tls = self._tls
+        self.port = self.frontend.start(
+            self._target,
+            self._max_receive,
+            self._max_send,
+            self._reuse_port,
+            private_key=None if tls is None else tls.private_key,
+            cert_chain=None if tls is None else tls.cert_chain,
+            root_certs=None if tls is None or tls.root_certs is None else tls.root_certs,
+            mutual=tls is not None and tls.mutual,
+        )
+        if self.port:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self.frontend.fileno(), self._on_events)
+        return self.port
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop taking calls; those in progress get until ``grace`` to be answered."""
+        if self.frontend is None or self._loop is None:
+            return
+        if self._stopped is None:
+            self._stopped = self._loop.create_future()
+            try:
+                await asyncio.to_thread(self.frontend.shutdown, grace or 0.0)
+            finally:
+                self._on_events()  # the last calls' ends
+                self._loop.remove_reader(self.frontend.fileno())
+                self._stopped.set_result(None)
+        await self._stopped
+
+    # --- events ---
+    def _on_events(self) -> None:
+        calls = self._calls
+        for event in self.frontend.drain():
+            kind, call_id = event[0], event[1]
+            if kind == 0:  # CALL
+                self._begin(call_id, event[2], event[3], event[4], event[5])
+                continue
+            context = calls.get(call_id)
+            if context is None:
+                continue
+            if kind == 1 or kind == 2:  # MESSAGE, HALF_CLOSE
+                waiter = context.messages
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(event[2] if kind == 1 else None)
+            elif kind == 3:  # CANCELLED
+                context.cancelled_by_client = True
+                if context.task is not None and not context.task.done():
+                    context.task.cancel()
+            elif kind == 4:  # DONE
+                del calls[call_id]
+                context._ended()
+            elif kind == 5:  # WRITABLE
+                context._wake_writer()
+
+    def _handler(self, method: str, metadata: tuple[Any, ...]) -> grpc.RpcMethodHandler | None:
+        handler = self._handlers.get(method)
+        if handler is None:
+            for generic in self._generic:
+                handler = generic.service(_Details(method, metadata))
+                if handler is not None:
+                    self._handlers[method] = handler
+                    break
+        return handler
+
+    def _begin(
+        self,
+        call_id: int,
+        method: str,
+        payload: bytes | None,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str | bytes], ...],
+    ) -> None:
+        handler = self._handler(method, metadata)
+        if handler is None:
+            self.frontend.finish(call_id, UNIMPLEMENTED, "Method not found!")
+            return
+        context = Context(self, call_id, timeout, metadata, handler.response_serializer)
+        self._calls[call_id] = context
+        assert self._loop is not None
+        context.task = self._loop.create_task(self._run(handler, context, payload))
+
+    async def _run(
+        self, handler: grpc.RpcMethodHandler, context: Context, payload: bytes | None
+    ) -> None:
+        frontend = self.frontend
+        try:
+            reply = await self._answer(handler, context, payload)
+        except _Abort as abort:
+            frontend.finish(context.id, abort.code.value[0], abort.details)
+        except asyncio.CancelledError:
+            frontend.finish(context.id, CANCELLED, "cancelled")
+        except Exception as exc:
+            log.exception("gRPC handler for call %d failed", context.id)
+            frontend.finish(context.id, UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+        else:
+            code = OK if context.code is None else context.code.value[0]
+            if code != OK:
+                frontend.finish(context.id, code, context.details)
+            else:
+                frontend.finish(context.id, OK, "", reply)
+
+    async def _answer(
+        self, handler: grpc.RpcMethodHandler, context: Context, payload: bytes | None
+    ) -> bytes | None:
+        """The handler's answer, serialized (None: its messages were written)."""
+        parse = handler.request_deserializer
+        if handler.request_streaming:
+            requests: Any = _Requests(context, parse)
+        else:
+            assert payload is not None
+            requests = parse(payload) if parse is not None else payload
+        if handler.unary_unary is not None:
+            return _serialized(handler, await handler.unary_unary(requests, context))
+        if handler.stream_unary is not None:
+            return _serialized(handler, await handler.stream_unary(requests, context))
+        behaviour = handler.unary_stream or handler.stream_stream
+        assert behaviour is not None
+        result = behaviour(requests, context)
+        if inspect.isasyncgen(result):
+            await _write_all(result, context)
+        else:
+            await result
+        return None
+
+    def open_calls(self) -> int:
+        return len(self._calls)
+
+
+def _serialized(handler: grpc.RpcMethodHandler, response: Any) -> bytes | None:
+    if response is None:
+        return None
+    serialize = handler.response_serializer
+    return serialize(response) if serialize is not None else response
+
+
+async def _write_all(messages: AsyncIterator[Any], context: Context) -> None:
+    async for message in messages:
+        await context.write(message)
