@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("warpserve")
 
 # What runs the gRPC port: gRPC's C++ server (server/native) or grpcio's asyncio server.
-GrpcServer = grpc.aio.Server | NativeServer
+GrpcServer: TypeAlias = grpc.aio.Server | NativeServer
 
 
 # After the exit timeout, how long the UNAVAILABLE answers of what was cut off get to
@@ -276,7 +276,10 @@ async def start_server(
         port = server.port
         if not port:
             raise unavailable(
-                options.grpc_address, options.grpc_port, "--grpc-port", "gRPC",
+                options.grpc_address,
+                options.grpc_port,
+                "--grpc-port",
+                "gRPC",
                 OSError("bind failed"),
             )
     running = RunningServer(options, registry, dataplane, server, health, port)
@@ -335,7 +338,10 @@ def _bind_grpc(server: GrpcServer, options: ServerOptions) -> int:
     address, port = options.grpc_address, options.grpc_port
     target = f"{address}:{port}"
     if isinstance(server, NativeServer):
-        server.listen(target, options.grpc_tls)
+        try:
+            server.listen(address, port, options.grpc_tls)
+        except OSError as exc:  # taken since check_ports looked
+            raise unavailable(address, port, "--grpc-port", "gRPC", exc) from None
         return port  # known once it starts
     try:
         if options.grpc_tls is None:

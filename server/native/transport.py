@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, NamedTuple
@@ -196,6 +197,7 @@ class NativeServer:
         self._generic: list[Any] = []
         self._target: str | None = None
         self._tls: TlsSettings | None = None
+        self._hold: socket.socket | None = None
         self._calls: dict[int, Context] = {}
         self.frontend: Any = None
         self.port = 0
@@ -212,9 +214,26 @@ class NativeServer:
         for name, handler in handlers.items():
             self._handlers[f"/{service}/{name}"] = handler
 
-    def listen(self, target: str, tls: TlsSettings | None = None) -> None:
-        """Where start() will take calls (one address, as every server here has)."""
-        self._target, self._tls = target, tls
+    def listen(self, address: str, port: int, tls: TlsSettings | None = None) -> None:
+        """Where start() will take calls (one address, as every server here has).
+
+        The C++ server binds only as it starts, once the models are loaded; a given port
+        is held from now on (bound, not listening, so no connection waits on it) by a
+        socket that lets the server's own bind through (SO_REUSEPORT: same user only),
+        so a port taken meanwhile fails here, before any model loads. Raises OSError."""
+        if port and not self._reuse_port:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            hold = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                hold.bind((address.strip("[]"), port))
+            except OSError:
+                hold.close()
+                raise
+            self._hold = hold
+        host = f"[{address.strip('[]')}]" if ":" in address else address
+        self._target, self._tls = f"{host}:{port}", tls
 
     async def start(self) -> int:
         """Bind and start taking calls; returns the port (0: the bind failed)."""
@@ -226,12 +245,15 @@ class NativeServer:
             self._target,
             self._max_receive,
             self._max_send,
-            self._reuse_port,
+            self._reuse_port or self._hold is not None,
             private_key=None if tls is None else tls.private_key,
             cert_chain=None if tls is None else tls.cert_chain,
             root_certs=None if tls is None or tls.root_certs is None else tls.root_certs,
             mutual=tls is not None and tls.mutual,
         )
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
         if self.port:
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self.frontend.fileno(), self._on_events)
