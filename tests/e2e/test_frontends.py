@@ -47,7 +47,7 @@ def test_unary_inference_and_errors(frontend_server: ServerProcess) -> None:
         x = rows(3, seed=5)
         result = client.infer(AFFINE, [fp32_input(x)])
         np.testing.assert_allclose(result.as_numpy("OUTPUT0"), reference(x), rtol=1e-5)
-        with pytest.raises(Exception, match="unknown model|not known"):
+        with pytest.raises(Exception, match=r"unknown model|not known"):
             client.infer("no_such_model", [fp32_input(x)])
         assert client.is_server_ready()
 
@@ -55,7 +55,7 @@ def test_unary_inference_and_errors(frontend_server: ServerProcess) -> None:
 def test_deadline_exceeded(frontend_server: ServerProcess) -> None:
     with grpcclient.InferenceServerClient(frontend_server.url) as client:
         x = np.ones((1, 4), np.float32)
-        with pytest.raises(Exception, match="(?i)deadline"):
+        with pytest.raises(Exception, match=r"(?i)deadline"):
             client.infer(SLEEPY, [fp32_input(x)], client_timeout=0.001)
         client.infer(AFFINE, [fp32_input(x)])  # still serving
 

@@ -312,9 +312,9 @@ def test_a_held_port_is_the_one_the_server_takes() -> None:
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 assert await _unary(channel, "Echo")(b"held") == b"held"
-            with socket.socket() as late:  # once started, the port is taken for others
-                with pytest.raises(OSError):
-                    late.bind(("127.0.0.1", port))
+            # Once started, the port is taken for others.
+            with socket.socket() as late, pytest.raises(OSError):
+                late.bind(("127.0.0.1", port))
         finally:
             await server.stop(0)
 
