@@ -5,7 +5,8 @@
    same load generator), the whole curve side by side (see curve.py), with warpserve's
    queue time per request and requests per execution from its ModelStatistics.
    Reports throughput(ours)/throughput(ceiling) at 64 and p50(ours)/p50(ceiling) at 1
-   also against the uvloop ceiling and for warpserve without busy polling, and our p99
+   also against the uvloop ceiling, for warpserve without busy polling and with the
+   python gRPC frontend (--grpc-frontend python), and our p99
    at the highest load.
 2. ResNet-18 at 224x224, 8 concurrent batch-1 requests: warpserve images/s against ONNX
    Runtime run in-process at its best batch size among 1, 2, 4, 8, in runs that alternate
@@ -50,6 +51,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 FRAUD_MODEL = "fraud_scorer"
 RESNET_MODEL = "resnet18"
 NO_POLL = "no-busy-poll"  # warpserve with --busy-poll-us 0: the loop sleeps when idle
+# warpserve with grpcio's asyncio server on its gRPC port instead of the native frontend.
+PY_FRONTEND = "python-frontend"
 
 
 # ------------------------------------------------------------------ processes
@@ -127,7 +130,7 @@ def bench_fraud(
     # The uvloop ceiling only where uvloop is installed (warpserve then runs on it too).
     with_uvloop = importlib.util.find_spec("uvloop") is not None
     ceilings = ["ceiling", "ceiling-uvloop"] if with_uvloop else ["ceiling"]
-    names = (*ceilings, "warpserve", NO_POLL)
+    names = (*ceilings, "warpserve", NO_POLL, PY_FRONTEND)
     low, high = min(levels), max(levels)
     # The whole curve for warpserve and the asyncio ceiling; the other two only at the
     # ends, where their ratios are reported.
@@ -143,6 +146,11 @@ def bench_fraud(
             "warpserve": url,
             NO_POLL: stack.enter_context(
                 serve_warpserve(repo, log_dir, FRAUD_MODEL, "--busy-poll-us", "0", name=NO_POLL)
+            ),
+            PY_FRONTEND: stack.enter_context(
+                serve_warpserve(
+                    repo, log_dir, FRAUD_MODEL, "--grpc-frontend", "python", name=PY_FRONTEND
+                )
             ),
             "ceiling": stack.enter_context(serve_ceiling(url, log_dir, FRAUD_MODEL)),
         }
@@ -185,6 +193,7 @@ def bench_fraud(
         ("warpserve", "ceiling", ""),
         ("warpserve", "ceiling-uvloop", "_vs_uvloop_ceiling"),
         (NO_POLL, "ceiling", "_without_busy_poll"),
+        (PY_FRONTEND, "ceiling", "_python_frontend"),
     ):
         if ceiling not in names:
             continue

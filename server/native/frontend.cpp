@@ -29,6 +29,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -96,6 +97,8 @@ class Call : public grpc::ServerGenericBidiReactor {
   size_t Write(const char* data, size_t size);
   void Finish(int code, const std::string& details, const char* data, size_t size,
               bool has_payload);
+  void FinishWith(int code, const std::string& details, bool has_payload,
+                  grpc::ByteBuffer payload);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -129,14 +132,43 @@ class Frontend : public grpc::CallbackGenericService {
   Frontend(std::vector<std::string> streaming_methods) : event_fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
     for (auto& m : streaming_methods) streaming_.insert(std::move(m));
     if (event_fd_ < 0) throw std::runtime_error("eventfd failed");
+    responder_ = std::thread([this] { Respond(); });
   }
 
   ~Frontend() override {
-    if (server_) {
-      server_->Shutdown(std::chrono::system_clock::now());
-      server_->Wait();
-    }
+    if (server_ && !shut_down_) Shutdown(0.0);
+    StopResponder();
     close(event_fd_);
+  }
+
+  // An answer Python handed over; the responder thread starts sending it.
+  struct Reply {
+    uint64_t id;
+    int code;
+    std::string details;
+    bool has_payload;
+    grpc::ByteBuffer payload;
+  };
+
+  // Sending an answer runs gRPC's write path (framing, the socket write, often the call's
+  // end) on the calling thread: about half of the event loop's time per request when
+  // the loop did it. The loop only queues answers; this thread sends them.
+  // Queued answers wait for flush(), which the loop calls once per iteration: one wakeup
+  // of this thread per group of answers, not one per answer (a woken thread may take
+  // the loop's core at once).
+  void Answer(Reply reply) {
+    std::lock_guard<std::mutex> lock(replies_mu_);
+    replies_.push_back(std::move(reply));
+  }
+
+  void Flush() {
+    bool wake;
+    {
+      std::lock_guard<std::mutex> lock(replies_mu_);
+      wake = responder_idle_ && !replies_.empty();
+      if (wake) responder_idle_ = false;
+    }
+    if (wake) replies_cv_.notify_one();
   }
 
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
@@ -192,8 +224,17 @@ class Frontend : public grpc::CallbackGenericService {
     auto deadline = std::chrono::system_clock::now() +
                     std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6));
     server_->Shutdown(deadline);
-    // Calls Python never finished (it may have stopped listening) are finished here, so
-    // that Wait can return.
+    // Answers Python gave in time are sent first (the responder may still hold some);
+    // calls Python never finished (it may have stopped listening) are then finished
+    // here, so that Wait can return.
+    Flush();
+    for (int i = 0; i < 100; ++i) {
+      {
+        std::lock_guard<std::mutex> lock(replies_mu_);
+        if (replies_.empty() && responder_idle_) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     std::vector<std::shared_ptr<Call>> left;
     {
       std::lock_guard<std::mutex> lock(calls_mu_);
@@ -204,6 +245,7 @@ class Frontend : public grpc::CallbackGenericService {
                    false);
     }
     server_->Wait();
+    shut_down_ = true;
   }
 
   int fd() const { return event_fd_; }
@@ -237,6 +279,18 @@ class Frontend : public grpc::CallbackGenericService {
     std::lock_guard<std::mutex> lock(calls_mu_);
     auto it = calls_.find(id);
     return it == calls_.end() ? nullptr : it->second;
+  }
+
+  void Respond();
+
+  void StopResponder() {
+    {
+      std::lock_guard<std::mutex> lock(replies_mu_);
+      if (stopping_) return;
+      stopping_ = true;
+    }
+    replies_cv_.notify_one();
+    if (responder_.joinable()) responder_.join();
   }
 
   py::list Drain() {
@@ -287,6 +341,13 @@ class Frontend : public grpc::CallbackGenericService {
   bool signalled_ = false;
   int event_fd_;
   std::unique_ptr<grpc::Server> server_;
+  std::mutex replies_mu_;
+  std::condition_variable replies_cv_;
+  std::deque<Reply> replies_;
+  bool responder_idle_ = false;
+  bool stopping_ = false;
+  bool shut_down_ = false;
+  std::thread responder_;
 };
 
 Call::Call(Frontend* frontend, grpc::GenericCallbackServerContext* ctx, uint64_t id,
@@ -406,6 +467,12 @@ void Call::OnWriteDone(bool ok) {
 
 void Call::Finish(int code, const std::string& details, const char* data, size_t size,
                   bool has_payload) {
+  FinishWith(code, details, has_payload,
+             has_payload ? ToBuffer(data, size) : grpc::ByteBuffer());
+}
+
+void Call::FinishWith(int code, const std::string& details, bool has_payload,
+                      grpc::ByteBuffer payload) {
   bool finish_now = false;
   bool write_and_finish = false;
   {
@@ -415,9 +482,9 @@ void Call::Finish(int code, const std::string& details, const char* data, size_t
     status_ = grpc::Status(static_cast<grpc::StatusCode>(code), details);
     if (has_payload && !write_failed_) {
       if (writing_) {
-        queued_.push_back(ToBuffer(data, size));
+        queued_.push_back(std::move(payload));
       } else {
-        writing_buffer_ = ToBuffer(data, size);
+        writing_buffer_ = std::move(payload);
         write_and_finish = true;
         finish_started_ = true;
       }
@@ -449,20 +516,37 @@ void Call::OnDone() {
   std::shared_ptr<Call> keep = std::move(self);  // the object goes when the last hold does
 }
 
-// Python's side: every operation names the call by id; an id that is over is ignored.
-void PyFinish(Frontend& fe, uint64_t id, int code, const std::string& details, py::object payload) {
-  auto call = fe.Find(id);
-  if (!call) return;
-  if (payload.is_none()) {
-    py::gil_scoped_release release;
-    call->Finish(code, details, nullptr, 0, false);
-    return;
+void Frontend::Respond() {
+  std::vector<Reply> batch;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(replies_mu_);
+      while (replies_.empty() && !stopping_) {
+        responder_idle_ = true;
+        replies_cv_.wait(lock);
+      }
+      if (replies_.empty() && stopping_) return;
+      batch.assign(std::make_move_iterator(replies_.begin()), std::make_move_iterator(replies_.end()));
+      replies_.clear();
+    }
+    for (auto& reply : batch) {
+      auto call = Find(reply.id);
+      if (call) call->FinishWith(reply.code, reply.details, reply.has_payload, std::move(reply.payload));
+    }
+    batch.clear();
   }
-  char* data;
-  Py_ssize_t size;
-  if (PyBytes_AsStringAndSize(payload.ptr(), &data, &size) != 0) throw py::error_already_set();
-  py::gil_scoped_release release;  // the bytes object is held by the caller
-  call->Finish(code, details, data, static_cast<size_t>(size), true);
+}
+
+// Python's side: every operation names the call by id; an id that is over is ignored.
+void PyFinish(Frontend& fe, uint64_t id, int code, std::string details, py::object payload) {
+  Frontend::Reply reply{id, code, std::move(details), !payload.is_none(), grpc::ByteBuffer()};
+  if (reply.has_payload) {
+    char* data;
+    Py_ssize_t size;
+    if (PyBytes_AsStringAndSize(payload.ptr(), &data, &size) != 0) throw py::error_already_set();
+    reply.payload = ToBuffer(data, static_cast<size_t>(size));
+  }
+  fe.Answer(std::move(reply));
 }
 
 size_t PyWrite(Frontend& fe, uint64_t id, py::bytes payload) {
@@ -506,6 +590,7 @@ PYBIND11_MODULE(_frontend, m) {
       .def("drain", &Frontend::Drain)
       .def("finish", &PyFinish, py::arg("id"), py::arg("code"), py::arg("details"),
            py::arg("payload") = py::none())
+      .def("flush", &Frontend::Flush)
       .def("write", &PyWrite, py::arg("id"), py::arg("payload"))
       .def("read", &PyRead, py::arg("id"));
 }

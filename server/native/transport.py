@@ -203,6 +203,7 @@ class NativeServer:
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Future[None] | None = None
+        self._flush_due = False
 
     # --- registration, as generated code does it on grpc.aio.Server ---
     def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None:
@@ -318,32 +319,46 @@ class NativeServer:
     ) -> None:
         handler = self._handler(method, metadata)
         if handler is None:
-            self.frontend.finish(call_id, UNIMPLEMENTED, "Method not found!")
+            self._finish(call_id, UNIMPLEMENTED, "Method not found!")
             return
         context = Context(self, call_id, timeout, metadata, handler.response_serializer)
         self._calls[call_id] = context
         assert self._loop is not None
         context.task = self._loop.create_task(self._run(handler, context, payload))
 
+    def _finish(
+        self, call_id: int, code: int, details: str = "", payload: bytes | None = None
+    ) -> None:
+        """Queue a call's answer; the frontend sends what this loop iteration queued
+        once it is over (one wakeup of its sending thread per group of answers)."""
+        self.frontend.finish(call_id, code, details, payload)
+        if not self._flush_due:
+            self._flush_due = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        self.frontend.flush()
+
     async def _run(
         self, handler: grpc.RpcMethodHandler, context: Context, payload: bytes | None
     ) -> None:
-        frontend = self.frontend
         try:
             reply = await self._answer(handler, context, payload)
         except _Abort as abort:
-            frontend.finish(context.id, abort.code.value[0], abort.details)
+            self._finish(context.id, abort.code.value[0], abort.details)
         except asyncio.CancelledError:
-            frontend.finish(context.id, CANCELLED, "cancelled")
+            self._finish(context.id, CANCELLED, "cancelled")
         except Exception as exc:
             log.exception("gRPC handler for call %d failed", context.id)
-            frontend.finish(context.id, UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+            self._finish(context.id, UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
         else:
             code = OK if context.code is None else context.code.value[0]
             if code != OK:
-                frontend.finish(context.id, code, context.details)
+                self._finish(context.id, code, context.details)
             else:
-                frontend.finish(context.id, OK, "", reply)
+                self._finish(context.id, OK, "", reply)
 
     async def _answer(
         self, handler: grpc.RpcMethodHandler, context: Context, payload: bytes | None
