@@ -41,6 +41,8 @@ OK = grpc.StatusCode.OK.value[0]
 CANCELLED = grpc.StatusCode.CANCELLED.value[0]
 UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
+# A stopping server waits until no call has arrived for this long (within its grace).
+QUIET_S = 0.1
 
 
 def available() -> bool:
@@ -204,6 +206,7 @@ class NativeServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._flush_due = False
+        self._last_arrival = 0.0
 
     # --- registration, as generated code does it on grpc.aio.Server ---
     def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None:
@@ -266,6 +269,7 @@ class NativeServer:
             return
         if self._stopped is None:
             self._stopped = self._loop.create_future()
+            await self._quiet(grace or 0.0)
             try:
                 await asyncio.to_thread(self.frontend.shutdown, grace or 0.0)
             finally:
@@ -273,6 +277,17 @@ class NativeServer:
                 self._loop.remove_reader(self.frontend.fileno())
                 self._stopped.set_result(None)
         await self._stopped
+
+    async def _quiet(self, grace: float) -> None:
+        """Wait (within ``grace``) until no call has arrived for QUIET_S. gRPC's shutdown
+        kills calls that reached the server but not yet a handler with CANCELLED, which
+        clients do not retry; calls that reach the services are answered (a draining
+        server refuses them with UNAVAILABLE), and callers told so stop arriving."""
+        end = time.monotonic() + grace
+        while (left := QUIET_S - (time.monotonic() - self._last_arrival)) > 0:
+            if time.monotonic() + left > end:
+                return
+            await asyncio.sleep(left)
 
     # --- events ---
     def _on_events(self) -> None:
@@ -317,6 +332,7 @@ class NativeServer:
         timeout: float | None,
         metadata: tuple[tuple[str, str | bytes], ...],
     ) -> None:
+        self._last_arrival = time.monotonic()
         handler = self._handler(method, metadata)
         if handler is None:
             self._finish(call_id, UNIMPLEMENTED, "Method not found!")
