@@ -15,6 +15,7 @@ import numpy as np
 
 from warpserve.server import classification
 from warpserve.server import fallback as fallbacks
+from warpserve.server.arrivals import BEHIND
 from warpserve.server.batching.policy import BatchingPolicy
 from warpserve.server.batching.request import Outputs, QueuedRequest, signature_of
 from warpserve.server.busypoll import BusyPoller
@@ -81,7 +82,7 @@ class DataPlane:
         if stage is not None and not stage.is_cheap(request.inputs):
             return mv, None  # decoded on a worker thread by infer
         executor = batcher.inline_slot()
-        if executor is None:
+        if executor is None or BEHIND.get():  # others arrived with it: batch them all
             return mv, None
         start = time.perf_counter_ns()
         try:

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from warpserve.server.arrivals import BEHIND
 from warpserve.server.tls import TlsSettings
 
 log = logging.getLogger("warpserve")
@@ -292,9 +293,14 @@ class NativeServer:
     # --- events ---
     def _on_events(self) -> None:
         calls = self._calls
-        for event in self.frontend.drain():
+        events = self.frontend.drain()
+        # Each call's task learns how many arrived with it behind it (server/arrivals).
+        behind = sum(1 for event in events if event[0] == 0)
+        for event in events:
             kind, call_id = event[0], event[1]
             if kind == 0:  # CALL
+                behind -= 1
+                BEHIND.set(behind)
                 self._begin(call_id, event[2], event[3], event[4], event[5])
                 continue
             context = calls.get(call_id)
@@ -313,6 +319,7 @@ class NativeServer:
                 context._ended()
             elif kind == 5:  # WRITABLE
                 context._wake_writer()
+        BEHIND.set(0)
 
     def _handler(self, method: str, metadata: tuple[Any, ...]) -> grpc.RpcMethodHandler | None:
         handler = self._handlers.get(method)
