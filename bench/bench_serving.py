@@ -45,6 +45,7 @@ import serverproc
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+from warpserve.server.native.transport import available as native_available
 from warpserve.server.tools.loadgen import TABLE_COLUMNS, BenchResult, format_row, measure
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -53,6 +54,8 @@ RESNET_MODEL = "resnet18"
 NO_POLL = "no-busy-poll"  # warpserve with --busy-poll-us 0: the loop sleeps when idle
 # warpserve with grpcio's asyncio server on its gRPC port instead of the native frontend.
 PY_FRONTEND = "python-frontend"
+# The fixed-reply server on the native frontend: the transport ceiling warpserve runs on.
+NATIVE_CEILING = "ceiling-native"
 
 
 # ------------------------------------------------------------------ processes
@@ -66,11 +69,17 @@ def serve_warpserve(
 
 
 def serve_ceiling(
-    metadata_from: str, log_dir: Path, model: str, event_loop: str = "asyncio"
+    metadata_from: str,
+    log_dir: Path,
+    model: str,
+    event_loop: str = "asyncio",
+    frontend: str = "python",
 ) -> contextlib.AbstractContextManager[str]:
-    log_path = log_dir / f"ceiling-{event_loop}-{model}.log"
+    log_path = log_dir / f"ceiling-{event_loop}-{frontend}-{model}.log"
     # One row per answer: the requests here carry one row each.
-    return serverproc.ceiling(metadata_from, model, log_path, event_loop=event_loop, batch_size=1)
+    return serverproc.ceiling(
+        metadata_from, model, log_path, event_loop=event_loop, batch_size=1, frontend=frontend
+    )
 
 
 # ------------------------------------------------------------------ model repositories
@@ -130,11 +139,13 @@ def bench_fraud(
     # The uvloop ceiling only where uvloop is installed (warpserve then runs on it too).
     with_uvloop = importlib.util.find_spec("uvloop") is not None
     ceilings = ["ceiling", "ceiling-uvloop"] if with_uvloop else ["ceiling"]
+    if native_available():  # the same fixed replies on the transport warpserve runs on
+        ceilings.append(NATIVE_CEILING)
     names = (*ceilings, "warpserve", NO_POLL, PY_FRONTEND)
     low, high = min(levels), max(levels)
-    # The whole curve for warpserve and the asyncio ceiling; the other two only at the
-    # ends, where their ratios are reported.
-    curve_only = ("ceiling", "warpserve")
+    # The whole curve for warpserve and the ceilings of grpc.aio and of the native
+    # frontend; the others only at the ends, where their ratios are reported.
+    curve_only = ("ceiling", NATIVE_CEILING, "warpserve")
     plan = {lv: [n for n in names if n in curve_only or lv in (low, high)] for lv in levels}
     results: dict[tuple[str, int], list[BenchResult]] = {
         (name, level): [] for level in levels for name in plan[level]
@@ -157,6 +168,12 @@ def bench_fraud(
         if with_uvloop:
             urls["ceiling-uvloop"] = stack.enter_context(
                 serve_ceiling(url, log_dir, FRAUD_MODEL, "uvloop")
+            )
+        if NATIVE_CEILING in ceilings:
+            urls[NATIVE_CEILING] = stack.enter_context(
+                serve_ceiling(
+                    url, log_dir, FRAUD_MODEL, "uvloop" if with_uvloop else "asyncio", "native"
+                )
             )
         # Alternating short rounds: drift on a shared VM (±20-30% between runs here)
         # hits both sides alike, and the per-round ratios' median is what we report.
@@ -184,6 +201,11 @@ def bench_fraud(
         "p99_ms_at_highest_load": max(r.p99_ms for r in results["warpserve", high]),
         "highest_load_concurrency": high,
         "curve": curve.from_results(results, "warpserve", "ceiling"),
+        **(
+            {"curve_vs_native_ceiling": curve.from_results(results, "warpserve", NATIVE_CEILING)}
+            if NATIVE_CEILING in names
+            else {}
+        ),
     }
     for row in report["curve"]["levels"]:
         sides = inside[row["concurrency"]]
@@ -194,6 +216,7 @@ def bench_fraud(
         ("warpserve", "ceiling-uvloop", "_vs_uvloop_ceiling"),
         (NO_POLL, "ceiling", "_without_busy_poll"),
         (PY_FRONTEND, "ceiling", "_python_frontend"),
+        ("warpserve", NATIVE_CEILING, "_vs_native_ceiling"),
     ):
         if ceiling not in names:
             continue
@@ -465,6 +488,12 @@ def print_summary(report: dict[str, Any]) -> None:
             f"fraud_scorer against the asyncio ceiling (median of {fraud['rounds']} rounds)",
             fraud["curve"],
         )
+        if "curve_vs_native_ceiling" in fraud:
+            curve.print_curve(
+                "fraud_scorer against the same fixed replies on the native gRPC frontend "
+                f"(median of {fraud['rounds']} rounds)",
+                fraud["curve_vs_native_ceiling"],
+            )
     if "resnet_curve" in report:
         curve.print_curve(
             "resnet18, default configuration, against ONNX Runtime in-process (one session, "

@@ -9,7 +9,9 @@ batching, backend call, encode); a tiny model served at batch 1 cannot go faster
 
 It runs on the standard library's event loop, as the serving benchmark's definition of
 the ceiling asks; ``--event-loop uvloop`` runs it on the loop warpserve itself defaults
-to, which separates what the loop buys from what warpserve's own work costs.
+to, which separates what the loop buys from what warpserve's own work costs;
+``--frontend native`` puts it on warpserve's native gRPC frontend (gRPC's C++ server),
+the transport warpserve itself runs on where it was built.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+from warpserve.server.native.transport import NativeServer
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _OPTIONS = [
@@ -145,11 +148,25 @@ class CeilingServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 async def start_ceiling(
-    answers: ModelAnswers, port: int = 0, host: str = "127.0.0.1", batch_size: int = 1
-) -> tuple[grpc.aio.Server, int]:
-    """Start the ceiling server in the running loop; returns it and its bound port."""
+    answers: ModelAnswers,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    batch_size: int = 1,
+    frontend: str = "python",
+) -> tuple[grpc.aio.Server | NativeServer, int]:
+    """Start the ceiling server in the running loop; returns it and its bound port.
+    ``frontend`` "native": on warpserve's native gRPC frontend instead of grpc.aio."""
+    servicer = CeilingServicer(answers, batch_size)
+    if frontend == "native":
+        native = NativeServer(MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, reuse_port=False)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, native)
+        native.listen(host, port)
+        bound = await native.start()
+        if bound == 0:
+            raise OSError(f"cannot bind {host}:{port}; pick a free port")
+        return native, bound
     server = grpc.aio.server(options=_OPTIONS)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(CeilingServicer(answers, batch_size), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}; pick a free port")
@@ -159,7 +176,9 @@ async def start_ceiling(
 
 async def _serve(args: argparse.Namespace) -> None:
     answers = fetch_answers(args.metadata_from, args.model, args.model_version)
-    server, port = await start_ceiling(answers, args.port, args.host, args.batch_size)
+    server, port = await start_ceiling(
+        answers, args.port, args.host, args.batch_size, args.frontend
+    )
     print(f"ceiling server for '{args.model}' on {args.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -183,6 +202,12 @@ def main() -> None:
         help="rows in the fixed reply; 0: as many as the request carries",
     )
     parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument(
+        "--frontend",
+        choices=("python", "native"),
+        default="python",
+        help="the gRPC server: grpc.aio, or warpserve's native frontend (server/native)",
+    )
     args = parser.parse_args()
     if args.event_loop == "uvloop":
         import uvloop

@@ -72,6 +72,7 @@ def ceiling(
     *,
     event_loop: str = "asyncio",
     batch_size: int = 0,
+    frontend: str = "python",
 ) -> Iterator[str]:
     """bench/ceiling_server.py for ``model`` on ``event_loop`` until the block ends; yields
     its gRPC address. Each answer has ``batch_size`` rows, or with 0 as many as the
@@ -90,6 +91,8 @@ def ceiling(
         str(batch_size),
         "--event-loop",
         event_loop,
+        "--frontend",
+        frontend,
     ]
     with _running(command, port, log_path, model) as url:
         yield url
