@@ -333,3 +333,36 @@ def test_a_model_placed_on_the_owner_is_loaded_once_and_served_through_every_wor
     assert "model 'owned' version 1 is ready" in log  # loaded in the owner ...
     assert "worker 0 warpserve.server.lifecycle.version: model 'owned'" not in log  # ... only
     assert "worker 1 warpserve.server.lifecycle.version: model 'owned'" not in log
+
+
+def test_poll_mode_brings_a_new_version_to_every_worker_under_load(
+    tmp_path: Path, log_dir: Path
+) -> None:
+    """One repository poller (the supervisor's) for the whole server: a version folder
+    written under load is loaded and served by every worker, with no failed request."""
+    write_affine(tmp_path, MODEL, (1,))
+    server = start_server(
+        tmp_path,
+        "--workers",
+        "2",
+        "--model-control-mode",
+        "poll",
+        "--repository-poll-secs",
+        "0.5",
+        log_dir=log_dir,
+    )
+    try:
+        with loads_running(server.url) as loads:
+            progressed(loads)
+            write_affine(tmp_path, MODEL, (2,), config=False)
+            deadline = time.monotonic() + 60
+            while not all(load.versions and load.versions[-1] == 2 for load in loads):
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.1)
+            mark = progressed(loads)
+        assert all(load.errors == [] for load in loads)
+        assert all(set(load.versions[m:]) == {2} for load, m in zip(loads, mark, strict=True))
+        assert len(per_worker(server.metrics_port)) == 2  # both processes answered
+        assert server.log().count("now serves version 2") >= 2  # loaded in each worker
+    finally:
+        server.stop()
