@@ -288,7 +288,7 @@ async def start_server(
     running.api = server_api
     if http_socket is not None:
         rest = RestApi(dataplane, server_api, options.http_max_input_bytes)
-        add_status_page(rest, server_api)
+        add_status_page(rest, server_api, options)
         http_tls = options.http_tls
         running.http = await start_http(
             rest, http_socket, None if http_tls is None else ssl_context(http_tls)

@@ -60,11 +60,13 @@ class RestApi:
         self.dataplane = dataplane
         self.server = server
         self.max_input_bytes = max_input_bytes
-        self._pages: dict[str, Handler] = {}
+        self._pages: dict[str, tuple[Handler, tuple[str, ...]]] = {}
 
-    def add_page(self, path: str, handler: Handler) -> None:
-        """Serve GET (and HEAD) ``path`` with ``handler``."""
-        self._pages[path] = handler
+    def add_page(
+        self, path: str, handler: Handler, methods: tuple[str, ...] = ("GET", "HEAD")
+    ) -> None:
+        """Serve ``path`` with ``handler`` for ``methods``."""
+        self._pages[path] = (handler, methods)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
@@ -85,8 +87,9 @@ class RestApi:
             return await self.infer(request, name, version)
         page = self._pages.get(path)
         if page is not None:
-            _require(request, "GET", "HEAD")
-            return await page(request)
+            handler, methods = page
+            _require(request, *methods)
+            return await handler(request)
         parts = path.strip("/").split("/")
         if parts[0] != "v2":
             raise ModelNotFound(f"no endpoint at {path}; the API is under /v2, a status page at /")

@@ -18,8 +18,10 @@ import pytest
 import tritonclient.http as httpclient
 
 from tests.e2e.conftest import DEMO_MODELS
-from tests.e2e.harness import ServerProcess
+from tests.e2e.harness import ServerProcess, start_server
 from tests.e2e.test_images import _stripes as stripes
+from tests.models import write_affine
+from warpserve.server.grpc.admin_auth import TOKEN_ENV
 
 pytestmark = pytest.mark.e2e
 
@@ -152,3 +154,31 @@ def test_the_page_and_its_json_without_a_browser(server: ServerProcess) -> None:
     assert version["state"] == "READY" and version["active"] and version["weight"] == 1.0
     assert "success" in version["statistics"]["inference_stats"]
     assert models["affine"]["image"] is None  # takes no images: no upload form for it
+
+
+def test_the_page_asks_for_the_admin_token_and_opens_with_it(
+    browser: Any, tmp_path: Path, log_dir: Path
+) -> None:
+    """With an admin token set the page asks for it, and the token typed into its form
+    opens the page, which then polls through the cookie the answer set."""
+    from selenium.webdriver.common.by import By
+
+    write_affine(tmp_path, "affine", (1,))
+    token = "page-token"
+    server = start_server(tmp_path, log_dir=log_dir, env={TOKEN_ENV: token})
+    try:
+        browser.delete_all_cookies()
+        browser.get(f"http://{server.http_url}/")
+        assert "admin token" in browser.find_element(By.ID, "refusal").text
+        browser.find_element(By.ID, "token").send_keys(token)
+        browser.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+        body = wait_for("the page", lambda: browser.find_elements(By.ID, "models"))
+        assert body
+        wait_for(
+            "a first poll",
+            lambda: int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-polls") or 0),
+        )
+        rows = browser.find_elements(By.CSS_SELECTOR, "#models tbody tr")
+        assert [row.get_attribute("data-model") for row in rows] == ["affine"]
+    finally:
+        server.stop()

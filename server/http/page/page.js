@@ -173,6 +173,10 @@ function renderImageModels(status) {
 async function poll() {
   try {
     const reply = await fetch("/api/status", { cache: "no-store" });
+    if (reply.status === 401 || reply.status === 403) {
+      location.assign("/"); // the token changed: the page asks for it again
+      return;
+    }
     const status = await reply.json();
     polls += 1;
     document.body.dataset.polls = String(polls);
