@@ -41,6 +41,7 @@ async def serving(repo: Path, **options: Any) -> AsyncIterator[tuple[RunningServ
         "metrics_address": "127.0.0.1",
         "metrics_port": 0,
         "allow_metrics": False,
+        "allow_http": False,  # Triton's default port may be taken on the machine
         "exit_timeout_secs": 5.0,
         **options,
     }

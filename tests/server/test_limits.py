@@ -52,6 +52,7 @@ def test_a_request_over_the_limit_names_the_flag(tmp_path: Path) -> None:
         grpc_address="127.0.0.1",
         grpc_port=0,
         allow_metrics=False,
+        allow_http=False,
         exit_timeout_secs=5.0,
         max_message_bytes=LIMIT,
     )
@@ -143,6 +144,7 @@ def test_an_answer_over_the_limit_names_the_flag(tmp_path: Path) -> None:
         grpc_address="127.0.0.1",
         grpc_port=0,
         allow_metrics=False,
+        allow_http=False,
         exit_timeout_secs=5.0,
         max_message_bytes=LIMIT,
     )

@@ -31,6 +31,7 @@ class BackgroundServer:
             "grpc_address": "127.0.0.1",
             "grpc_port": 0,
             "allow_metrics": False,
+            "allow_http": False,  # the CLI speaks gRPC; Triton's default port may be taken
             "exit_timeout_secs": 5.0,
             **options,
         }

@@ -35,6 +35,7 @@ def options(repo: Path, flag: str, busy: int) -> ServerOptions:
         metrics_address="127.0.0.1",
         metrics_port=busy if flag == "--metrics-port" else 0,
         allow_metrics=True,
+        allow_http=False,  # Triton's default port may be taken on the machine
     )
 
 
