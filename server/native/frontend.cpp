@@ -141,6 +141,7 @@ class Frontend : public grpc::CallbackGenericService {
     if (server_ && !shut_down_) Shutdown(0.0);
     StopResponder();
     close(event_fd_);
+    close(responder_fd_);
   }
 
   // An answer Python handed over; the responder thread starts sending it.
@@ -156,21 +157,22 @@ class Frontend : public grpc::CallbackGenericService {
   // end) on the calling thread: about half of the event loop's time per request when
   // the loop did it. The loop only queues answers; this thread sends them.
   // Queued answers wait for flush(), which the loop calls once per iteration: one wakeup
-  // of this thread per group of answers, not one per answer (a woken thread may take
-  // the loop's core at once).
+  // of this thread per group of answers, not one per answer. Neither takes a lock the
+  // sending thread holds: on a busy machine a thread holding a lock can lose its core
+  // for a whole time slice, and the event loop would wait for it.
   void Answer(Reply reply) {
-    std::lock_guard<std::mutex> lock(replies_mu_);
-    replies_.push_back(std::move(reply));
+    auto* node = new ReplyNode{std::move(reply), replies_head_.load(std::memory_order_relaxed)};
+    while (!replies_head_.compare_exchange_weak(node->next, node, std::memory_order_release,
+                                                std::memory_order_relaxed)) {
+    }
   }
 
   void Flush() {
-    bool wake;
-    {
-      std::lock_guard<std::mutex> lock(replies_mu_);
-      wake = responder_idle_ && !replies_.empty();
-      if (wake) responder_idle_ = false;
+    if (responder_sleeping_.exchange(false)) {
+      uint64_t one = 1;
+      ssize_t n = write(responder_fd_, &one, sizeof one);
+      (void)n;
     }
-    if (wake) replies_cv_.notify_one();
   }
 
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
@@ -231,10 +233,7 @@ class Frontend : public grpc::CallbackGenericService {
     // here, so that Wait can return.
     Flush();
     for (int i = 0; i < 100; ++i) {
-      {
-        std::lock_guard<std::mutex> lock(replies_mu_);
-        if (replies_.empty() && responder_idle_) break;
-      }
+      if (!replies_head_.load() && !responder_busy_.load()) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     std::vector<std::shared_ptr<Call>> left;
@@ -286,12 +285,10 @@ class Frontend : public grpc::CallbackGenericService {
   void Respond();
 
   void StopResponder() {
-    {
-      std::lock_guard<std::mutex> lock(replies_mu_);
-      if (stopping_) return;
-      stopping_ = true;
-    }
-    replies_cv_.notify_one();
+    if (stopping_.exchange(true)) return;
+    uint64_t one = 1;
+    ssize_t n = write(responder_fd_, &one, sizeof one);
+    (void)n;
     if (responder_.joinable()) responder_.join();
   }
 
@@ -343,11 +340,15 @@ class Frontend : public grpc::CallbackGenericService {
   bool signalled_ = false;
   int event_fd_;
   std::unique_ptr<grpc::Server> server_;
-  std::mutex replies_mu_;
-  std::condition_variable replies_cv_;
-  std::deque<Reply> replies_;
-  bool responder_idle_ = false;
-  bool stopping_ = false;
+  struct ReplyNode {
+    Reply reply;
+    ReplyNode* next;
+  };
+  std::atomic<ReplyNode*> replies_head_{nullptr};  // pushed by Python, taken all at once
+  std::atomic<bool> responder_sleeping_{false};
+  std::atomic<bool> responder_busy_{false};
+  std::atomic<bool> stopping_{false};
+  int responder_fd_ = eventfd(0, EFD_CLOEXEC);
   bool shut_down_ = false;
   std::thread responder_;
 };
@@ -524,23 +525,34 @@ void Frontend::Respond() {
   // loop's time slice ends.
   sched_param param{};
   pthread_setschedparam(pthread_self(), SCHED_BATCH, &param);
-  std::vector<Reply> batch;
+  std::vector<ReplyNode*> batch;
   for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(replies_mu_);
-      while (replies_.empty() && !stopping_) {
-        responder_idle_ = true;
-        replies_cv_.wait(lock);
+    responder_busy_.store(true);  // before taking: shutdown waits for what is taken
+    ReplyNode* head = replies_head_.exchange(nullptr, std::memory_order_acquire);
+    if (head == nullptr) {
+      responder_busy_.store(false);
+      if (stopping_.load()) return;
+      // Announce the sleep, then look once more: an answer pushed before the
+      // announcement is seen here, one pushed after it makes flush() write the eventfd.
+      responder_sleeping_.store(true);
+      if (replies_head_.load() == nullptr && !stopping_.load()) {
+        uint64_t count;
+        ssize_t n = read(responder_fd_, &count, sizeof count);
+        (void)n;
       }
-      if (replies_.empty() && stopping_) return;
-      batch.assign(std::make_move_iterator(replies_.begin()), std::make_move_iterator(replies_.end()));
-      replies_.clear();
+      responder_sleeping_.store(false);
+      continue;
     }
-    for (auto& reply : batch) {
+    for (ReplyNode* node = head; node != nullptr; node = node->next) batch.push_back(node);
+    // The stack holds the newest first; answers go out in the order they were given.
+    for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
+      Reply& reply = (*it)->reply;
       auto call = Find(reply.id);
       if (call) call->FinishWith(reply.code, reply.details, reply.has_payload, std::move(reply.payload));
+      delete *it;
     }
     batch.clear();
+    responder_busy_.store(false);
   }
 }
 
