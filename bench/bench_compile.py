@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import serverproc
 
-from warpserve.compile import sweep
+from warpserve.compile import serving, sweep
 from warpserve.compile.runners import Runner, open_runner
 from warpserve.compile.specs import TensorSpec
 from warpserve.server.demo.build import build_demo_repository
@@ -91,6 +91,12 @@ def open_chosen(version_dir: Path, report: dict[str, Any]) -> tuple[Runner, dict
         _tensors(report["outputs"]),
         report["max_batch_size"],
     )
+    if chosen.get("served", {}).get("threads") == serving.ONE_THREAD:
+        # Measured as the server runs it: inline, on one thread (see compile/serving.py).
+        single = serving.one_thread_runner(chosen["platform"], runner)
+        if single is not None:
+            runner.close()
+            runner = single
     with np.load(version_dir / "golden" / "inputs.npz") as golden:
         return runner, {k: golden[k] for k in golden.files}
 

@@ -78,16 +78,32 @@ def choose(candidates: list[Candidate], budget_ms: float | None) -> Choice | Non
     return Choice(variant, point, top, why)
 
 
+def runs_inline(curve: list[Point]) -> bool:
+    """Whether a server with execution=auto runs this model on its event loop: the rule of
+    its `_choose_execution`, a batch-1 run under INLINE_THRESHOLD_NS and the largest batch
+    (the sweep's last is max_batch_size) under INLINE_BATCH_LIMIT_NS. Formats that never
+    run inline are told apart by the caller."""
+    single = next((p for p in curve if p.batch == 1), min(curve, key=lambda p: p.batch))
+    largest = max(curve, key=lambda p: p.batch)
+    return (
+        single.median_ms * 1e6 < INLINE_THRESHOLD_NS
+        and largest.median_ms * 1e6 < INLINE_BATCH_LIMIT_NS
+    )
+
+
 def _within(points: list[Point], budget_ms: float | None) -> list[Point]:
     return [p for p in points if budget_ms is None or p.p99_ms <= budget_ms]
 
 
-def batching(curve: list[Point], choice: Choice, budget_ms: float | None) -> Batching:
-    """Preferred sizes, queue delay and instance count from the chosen variant's curve."""
+def batching(
+    curve: list[Point], choice: Choice, budget_ms: float | None, inline: bool | None = None
+) -> Batching:
+    """Preferred sizes, queue delay and instance count from the chosen variant's curve;
+    `inline` says whether the server will run it on its event loop (None: judge by the
+    curve alone, as for a format that may)."""
     best = choice.best
     preferred = sorted({b for b in (choice.point.batch, best.batch) if b > 1})
-    single = next((p for p in curve if p.batch == 1), curve[0])
-    delay_us, delay_why = _queue_delay(single, best, curve, budget_ms)
+    delay_us, delay_why = _queue_delay(best, curve, budget_ms, inline)
     compute_bound = best.median_ms > COMPUTE_BOUND_MS and usable_cores() >= 2
     instances = 2 if compute_bound else 1
     why = (
@@ -101,7 +117,7 @@ def batching(curve: list[Point], choice: Choice, budget_ms: float | None) -> Bat
 
 
 def _queue_delay(
-    single: Point, best: Point, curve: list[Point], budget_ms: float | None
+    best: Point, curve: list[Point], budget_ms: float | None, inline: bool | None
 ) -> tuple[int, str]:
     """How long a request may be held for a batch, and why.
 
@@ -112,12 +128,7 @@ def _queue_delay(
     chosen batch: holding longer than one such run gathers nothing a busy instance would
     not gather anyway. The latency budget caps either.
     """
-    largest = max(curve, key=lambda p: p.batch)
-    inline = (
-        single.median_ms * 1e6 < INLINE_THRESHOLD_NS
-        and largest.median_ms * 1e6 < INLINE_BATCH_LIMIT_NS
-    )
-    if inline:
+    if runs_inline(curve) if inline is None else inline:
         delay_ms, why = INLINE_WINDOW_US / 1000, "the server's window for models run inline"
     else:
         delay_ms = best.median_ms

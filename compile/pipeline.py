@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from warpserve.compile import choice as choosing
-from warpserve.compile import parity, report, sweep
+from warpserve.compile import parity, report, serving, sweep
 from warpserve.compile.errors import NoVariantError, UsageError
 from warpserve.compile.export import as_tensors, export_program, reference, run_eager, summarize
 from warpserve.compile.modelconfig import output_specs
 from warpserve.compile.runners import Runner, open_runner
+from warpserve.compile.serving import Serving
 from warpserve.compile.source import ModelSource, specs_from_program
 from warpserve.compile.specs import TensorSpec, check_examples, random_examples, specs_from_examples
 from warpserve.compile.variants import TARGETS, BuildContext, Refused, Skipped, Target
@@ -59,7 +60,11 @@ class VariantResult:
     servable: bool = False
     runs_on: str = ""
     parity: parity.Parity | None = None
-    points: list[sweep.Point] = field(default_factory=list)
+    points: list[sweep.Point] = field(default_factory=list)  # as the server will run it
+    serving: Serving | None = None
+    # Every curve measured, by thread setting (see `serving`): the served one and, where
+    # the variant was also measured another way, that one.
+    curves: dict[str, list[sweep.Point]] = field(default_factory=dict)
     folder: Path | None = None
 
 
@@ -231,7 +236,11 @@ def _measure(
         _set_torch_threads(previous)
 
     eager = _eager_contenders(request, names)
+    one_thread = _one_thread_runners(results, runners)
     variants = [sweep.Contender(name, run, as_given) for name, run in runners.items()]
+    variants += [
+        sweep.Contender(_one_thread_name(name), run, as_given) for name, run in one_thread.items()
+    ]
     contenders = [*eager, *variants]
     listed = ", ".join(runners) or "eager PyTorch only"
 
@@ -246,11 +255,39 @@ def _measure(
         )
     finally:
         _set_torch_threads(previous)
+        for runner in one_thread.values():
+            runner.close()
     baseline = [c.name for c in eager]
     for result in results:
-        if result.target.name in runners:
-            result.points = measured.against(result.target.name, baseline)
+        name = result.target.name
+        if name not in runners:
+            continue
+        every = measured.against(name, baseline)
+        single = measured.against(_one_thread_name(name), baseline) if name in one_thread else None
+        result.serving, result.points = serving.decide(result.target.platform, every, single)
+        result.curves = {serving.EVERY_CORE: every}
+        if single is not None:
+            result.curves[serving.ONE_THREAD] = single
     return measured.best_of(baseline)
+
+
+def _one_thread_runners(
+    results: list[VariantResult], runners: dict[str, Runner]
+) -> dict[str, Runner]:
+    """The passed variants the server may run inline on one thread, opened that way."""
+    opened: dict[str, Runner] = {}
+    for result in results:
+        runner = runners.get(result.target.name)
+        single = (
+            None if runner is None else serving.one_thread_runner(result.target.platform, runner)
+        )
+        if single is not None:
+            opened[result.target.name] = single
+    return opened
+
+
+def _one_thread_name(name: str) -> str:
+    return f"{name}/{serving.ONE_THREAD}"
 
 
 def _eager_contenders(request: CompileRequest, names: list[str]) -> list[sweep.Contender]:

@@ -68,6 +68,12 @@ def _variant(result: VariantResult) -> dict[str, Any]:
             },
         }
     entry["points"] = [p.as_dict() for p in result.points]
+    if result.serving is not None:
+        entry["served"] = result.serving.as_dict()
+        # Each curve measured, by threads; "points" above is the served one among them.
+        entry["curves"] = {
+            threads: [p.as_dict() for p in points] for threads, points in result.curves.items()
+        }
     return entry
 
 
@@ -148,6 +154,8 @@ def markdown(built: dict[str, Any]) -> str:
     if "choice" in built:
         c = built["choice"]
         lines += ["", "## Choice", "", f"**{c['variant']}** at batch {c['batch']}: {c['why']}."]
+        if c.get("served"):
+            lines.append(f"As served: {c['served']['why']}; measured that way.")
         lines += [
             f"Eager PyTorch at that batch: {c['eager_throughput']:,.0f} rows/s; the variant "
             f"ran {c['speedup_vs_eager']:.2f}x as fast (median over rounds measured side by "
@@ -186,18 +194,23 @@ def _worst(values: list[float | None]) -> str:
 
 
 def _latency_table(built: dict[str, Any]) -> list[str]:
-    rows = [("eager", built["eager"])] + [
-        (v["name"], v["points"]) for v in built["variants"] if v["points"]
-    ]
+    rows: list[tuple[str, str, list[dict[str, Any]]]] = [("eager", "", built["eager"])]
+    for v in built["variants"]:
+        served = v.get("served")
+        for threads, points in (v.get("curves") or {"": v["points"]}).items():
+            how = ""
+            if served is not None:
+                how = f"{threads}, served" if threads == served["threads"] else threads
+            rows.append((v["name"], how, points))
     lines = [
-        "| variant | batch | median ms | p99 ms | rows/s | vs eager |",
-        "|---|---|---|---|---|---|",
+        "| variant | threads | batch | median ms | p99 ms | rows/s | vs eager |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, points in rows:
+    for name, how, points in rows:
         for p in points:
             ratio = p.get("vs_eager") or 1.0  # eager's own rows have none
             lines.append(
-                f"| {name} | {p['batch']} | {p['median_ms']:.3f} | {p['p99_ms']:.3f} "
+                f"| {name} | {how} | {p['batch']} | {p['median_ms']:.3f} | {p['p99_ms']:.3f} "
                 f"| {p['throughput']:,.0f} | {ratio:.2f}x |"
             )
     return lines

@@ -65,8 +65,9 @@ def write(
     outputs: list[TensorSpec],
 ) -> list[Path]:
     by_name = {r.target.name: r for r in results}
-    curve = by_name[chosen.variant].points
-    plan = choosing.batching(curve, chosen, request.budget_ms)
+    result = by_name[chosen.variant]
+    inline = None if result.serving is None else result.serving.inline
+    plan = choosing.batching(result.points, chosen, request.budget_ms, inline)
     eager = next(p for p in built["eager"] if p["batch"] == chosen.point.batch)
     built["choice"] = {
         "variant": chosen.variant,
@@ -81,6 +82,7 @@ def write(
         "best_throughput": chosen.best.throughput,
         "best_speedup_vs_eager": chosen.best.vs_eager,
         "why": chosen.why,
+        "served": None if result.serving is None else result.serving.as_dict(),
     }
     built["config"] = {
         "preferred_batch_size": plan.preferred,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from warpserve.compile.choice import Candidate, batching, choose
+from warpserve.compile.choice import Candidate, batching, choose, runs_inline
 from warpserve.compile.sweep import Point
 
 
@@ -31,10 +31,18 @@ def test_inline_models_get_the_servers_window_slower_ones_their_batch_time() -> 
     assert fast is not None
     assert batching(FAST, fast, None).queue_delay_us == 2000
     assert batching(FAST, fast, budget_ms=1.5).queue_delay_us == 600  # 1.5 - 0.9 ms p99
+    # A format the server never runs inline (told by the caller) waits one batch's time.
+    assert batching(FAST, fast, None, inline=False).queue_delay_us == 400
     slow = choose([Candidate("slow", True, SLOW)], None)
     assert slow is not None
     plan = batching(SLOW, slow, None)
     assert plan.queue_delay_us == 20_000 and plan.preferred == [32]
+
+
+def test_the_servers_inline_rule() -> None:
+    assert runs_inline(FAST)  # 50 us at batch 1, 0.4 ms at 64
+    assert not runs_inline(SLOW)  # 2 ms at batch 1
+    assert not runs_inline(_curve((1, 0.05, 0.1), (64, 2.5, 3.0)))  # a full batch over 2 ms
 
 
 def test_the_smallest_batch_near_the_best_throughput_is_chosen() -> None:

@@ -12,10 +12,12 @@ from google.protobuf import text_format
 
 from tests.compile import models
 from tests.compile.conftest import CPU_TARGETS, fast_request, variant
+from warpserve.compile import choice
 from warpserve.compile.pipeline import Outcome, compile_model
 from warpserve.compile.progress import silent
 from warpserve.compile.source import ModelSource
 from warpserve.compile.specs import parse_input
+from warpserve.compile.sweep import Point
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.backends import spec as backend_spec
 from warpserve.server.repository import config as cfg
@@ -49,6 +51,32 @@ def test_every_cpu_variant_is_built_checked_and_measured(outcome: Outcome) -> No
     assert int8["status"] in ("passed", "rejected"), int8["reason"]
     if int8["status"] == "rejected":
         assert int8["reason"].startswith("parity:") and "atol 0.05" in int8["reason"]
+
+
+def test_each_variant_is_reported_as_the_server_will_run_it(outcome: Outcome) -> None:
+    # The test models are tiny: ONNX Runtime runs them inline on the server's event loop,
+    # on one thread, so that curve is the one reported and chosen on; the every-core curve
+    # stays beside it. TorchScript and AOTInductor never run inline.
+    for name in ("onnx", "ort"):
+        entry = variant(outcome, name)
+        served, curves = entry["served"], entry["curves"]
+        assert set(curves) == {"every core", "1 thread"}
+        assert served["inline"] == choice.runs_inline(_points(curves["every core"]))
+        assert served["inline"], entry  # a batch-1 run of these takes microseconds
+        assert served["threads"] == "1 thread" and entry["points"] == curves["1 thread"]
+        assert [p["batch"] for p in curves["every core"]] == [1, 8]
+    for name in ("torchscript", "aoti"):
+        served = variant(outcome, name)["served"]
+        assert (served["inline"], served["threads"]) == (False, "every core")
+        assert "never runs inline" in served["why"]
+    chosen = variant(outcome, outcome.report["choice"]["variant"])
+    assert outcome.report["choice"]["served"] == chosen["served"]
+    markdown = (outcome.version_dir / "compile_report.md").read_text()
+    assert "| ort | 1 thread, served | 1 |" in markdown and "| ort | every core | 1 |" in markdown
+
+
+def _points(rows: list[dict]) -> list[Point]:
+    return [Point(**row) for row in rows]
 
 
 def test_parity_numbers_are_recorded_within_tolerance(outcome: Outcome) -> None:

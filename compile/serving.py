@@ -1,0 +1,76 @@
+"""How the server will run a variant, so that compile chooses on the speed it will serve at.
+
+The sweep measures each variant with one instance and every core. A server with
+execution=auto (the default) runs a model whose runs take microseconds on its event loop
+instead (`server/lifecycle/version.py`, `_choose_execution`), and there ONNX Runtime gets
+a session without an intra-op pool (its instance's `single_threaded`): one thread. A
+variant measured on two threads and served on one would be chosen on a speed it never
+has in service.
+
+So a variant whose format may run inline and whose instance offers `single_threaded` is
+measured a second time on one thread, side by side with the rest. Where its every-core
+curve passes the server's rule (`choice.runs_inline`, the server deciding on the instance
+as loaded), the one-thread curve is the one reported as served and chosen on; otherwise
+the every-core curve, with the one-thread curve kept in the report beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from warpserve.compile.choice import runs_inline
+from warpserve.compile.runners import Runner
+from warpserve.compile.sweep import Point
+from warpserve.server.backends import spec as backend_spec
+from warpserve.server.lifecycle.version import INLINE_BATCH_LIMIT_NS, INLINE_THRESHOLD_NS
+
+ONE_THREAD = "1 thread"
+EVERY_CORE = "every core"
+
+
+@dataclass(frozen=True)
+class Serving:
+    inline: bool  # the server will run it on its event loop
+    threads: str  # ONE_THREAD or EVERY_CORE: how the served curve was measured
+    why: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"inline": self.inline, "threads": self.threads, "why": self.why}
+
+
+def may_run_inline(platform: str) -> bool:
+    spec = backend_spec.by_platform(platform)
+    return spec is not None and spec.capabilities.inline
+
+
+def one_thread_runner(platform: str, runner: Runner) -> Runner | None:
+    """The variant as the server runs it inline (one thread), or None where the format
+    never runs inline or has no single-threaded form (its threads are its own then)."""
+    if not may_run_inline(platform):
+        return None
+    make = getattr(runner.instance, "single_threaded", None)
+    instance = make() if make is not None else None
+    if instance is None:
+        return None
+    return Runner(instance, runner.servable, f"{runner.note}, {ONE_THREAD}")
+
+
+def decide(
+    platform: str, every_core: list[Point], one_thread: list[Point] | None
+) -> tuple[Serving, list[Point]]:
+    """How the server will run the variant, and the curve measured that way."""
+    limits = (
+        f"a batch-1 run under {INLINE_THRESHOLD_NS / 1e3:.0f} us and the largest batch under "
+        f"{INLINE_BATCH_LIMIT_NS / 1e6:.0f} ms"
+    )
+    if not may_run_inline(platform):
+        why = f"{platform} never runs inline: served on worker threads, as measured"
+        return Serving(False, EVERY_CORE, why), every_core
+    if not runs_inline(every_core):
+        why = f"not inline (the server's rule: {limits}): served on worker threads"
+        return Serving(False, EVERY_CORE, why), every_core
+    if one_thread is None:
+        why = f"inline ({limits}); the backend keeps its own thread count there"
+        return Serving(True, EVERY_CORE, why), every_core
+    why = f"inline on the event loop ({limits}), where it runs on one thread"
+    return Serving(True, ONE_THREAD, why), one_thread

@@ -1,0 +1,68 @@
+"""How the server will run a variant: which curve compile reports as served and chooses on."""
+
+from __future__ import annotations
+
+from warpserve.compile import serving
+from warpserve.compile.runners import Runner
+from warpserve.compile.sweep import Point
+
+ORT, TORCHSCRIPT = "onnxruntime_onnx", "pytorch_libtorch"
+
+
+def _curve(batch_1_ms: float, batch_64_ms: float) -> list[Point]:
+    return [
+        Point(1, 10, batch_1_ms, batch_1_ms, 1e3 / batch_1_ms),
+        Point(64, 10, batch_64_ms, batch_64_ms, 64e3 / batch_64_ms),
+    ]
+
+
+TINY, TINY_ONE_THREAD = _curve(0.01, 0.1), _curve(0.012, 0.15)
+
+
+def test_a_tiny_model_that_runs_inline_is_served_and_chosen_on_one_thread() -> None:
+    served, points = serving.decide(ORT, TINY, TINY_ONE_THREAD)
+    assert served.inline and served.threads == serving.ONE_THREAD
+    assert points is TINY_ONE_THREAD
+    assert "inline on the event loop" in served.why
+
+
+def test_a_model_over_the_servers_inline_limits_is_served_on_every_core() -> None:
+    slow_single = _curve(0.5, 3.0)  # batch 1 over 200 us
+    served, points = serving.decide(ORT, slow_single, _curve(0.6, 5.0))
+    assert (served.inline, served.threads) == (False, serving.EVERY_CORE)
+    assert points is slow_single
+    slow_full = _curve(0.05, 2.5)  # a full batch over 2 ms
+    assert not serving.decide(ORT, slow_full, _curve(0.06, 4.0))[0].inline
+
+
+def test_a_format_that_never_runs_inline_keeps_its_measured_curve() -> None:
+    served, points = serving.decide(TORCHSCRIPT, TINY, None)
+    assert (served.inline, served.threads) == (False, serving.EVERY_CORE)
+    assert points is TINY and "never runs inline" in served.why
+    # Inline without a single-threaded form: served inline, on the threads measured.
+    served, points = serving.decide(ORT, TINY, None)
+    assert (served.inline, served.threads) == (True, serving.EVERY_CORE) and points is TINY
+
+
+class _Instance:
+    def __init__(self, single: bool) -> None:
+        self.single = single
+        self.closed = False
+
+    def execute(self, inputs: dict) -> dict:
+        return inputs
+
+    def single_threaded(self) -> _Instance | None:
+        return _Instance(False) if self.single else None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_one_thread_runner_only_where_the_server_would_run_one() -> None:
+    runner = Runner(_Instance(True), True, "server backend")
+    opened = serving.one_thread_runner(ORT, runner)
+    assert opened is not None and opened.instance is not runner.instance
+    assert opened.note == "server backend, 1 thread"
+    assert serving.one_thread_runner(TORCHSCRIPT, runner) is None  # never inline
+    assert serving.one_thread_runner(ORT, Runner(_Instance(False), True, "")) is None
