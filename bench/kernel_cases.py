@@ -177,7 +177,8 @@ def _fraud_layers() -> list[LinearLayer]:
     ]
 
 
-def _onnx_mlp(batch: int) -> Runner:
+def _onnx_mlp(batch: int, threads: int = 0) -> Runner:
+    """ONNX Runtime's session on the fraud MLP; `threads` 0 is its default (every core)."""
     layers, x = _fraud_layers(), _fraud_input(batch)
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -200,7 +201,11 @@ def _onnx_mlp(batch: int) -> Runner:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     run = session.run
     return lambda: run(None, {"x": x})
 
@@ -236,6 +241,9 @@ def _mlp_cases() -> list[Case]:
             "numpy": partial(_fused_mlp, "numpy", batch),
             "numba": partial(_fused_mlp, "numba", batch),
             "onnxruntime": partial(_onnx_mlp, batch),
+            # The thread count of the Numba kernel: on a shared machine the scheduler gives
+            # each runnable thread a share, so two threads get twice one thread's CPU.
+            "onnxruntime/1 thread": partial(_onnx_mlp, batch, 1),
         }
         if batch in (1, 64, 1024):
             makers["torch"] = partial(_torch_mlp, batch, False)
