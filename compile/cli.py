@@ -209,5 +209,6 @@ def _summary(report: dict) -> str:
     lines.append(
         f"chose {choice['variant']} at batch {choice['batch']}: {choice['throughput']:,.0f} "
         f"rows/s, {choice['speedup_vs_eager']:.2f}x eager PyTorch"
+        + (f", as served ({choice['served']['why']})" if choice.get("served") else "")
     )
     return "\n".join(lines)

@@ -28,6 +28,8 @@ def test_writes_a_version_and_the_last_line_names_it(
     assert code == 0
     assert out[-1] == f"wrote {tmp_path / 'repo' / 'm' / '1'}"
     assert any(line.split()[:2] == ["onnx", "passed"] for line in out)
+    # The tiny MLP runs inline in the server, on one thread: the summary says so.
+    assert out[-2].startswith("chose onnx at batch") and "as served (inline" in out[-2]
 
 
 def test_json_output_and_example_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
