@@ -196,6 +196,8 @@ class RestApi:
         if length is not None:
             if length > limit:
                 raise BodyTooLarge(length, limit)
+            if length == 0:  # aiohttp's readexactly(0) on an empty body raises
+                return b""
             try:
                 return await request.content.readexactly(length)
             except asyncio.IncompleteReadError as exc:

@@ -333,6 +333,12 @@ def test_a_content_length_shorter_than_the_json_gets_400(server: ServerProcess) 
     assert b"not valid JSON" in reply, reply
 
 
+def test_an_empty_body_with_content_length_zero_is_an_empty_body(server: ServerProcess) -> None:
+    # As aiohttp's and requests' clients send a POST without data.
+    status, index = post(server, "/v2/repository/index", b"", **{"Content-Length": "0"})
+    assert status == 200 and AFFINE in [m["name"] for m in index]
+
+
 def test_unknown_paths_and_wrong_methods(server: ServerProcess) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
     try:
