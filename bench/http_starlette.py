@@ -46,19 +46,21 @@ def build_app(server: ServerApi) -> Starlette:
 
     async def model_ready(request: Request) -> Response:
         p = request.path_params
-        return Response(status_code=200 if server.model_ready(p["m"], p.get("v", "")) else 400)
+        return Response(
+            status_code=200 if await server.model_ready(p["m"], p.get("v", "")) else 400
+        )
 
     async def metadata(request: Request) -> Response:
         p = request.path_params
         try:
-            return JSONResponse(to_json(server.model_metadata(p["m"], p.get("v", ""))))
+            return JSONResponse(to_json(await server.model_metadata(p["m"], p.get("v", ""))))
         except Exception as exc:
             return failed(exc)
 
     async def config(request: Request) -> Response:
         p = request.path_params
         try:
-            return JSONResponse(to_json(server.model_config(p["m"], p.get("v", ""))))
+            return JSONResponse(to_json(await server.model_config(p["m"], p.get("v", ""))))
         except Exception as exc:
             return failed(exc)
 

@@ -60,18 +60,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @maps_errors
     async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=self.api.model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(
+            ready=await self.api.model_ready(request.name, request.version)
+        )
 
     async def ServerMetadata(self, request, context):
         return self.api.server_metadata()
 
     @maps_errors
     async def ModelMetadata(self, request, context):
-        return self.api.model_metadata(request.name, request.version)
+        return await self.api.model_metadata(request.name, request.version)
 
     @maps_errors
     async def ModelConfig(self, request, context):
-        return pb.ModelConfigResponse(config=self.api.model_config(request.name, request.version))
+        return pb.ModelConfigResponse(
+            config=await self.api.model_config(request.name, request.version)
+        )
 
     @maps_errors
     async def ModelStatistics(self, request, context):
@@ -79,7 +83,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @maps_errors
     async def RepositoryIndex(self, request, context):
-        return self.api.repository_index(ready_only=request.ready)
+        return await self.api.repository_index(ready_only=request.ready)
 
     @maps_errors
     async def RepositoryModelLoad(self, request, context):

@@ -123,12 +123,12 @@ class RestApi:
             action = parts.pop()
         name, version = _model_and_version("/".join(parts))
         if action == "ready":
-            return _ok_or_400(self.server.model_ready(name, version))
+            return _ok_or_400(await self.server.model_ready(name, version))
         if action == "config":
-            return json_response(to_json(self.server.model_config(name, version)))
+            return json_response(to_json(await self.server.model_config(name, version)))
         if action == "stats":
             return json_response(to_json(await self.server.statistics(name, version)))
-        return json_response(to_json(self.server.model_metadata(name, version)))
+        return json_response(to_json(await self.server.model_metadata(name, version)))
 
     async def _repository(self, request: web.BaseRequest, parts: list[str]) -> web.StreamResponse:
         _require(request, "POST")
@@ -137,7 +137,7 @@ class RestApi:
             ready = body.get("ready", False)
             if not isinstance(ready, bool):
                 raise InvalidInput(f"'ready' must be true or false, got {ready!r}")
-            index = self.server.repository_index(ready_only=ready)
+            index = await self.server.repository_index(ready_only=ready)
             return json_response(to_json(index)["models"])
         if len(parts) == 3 and parts[0] == "models" and parts[2] in ("load", "unload"):
             name = parts[1]

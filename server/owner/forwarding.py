@@ -7,40 +7,36 @@ loaded copy is the one that answers, changes and counts. Calls that list every m
 (RepositoryIndex, ModelStatistics and the admin Status without a name) answer with
 the frontend's own models and the owner's together.
 
-``forward_owned`` wraps a servicer's methods before it is registered with the gRPC
-server. Admin calls are checked for credentials here first: the owner's socket takes
-what the frontend forwards without asking again.
+The server API's calls go through ``OwnerCalls``, which ``forward_owned`` sets beneath
+the inference servicer's server API, so gRPC and REST (which share that object) both
+reach the owner. The admin servicer's methods are wrapped by ``forward_owned_admin``
+before it is registered with the gRPC server; admin calls are checked for credentials
+there first: the owner's socket takes what the frontend forwards without asking again.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from warpserve.protos import admin_pb2_grpc as apb_grpc
+from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+from warpserve.protos import model_config_pb2 as mc
+from warpserve.server.errors import WarpserveError
 from warpserve.server.owner.proxy import OwnerProxy
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+T = TypeVar("T")
 
-# Method -> the request field naming the model.
-INFERENCE_CALLS = {
-    "ModelReady": "name",
-    "ModelMetadata": "name",
-    "ModelConfig": "name",
-    "ModelStatistics": "name",
-    "RepositoryModelLoad": "model_name",
-    "RepositoryModelUnload": "model_name",
-}
 ADMIN_CALLS = {
     name: "model"
     for name in ("Rollout", "Promote", "Rollback", "SetTrafficSplit", "SetShadow", "Load", "Unload")
 }
 # Lists of every model: the frontend's models and the owner's, in one answer.
-INFERENCE_LISTS = {"RepositoryIndex": "models", "ModelStatistics": "model_stats"}
 ADMIN_LISTS = {"Status": "models"}
 # gRPC's own words when the owner's socket is not there or drops: the owner is down,
 # as opposed to the owner answering UNAVAILABLE itself (a model still loading).
@@ -48,15 +44,82 @@ _TRANSPORT = ("failed to connect", "Socket closed", "Connection reset", "Broken 
 
 
 def forward_owned(servicer: Any, proxy: OwnerProxy, channel: grpc.aio.Channel) -> None:
-    """Route the inference servicer's calls about owned models to the owner."""
-    stub = pb_grpc.GRPCInferenceServiceStub(channel)
-    for method, field in INFERENCE_CALLS.items():
-        local = getattr(servicer, method)
-        remote = getattr(stub, method)
-        merged = INFERENCE_LISTS.get(method)
-        setattr(servicer, method, _routed(local, remote, proxy, field, merged))
-    index = INFERENCE_LISTS["RepositoryIndex"]
-    servicer.RepositoryIndex = _merged(servicer.RepositoryIndex, stub.RepositoryIndex, index)
+    """Route the server API's calls about owned models (under the inference servicer,
+    and under any REST endpoint sharing its ``api``) to the owner."""
+    servicer.api.owned = OwnerCalls(proxy, channel)
+
+
+class OwnerCalls:
+    """The server API's calls answered by the owner's inference service (an
+    ``OwnedModels`` of ``warpserve.server.serverapi``). Its errors come back as
+    WarpserveError with the owner's status and message."""
+
+    def __init__(self, proxy: OwnerProxy, channel: grpc.aio.Channel) -> None:
+        self.proxy = proxy
+        self.stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+    def owns(self, name: str) -> bool:
+        return self.proxy.owns(name)
+
+    async def model_ready(self, name: str, version: str) -> bool:
+        request = pb.ModelReadyRequest(name=name, version=version)
+        return bool((await _asked(self.stub.ModelReady(request))).ready)
+
+    async def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
+        request = pb.ModelMetadataRequest(name=name, version=version)
+        return await _asked(self.stub.ModelMetadata(request))
+
+    async def model_config(self, name: str, version: str) -> mc.ModelConfig:
+        request = pb.ModelConfigRequest(name=name, version=version)
+        return (await _asked(self.stub.ModelConfig(request))).config
+
+    async def statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:
+        request = pb.ModelStatisticsRequest(name=name, version=version)
+        return await _asked(self.stub.ModelStatistics(request))
+
+    async def listed_statistics(self) -> list[pb.ModelStatistics]:
+        try:
+            answer = await self.stub.ModelStatistics(pb.ModelStatisticsRequest())
+        except grpc.aio.AioRpcError:
+            return []
+        return list(answer.model_stats)
+
+    async def listed_index(self, ready_only: bool) -> list[pb.RepositoryIndexResponse.ModelIndex]:
+        try:
+            answer = await self.stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=ready_only))
+        except grpc.aio.AioRpcError:
+            return []
+        return list(answer.models)
+
+    async def load(self, request: pb.RepositoryModelLoadRequest) -> None:
+        await _asked(self.stub.RepositoryModelLoad(request))
+
+    async def unload(self, name: str) -> None:
+        await _asked(
+            self.stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=name))
+        )
+
+
+async def _asked(call: Awaitable[T]) -> T:
+    """The owner's answer, or its status as a WarpserveError (UNAVAILABLE while it is
+    down, with a hint that says so)."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        code, details = exc.code(), _owner_details(exc)
+    error = WarpserveError(details)
+    error.code = code
+    raise error
+
+
+def _owner_details(exc: grpc.aio.AioRpcError) -> str:
+    code, details = exc.code(), exc.details() or ""
+    if code is grpc.StatusCode.UNAVAILABLE and any(m in details for m in _TRANSPORT):
+        details = (
+            "the model owner process, which serves this model, is not reachable (it is "
+            f"being started or restarted); retry shortly ({details})"
+        )
+    return details
 
 
 def forward_owned_admin(servicer: Any, proxy: OwnerProxy, channel: grpc.aio.Channel) -> None:
@@ -86,14 +149,6 @@ def _routed(
     return call
 
 
-def _merged(local: Handler, remote: Any, field: str) -> Handler:
-    @functools.wraps(local)
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await _both(local, remote, field, request, context)
-
-    return call
-
-
 def _checked(handler: Handler, check: Callable[[Any], None]) -> Handler:
     """The admin servicer's credentials check before anything is forwarded. (Its own
     methods check again when they run locally, which costs nothing that matters.)"""
@@ -115,13 +170,8 @@ async def _forward(remote: Any, request: Any, context: grpc.aio.ServicerContext)
     try:
         return await remote(request, timeout=context.time_remaining())
     except grpc.aio.AioRpcError as exc:
-        code, details = exc.code(), exc.details() or ""
-        if code is grpc.StatusCode.UNAVAILABLE and any(m in details for m in _TRANSPORT):
-            details = (
-                "the model owner process, which serves this model, is not reachable (it is "
-                f"being started or restarted); retry shortly ({details})"
-            )
-        await context.abort(code, details)
+        code, details = exc.code(), _owner_details(exc)
+    await context.abort(code, details)
 
 
 async def _both(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import fp32_input, metric_value, metrics_text
@@ -92,6 +93,20 @@ def test_the_owned_model_is_loaded_and_counted_once(server: ServerProcess) -> No
     log = server.log()
     assert log.count(f"model '{OWNED}' version 1 is ready") == 1  # loaded once
     assert log.count(f"model '{LOCAL}' version 1 is ready") == 2  # in each worker
+
+
+def test_rest_asks_the_owner_about_its_model(server: ServerProcess) -> None:
+    """Over REST, as over gRPC, whichever worker a connection reaches."""
+    clients = [httpclient.InferenceServerClient(server.http_url) for _ in range(CHANNELS)]
+    for client in clients:
+        assert client.is_model_ready(OWNED) and client.is_model_ready(LOCAL)
+        assert client.get_model_metadata(OWNED)["versions"] == ["1"]
+        assert client.get_model_config(OWNED)["name"] == OWNED
+        (stats,) = client.get_inference_statistics(OWNED)["model_stats"]
+        assert stats["name"] == OWNED and stats["inference_count"] >= 0
+        index = client.get_model_repository_index()
+        assert sorted(m["name"] for m in index) == [LOCAL, OWNED]
+        client.close()
 
 
 def test_a_killed_owner_is_unavailable_until_restarted(server: ServerProcess) -> None:
