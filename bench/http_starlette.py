@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from warpserve.server.grpc.server import start_server
-from warpserve.server.http import tensors
+from warpserve.server.http import decoding, tensors
 from warpserve.server.http.jsonproto import to_json
 from warpserve.server.http.server import listening_socket
 from warpserve.server.http.status import http_status
@@ -77,7 +77,7 @@ def build_app(server: ServerApi) -> Starlette:
             with dataplane.calls.admit(CALL):
                 body = await request.body()
                 size = tensors.header_length(request.headers.get(tensors.HEADER_LENGTH), len(body))
-                decoded, fmt = tensors.decode_infer(body, size, p["m"], p.get("v", ""), server.shm)
+                decoded, fmt = decoding.decode_infer(body, size, p["m"], p.get("v", ""), server.shm)
                 mv, outputs = await dataplane.infer(decoded)
                 parts, head = tensors.encode_infer(mv.name, str(mv.version), decoded, outputs, fmt)
         except Exception as exc:

@@ -207,7 +207,7 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _from_raw(
+def from_raw(
     name: str, dt: dtypes.DType, shape: tuple[int, ...], raw: bytes | memoryview
 ) -> np.ndarray:
     count = element_count(name, shape)
@@ -322,13 +322,8 @@ def _decode_inputs(
         if raw and location is None and next_raw == len(raw):
             raise _raw_count_error(tensors, len(raw))
         if name in inputs:
-            raise InvalidInput(f"input '{name}' appears more than once; send it once")
-        dt = dtypes.from_wire(tensor.datatype)
-        if dt is None:
-            raise InvalidInput(
-                f"input '{name}' has unknown datatype '{tensor.datatype}'; expected one "
-                f"of {', '.join(dtypes.BY_WIRE)}"
-            )
+            raise duplicate_input(name)
+        dt = input_dtype(name, tensor.datatype)
         shape = tuple(tensor.shape)
         if location is not None:
             if tensor.HasField("contents") and tensor.contents.ListFields():
@@ -338,18 +333,32 @@ def _decode_inputs(
                 )
             region, offset, byte_size = location
             data = _regions(shm).region(name, region).read(name, offset, byte_size)
-            inputs[name] = _from_raw(name, dt, shape, data)
+            inputs[name] = from_raw(name, dt, shape, data)
             shared = True
         elif raw:
             if tensor.HasField("contents"):
                 _check_contents_unused(name, tensor.contents)
-            inputs[name] = _from_raw(name, dt, shape, raw[next_raw])
+            inputs[name] = from_raw(name, dt, shape, raw[next_raw])
             next_raw += 1
         else:
             inputs[name] = _from_contents(name, dt, shape, tensor.contents)
     if raw and next_raw != len(raw):
         raise _raw_count_error(tensors, len(raw))
     return inputs, shared
+
+
+def duplicate_input(name: str) -> InvalidInput:
+    return InvalidInput(f"input '{name}' appears more than once; send it once")
+
+
+def input_dtype(name: str, datatype: str) -> dtypes.DType:
+    dt = dtypes.from_wire(datatype)
+    if dt is None:
+        raise InvalidInput(
+            f"input '{name}' has unknown datatype '{datatype}'; expected one "
+            f"of {', '.join(dtypes.BY_WIRE)}"
+        )
+    return dt
 
 
 def _raw_count_error(

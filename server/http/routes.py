@@ -18,7 +18,7 @@ from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import InvalidInput, ModelNotFound, Unimplemented, WarpserveError
 from warpserve.server.grpc.inference import NO_CUDA_SHM
-from warpserve.server.http import tensors
+from warpserve.server.http import decoding, tensors
 from warpserve.server.http.jsonproto import to_json
 from warpserve.server.http.status import BodyTooLarge, http_status
 from warpserve.server.inflight import CALL
@@ -181,7 +181,7 @@ class RestApi:
         with self.dataplane.calls.admit(CALL):
             body = await self.read_body(request)
             json_size = tensors.header_length(request.headers.get(tensors.HEADER_LENGTH), len(body))
-            decoded, fmt = tensors.decode_infer(body, json_size, name, version, self.server.shm)
+            decoded, fmt = decoding.decode_infer(body, json_size, name, version, self.server.shm)
             mv, outputs = await self.dataplane.infer(decoded)
             parts, head = tensors.encode_infer(mv.name, str(mv.version), decoded, outputs, fmt)
         if head is None:

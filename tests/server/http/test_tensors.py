@@ -10,7 +10,7 @@ import pytest
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.server.errors import InvalidInput
-from warpserve.server.http import tensors
+from warpserve.server.http import decoding, tensors
 from warpserve.server.http.jsonproto import to_json
 
 
@@ -21,7 +21,7 @@ def body(document: dict, binary: bytes = b"") -> tuple[bytes, int | None]:
 
 def decode(document: dict, binary: bytes = b"") -> tuple:
     data, size = body(document, binary)
-    return tensors.decode_infer(data, size, "m", "", None)
+    return decoding.decode_infer(data, size, "m", "", None)
 
 
 def test_json_data_nested_or_flat_is_row_major() -> None:
