@@ -4,7 +4,7 @@ For each payload size it times, per request or reply:
 
 - **decode**: the bytes gRPC hands the server -> numpy inputs (``codec.receive_infer`` and
   ``codec.decode_request``, what ModelInfer runs);
-- **encode**: numpy outputs -> the bytes gRPC sends (``codec.encode_response``);
+- **encode**: numpy outputs -> the bytes gRPC sends (``replies.encode_response``);
 - **protobuf**: the same two steps with the tensors going through protobuf messages
   (the whole request parsed by ``FromString``, ``raw_input_contents`` read from it; the
   outputs appended to ``raw_output_contents`` and ``SerializeToString``), the way a
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from warpserve.protos import grpc_service_pb2 as pb
-from warpserve.server import codec
+from warpserve.server import codec, replies
 
 BENCH_DIR = Path(__file__).resolve().parent
 SIZES = {
@@ -74,14 +74,14 @@ def measure(shape: tuple[int, ...], budget_s: float) -> dict[str, float]:
     data = _request_bytes(x)
     decoded = codec.decode_request(codec.receive_infer(data)).inputs["x"]
     np.testing.assert_array_equal(decoded, x)  # the timed path gives the right tensor
-    assert codec.encode_response("m", "1", "r", [("y", x)]) == _protobuf_encode(x)
+    assert replies.encode_response("m", "1", "r", [("y", x)]) == _protobuf_encode(x)
     buffer = memoryview(x.tobytes())
     seconds = {
         "one_copy": _time_per_call(lambda: bytes(buffer), budget_s),
         "decode": _time_per_call(lambda: codec.decode_request(codec.receive_infer(data)), budget_s),
         "protobuf_decode": _time_per_call(lambda: _protobuf_decode(data), budget_s),
         "encode": _time_per_call(
-            lambda: codec.encode_response("m", "1", "r", [("y", x)]), budget_s
+            lambda: replies.encode_response("m", "1", "r", [("y", x)]), budget_s
         ),
         "protobuf_encode": _time_per_call(lambda: _protobuf_encode(x), budget_s),
     }

@@ -9,7 +9,7 @@ import grpc
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
-from warpserve.server import codec, wireplans
+from warpserve.server import codec, replies, wireplans
 from warpserve.server.control.local import LocalControlPlane
 from warpserve.server.control.plane import ControlPlane
 from warpserve.server.dataplane import DataPlane
@@ -148,7 +148,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if hook is not None:
                 await at_point(hook, "encoding")
             return self._sized(
-                codec.encode_response(
+                replies.encode_response(
                     mv.name,
                     str(mv.version),
                     decoded.id,
@@ -180,7 +180,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if hook is not None:
                     await at_point(hook, "encoding")
                 return self._sized(
-                    codec.encode_stream_response(
+                    replies.encode_stream_response(
                         mv.name,
                         str(mv.version),
                         decoded.id,

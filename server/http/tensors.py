@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from warpserve.server import codec, dtypes
+from warpserve.server import dtypes, replies
 from warpserve.server.batching.request import Outputs
 from warpserve.server.codec import InferRequest
 from warpserve.server.errors import InvalidInput
@@ -74,9 +74,9 @@ def encode_infer(
         if target is not None:
             # Only the shape and type come back, with no parameters, as from Triton: its
             # C++ client (perf_analyzer) reads any output parameters as binary data.
-            target.write(codec.tensor_bytes(array, dt.wire))
+            target.write(replies.tensor_bytes(array, dt.wire))
         elif fmt.is_binary(name) or dt.wire == "BF16":
-            data = codec.tensor_bytes(array, dt.wire)
+            data = replies.tensor_bytes(array, dt.wire)
             entry["parameters"] = {
                 BINARY_SIZE: len(data) if isinstance(data, bytes) else data.nbytes
             }

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from warpserve.protos import grpc_service_pb2 as pb
-from warpserve.server import codec, dtypes
+from warpserve.server import codec, replies
 from warpserve.server.errors import InvalidInput, PermissionDenied
 from warpserve.server.shm import SharedMemoryRegions
 
@@ -119,69 +119,6 @@ def test_negative_dimension() -> None:
     req.raw_input_contents.append(b"")
     with pytest.raises(InvalidInput, match=">= 0"):
         codec.decode_inputs(req)
-
-
-def test_encode_response_raw_and_bytes() -> None:
-    y = np.arange(4, dtype=np.int64).reshape(2, 2)
-    s = np.array([[b"a"], [b"bc"]], dtype=np.object_)
-    resp = pb.ModelInferResponse.FromString(
-        codec.encode_response("m", "3", "id-1", [("y", y), ("s", s)])
-    )
-    assert [o.datatype for o in resp.outputs] == ["INT64", "BYTES"]
-    assert list(resp.outputs[0].shape) == [2, 2]
-    assert np.frombuffer(resp.raw_output_contents[0], np.int64).tolist() == [0, 1, 2, 3]
-    assert codec.deserialize_bytes("s", resp.raw_output_contents[1], 2).tolist() == [b"a", b"bc"]
-    assert resp.id == "id-1" and resp.model_version == "3"
-
-
-@pytest.mark.parametrize(
-    "array",
-    [
-        np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not C-contiguous
-        np.arange(300_000, dtype=np.float16).reshape(1000, 300),  # a multi-byte length
-        np.array([True, False]),
-        np.zeros((0, 3), np.int8),
-        np.array(7, np.int32),  # 0-d
-        np.array([[1.5, -2.0]], dtype=dtypes.BY_WIRE["BF16"].numpy),
-    ],
-    ids=["transposed", "large", "bool", "empty", "scalar", "bf16"],
-)
-def test_encoded_outputs_equal_protobufs_own_serialization(array: np.ndarray) -> None:
-    want = pb.ModelInferResponse(model_name="m", model_version="1", id="r")
-    want.outputs.add(name="y", datatype=dtypes.from_numpy(array.dtype).wire, shape=array.shape)
-    want.raw_output_contents.append(array.tobytes())
-    got = codec.encode_response("m", "1", "r", [("y", array)])
-    assert got == want.SerializeToString()
-    stream = pb.ModelStreamInferResponse.FromString(
-        codec.encode_stream_response("m", "1", "r", [("y", array)])
-    )
-    assert stream.infer_response == want and not stream.error_message
-
-
-@pytest.mark.parametrize("request_id", ["", "r-7"])
-def test_answers_from_the_reply_tables_are_protobufs_own_bytes(request_id: str) -> None:
-    outputs: list[tuple[str, np.ndarray]] = [
-        ("y", np.arange(6, dtype=np.float32).reshape(2, 3)),
-        ("ids", np.array([[1], [2]], dtype=np.int64)),
-        ("big", np.zeros((64, 64), np.float32)),
-    ]
-    want = pb.ModelInferResponse(model_name="m", model_version="2", id=request_id)
-    for name, array in outputs:
-        want.outputs.add(name=name, datatype=dtypes.from_numpy(array.dtype).wire, shape=array.shape)
-        want.raw_output_contents.append(array.tobytes())
-    codec._heads.clear()
-    codec._descriptions.clear()
-    for _ in range(2):  # made, then from the tables
-        assert codec.encode_response("m", "2", request_id, outputs) == want.SerializeToString()
-        stream = pb.ModelStreamInferResponse.FromString(
-            codec.encode_stream_response("m", "2", request_id, outputs)
-        )
-        assert stream.infer_response == want
-    assert ("m", "2") in codec._heads and len(codec._descriptions) == 1
-    strings: list[tuple[str, np.ndarray]] = [("s", np.array([b"a", b"bc"], dtype=np.object_))]
-    resp = pb.ModelInferResponse.FromString(codec.encode_response("m", "2", "", strings))
-    assert codec.deserialize_bytes("s", resp.raw_output_contents[0], 2).tolist() == [b"a", b"bc"]
-    assert len(codec._descriptions) == 1  # BYTES outputs are not planned
 
 
 def test_parameters_are_decoded() -> None:
@@ -422,7 +359,7 @@ def test_outputs_go_to_shared_memory_with_an_empty_raw_entry(
     big = np.arange(256, dtype=np.float32).reshape(16, 16)  # 1 KiB, sent from its memory
     small = np.array([3], dtype=np.int32)
     reply = pb.ModelInferResponse.FromString(
-        codec.encode_response(
+        replies.encode_response(
             "m", "1", "7", [("big", big), ("small", small)], decoded.output_targets
         )
     )
@@ -437,4 +374,4 @@ def test_outputs_go_to_shared_memory_with_an_empty_raw_entry(
     place(req.outputs[0].parameters, "out", 100, 16)
     decoded = codec.decode_request(codec.ReceivedInfer(req), regions)
     with pytest.raises(InvalidInput, match=r"'big' needs 1024 bytes .* holds 100"):
-        codec.encode_stream_response("m", "1", "7", [("big", big)], decoded.output_targets)
+        replies.encode_stream_response("m", "1", "7", [("big", big)], decoded.output_targets)
