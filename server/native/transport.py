@@ -17,12 +17,13 @@ import inspect
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, NamedTuple
 
 import grpc
 
 from warpserve.server.arrivals import BEHIND
+from warpserve.server.native.context import Abort, Context, Requests
 from warpserve.server.tls import TlsSettings
 
 log = logging.getLogger("warpserve")
@@ -54,137 +55,11 @@ def grpc_version() -> str:
     return "" if _frontend is None else str(_frontend.GRPC_VERSION)
 
 
-class _Abort(grpc.aio.AbortError):
-    """What ``context.abort`` raises: the call ends with this status."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(code, details)
-        self.code = code
-        self.details = details
-
-
 class _Details(NamedTuple):
     """What a generic handler is asked about (grpc.HandlerCallDetails' fields)."""
 
     method: str
     invocation_metadata: tuple[tuple[str, str | bytes], ...]
-
-
-class Context:
-    """The servicer context a handler gets for one call."""
-
-    __slots__ = (
-        "_callbacks",
-        "_deadline",
-        "_metadata",
-        "_serialize",
-        "_server",
-        "_writable",
-        "cancelled_by_client",
-        "code",
-        "details",
-        "id",
-        "messages",
-        "task",
-    )
-
-    def __init__(
-        self,
-        server: NativeServer,
-        call_id: int,
-        timeout: float | None,
-        metadata: tuple[tuple[str, str | bytes], ...],
-        serialize: Callable[[Any], bytes] | None,
-    ) -> None:
-        self._server = server
-        self.id = call_id
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._metadata = metadata
-        self._serialize = serialize
-        self._callbacks: list[Callable[[Context], None]] = []
-        self._writable: asyncio.Future[None] | None = None
-        self.messages: asyncio.Future[bytes | None] | None = None  # the read in progress
-        self.task: asyncio.Task[None] | None = None
-        self.cancelled_by_client = False
-        self.code: grpc.StatusCode | None = None
-        self.details = ""
-
-    # --- what grpc.aio.ServicerContext offers and the handlers use ---
-    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        return self._metadata
-
-    def time_remaining(self) -> float | None:
-        if self._deadline is None:
-            return None
-        return max(0.0, self._deadline - time.monotonic())
-
-    async def abort(
-        self, code: grpc.StatusCode, details: str = "", trailing_metadata: object = ()
-    ) -> None:
-        raise _Abort(code, details)
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self.code = code
-
-    def set_details(self, details: str) -> None:
-        self.details = details
-
-    def add_done_callback(self, callback: Callable[[Context], None]) -> None:
-        self._callbacks.append(callback)
-
-    def cancelled(self) -> bool:
-        return self.cancelled_by_client
-
-    def peer(self) -> str:
-        return ""
-
-    async def write(self, message: Any) -> None:
-        """Send one message of a streamed answer; waits while many are queued."""
-        data = self._serialize(message) if self._serialize is not None else message
-        frontend = self._server.frontend
-        if frontend.write(self.id, data) >= _frontend.HIGH_WRITES:
-            self._writable = asyncio.get_running_loop().create_future()
-            await self._writable
-
-    async def read(self) -> bytes | None:
-        """The next message of a streamed request (raw), None once the client is done."""
-        self.messages = asyncio.get_running_loop().create_future()
-        self._server.frontend.read(self.id)
-        return await self.messages
-
-    # --- events from the frontend ---
-    def _wake_writer(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-
-    def _ended(self) -> None:
-        self._wake_writer()
-        if self.messages is not None and not self.messages.done():
-            self.messages.set_result(None)
-        for callback in self._callbacks:
-            try:
-                callback(self)
-            except Exception:
-                log.exception("done callback of a gRPC call failed")
-
-
-class _Requests:
-    """The async iterator a stream-request handler reads its messages from."""
-
-    __slots__ = ("_context", "_deserialize")
-
-    def __init__(self, context: Context, deserialize: Callable[[bytes], Any] | None) -> None:
-        self._context = context
-        self._deserialize = deserialize
-
-    def __aiter__(self) -> _Requests:
-        return self
-
-    async def __anext__(self) -> Any:
-        data = await self._context.read()
-        if data is None:
-            raise StopAsyncIteration
-        return self._deserialize(data) if self._deserialize is not None else data
 
 
 class NativeServer:
@@ -344,7 +219,7 @@ class NativeServer:
         if handler is None:
             self._finish(call_id, UNIMPLEMENTED, "Method not found!")
             return
-        context = Context(self, call_id, timeout, metadata, handler.response_serializer)
+        context = Context(self.frontend, call_id, timeout, metadata, handler.response_serializer)
         self._calls[call_id] = context
         assert self._loop is not None
         context.task = self._loop.create_task(self._run(handler, context, payload))
@@ -369,7 +244,7 @@ class NativeServer:
     ) -> None:
         try:
             reply = await self._answer(handler, context, payload)
-        except _Abort as abort:
+        except Abort as abort:
             self._finish(context.id, abort.code.value[0], abort.details)
         except asyncio.CancelledError:
             self._finish(context.id, CANCELLED, "cancelled")
@@ -389,7 +264,7 @@ class NativeServer:
         """The handler's answer, serialized (None: its messages were written)."""
         parse = handler.request_deserializer
         if handler.request_streaming:
-            requests: Any = _Requests(context, parse)
+            requests: Any = Requests(context, parse)
         else:
             assert payload is not None
             requests = parse(payload) if parse is not None else payload

@@ -90,12 +90,23 @@ def _handlers(probe: Probe) -> dict[str, grpc.RpcMethodHandler]:
     }
 
 
+def _server(probe: Probe, *, reuse_port: bool = False) -> NativeServer:
+    """A server with the test handlers, not yet listening."""
+    server = NativeServer(max_receive=LIMIT, max_send=LIMIT, reuse_port=reuse_port)
+    server.add_registered_method_handlers(SERVICE, _handlers(probe))
+    return server
+
+
+async def _started(probe: Probe) -> tuple[NativeServer, int]:
+    """A server with the test handlers on a free loopback port; returns it and the port."""
+    server = _server(probe)
+    server.listen("127.0.0.1", 0)
+    return server, await server.start()
+
+
 @contextlib.asynccontextmanager
 async def _serving(probe: Probe) -> AsyncIterator[tuple[NativeServer, grpc.aio.Channel]]:
-    server = NativeServer(max_receive=LIMIT, max_send=LIMIT, reuse_port=False)
-    server.add_registered_method_handlers(SERVICE, _handlers(probe))
-    server.listen("127.0.0.1", 0)
-    port = await server.start()
+    server, port = await _started(probe)
     assert port > 0
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
@@ -242,10 +253,7 @@ def test_streamed_answers_wait_for_a_client_that_does_not_read() -> None:
 def test_stop_lets_calls_in_progress_finish_within_the_grace() -> None:
     async def main() -> None:
         probe = Probe()
-        server = NativeServer(max_receive=LIMIT, max_send=LIMIT, reuse_port=False)
-        server.add_registered_method_handlers(SERVICE, _handlers(probe))
-        server.listen("127.0.0.1", 0)
-        port = await server.start()
+        server, port = await _started(probe)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = _unary(channel, "Hang")(b"")
             await asyncio.wait_for(probe.hang_started.wait(), 5)
@@ -262,10 +270,7 @@ def test_stop_lets_calls_in_progress_finish_within_the_grace() -> None:
 def test_stop_cuts_off_what_outlives_the_grace() -> None:
     async def main() -> None:
         probe = Probe()
-        server = NativeServer(max_receive=LIMIT, max_send=LIMIT, reuse_port=False)
-        server.add_registered_method_handlers(SERVICE, _handlers(probe))
-        server.listen("127.0.0.1", 0)
-        port = await server.start()
+        server, port = await _started(probe)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = _unary(channel, "Hang")(b"")
             await asyncio.wait_for(probe.hang_started.wait(), 5)
@@ -279,17 +284,13 @@ def test_stop_cuts_off_what_outlives_the_grace() -> None:
 
 def test_a_taken_port_fails_the_start() -> None:
     async def main() -> None:
-        first = NativeServer(max_receive=LIMIT, max_send=LIMIT, reuse_port=False)
-        first.add_registered_method_handlers(SERVICE, _handlers(Probe()))
-        first.listen("127.0.0.1", 0)
-        port = await first.start()
-        second = NativeServer(max_receive=LIMIT, max_send=LIMIT, reuse_port=False)
+        first, port = await _started(Probe())
+        second = _server(Probe())
         with pytest.raises(OSError):  # held from listen on, before anything loads
             second.listen("127.0.0.1", port)
         # A worker of several binds beside its siblings only as it starts: the port of
         # a lone server (no SO_REUSEPORT) stays refused there too.
-        worker = NativeServer(max_receive=LIMIT, max_send=LIMIT, reuse_port=True)
-        worker.add_registered_method_handlers(SERVICE, _handlers(Probe()))
+        worker = _server(Probe(), reuse_port=True)
         worker.listen("127.0.0.1", port)
         try:
             assert await worker.start() == 0
@@ -305,8 +306,7 @@ def test_a_held_port_is_the_one_the_server_takes() -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        server = NativeServer(max_receive=LIMIT, max_send=LIMIT, reuse_port=False)
-        server.add_registered_method_handlers(SERVICE, _handlers(Probe()))
+        server = _server(Probe())
         server.listen("127.0.0.1", port)
         assert await server.start() == port
         try:
