@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from warpserve import __version__
+from warpserve.protos import admin_pb2 as apb
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.control.local import LocalControlPlane
@@ -52,6 +53,8 @@ class OwnedModels(Protocol):
     async def listed_index(
         self, ready_only: bool
     ) -> list[pb.RepositoryIndexResponse.ModelIndex]: ...
+
+    async def listed_status(self) -> list[apb.ModelStatus]: ...
 
     async def load(self, request: pb.RepositoryModelLoadRequest) -> None: ...
 

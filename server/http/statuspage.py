@@ -114,17 +114,29 @@ async def status_document(server: ServerApi) -> dict[str, Any]:
     models = []
     for name in sorted(set(registry.repository.model_names()) | set(registry.models)):
         served = registry.models.get(name)
-        document = to_json(model_status(name, served))
-        for version in document["versions"]:
-            version["statistics"] = statistics.get((name, str(version["version"])))
+        document = _with_statistics(to_json(model_status(name, served)), statistics)
         document["image"] = _image_input(served.versions if served else {}, document)
         models.append(document)
+    if server.owned is not None:  # models the model owner serves for every frontend
+        for status in await server.owned.listed_status():
+            # Their versions live in the owner; what their image input takes is not known here.
+            models.append({**_with_statistics(to_json(status), statistics), "image": None})
+        models.sort(key=lambda document: str(document["model"]))
     return {
         "server": to_json(server.server_metadata()),
         "ready": await server.server_ready(),
         "time_ms": time.time() * 1000,
         "models": models,
     }
+
+
+def _with_statistics(
+    document: dict[str, Any], statistics: dict[tuple[str, str], Any]
+) -> dict[str, Any]:
+    name = document["model"]
+    for version in document.get("versions", []):
+        version["statistics"] = statistics.get((name, str(version["version"])))
+    return document
 
 
 def _image_input(versions: dict[int, ModelVersion], document: dict[str, Any]) -> Any:

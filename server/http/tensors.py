@@ -93,10 +93,6 @@ def encode_infer(
     return [head, *blobs], len(head) if blobs else None
 
 
-def _size(data: bytes | memoryview) -> int:
-    return len(data) if isinstance(data, bytes) else data.nbytes
-
-
 def _json_values(name: str, array: np.ndarray, wire: str) -> list[Any]:
     flat = array.reshape(-1)
     if wire != "BYTES":

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from warpserve.protos import admin_pb2 as apb
 from warpserve.protos import admin_pb2_grpc as apb_grpc
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
@@ -57,6 +58,8 @@ class OwnerCalls:
     def __init__(self, proxy: OwnerProxy, channel: grpc.aio.Channel) -> None:
         self.proxy = proxy
         self.stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        # The owner's control socket takes admin calls unchecked (see the module's doc).
+        self.admin = apb_grpc.ModelAdminStub(channel)
 
     def owns(self, name: str) -> bool:
         return self.proxy.owns(name)
@@ -89,6 +92,15 @@ class OwnerCalls:
             answer = await self.stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=ready_only))
         except grpc.aio.AioRpcError:
             return []
+        return list(answer.models)
+
+    async def listed_status(self) -> list[apb.ModelStatus]:
+        """The owner's models with their versions; while it is down, the models it
+        serves without versions (unavailable, not unknown)."""
+        try:
+            answer = await self.admin.Status(apb.StatusRequest())
+        except grpc.aio.AioRpcError:
+            return [apb.ModelStatus(model=name) for name in sorted(self.proxy.owned)]
         return list(answer.models)
 
     async def load(self, request: pb.RepositoryModelLoadRequest) -> None:

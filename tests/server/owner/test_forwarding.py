@@ -33,6 +33,8 @@ from warpserve.server.grpc.admin import AdminServicer
 from warpserve.server.grpc.inference import InferenceServicer, add_inference_service
 from warpserve.server.http.routes import RestApi
 from warpserve.server.http.server import listening_socket, start_http
+from warpserve.server.http.statuspage import STATUS_PATH, add_status_page
+from warpserve.server.options import ServerOptions
 from warpserve.server.owner.forwarding import forward_owned, forward_owned_admin
 from warpserve.server.owner.process import RunningOwner, control_target
 
@@ -66,6 +68,7 @@ async def frontend_server(
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     rest = RestApi(frontend.dataplane, servicer.api, 1 << 20)
+    add_status_page(rest, servicer.api, ServerOptions(http_address="127.0.0.1"))
     http = await start_http(rest, listening_socket("127.0.0.1", 0))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
@@ -178,6 +181,30 @@ def test_admin_calls_are_checked_then_forwarded(tmp_path: Path) -> None:
             assert "previous version" in (nothing_before.value.details() or "")
             both = await admin.Status(apb.StatusRequest(), metadata=AUTH)
             assert sorted(m.model for m in both.models) == [MODEL, "local"]
+
+    asyncio.run(main())
+
+
+def test_the_status_page_lists_the_owners_models_with_their_versions(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with served(tmp_path) as both:
+            for model in (MODEL, "local"):
+                await model_infer(both.stub, model)
+            status, page = await rest(both.http, STATUS_PATH)
+            assert status == 200, page
+            models = {m["model"]: m for m in page["models"]}
+            assert sorted(models) == [MODEL, "local"]
+            for name in (MODEL, "local"):
+                (version,) = models[name]["versions"]
+                assert (version["version"], version["state"]) == (1, "READY") and version["active"]
+                assert version["statistics"]["inference_count"] == 2  # the owner's count
+            assert not both.frontend.dataplane.registry.models.get(MODEL)
+            # Down, the owner's models stay listed, without versions, beside the rest.
+            await both.owner.control.stop(None)
+            status, page = await rest(both.http, STATUS_PATH)
+            models = {m["model"]: m for m in page["models"]}
+            assert sorted(models) == [MODEL, "local"] and models[MODEL]["versions"] == []
+            assert models["local"]["versions"][0]["state"] == "READY"
 
     asyncio.run(main())
 
