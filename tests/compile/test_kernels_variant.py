@@ -14,6 +14,8 @@ pytest.importorskip("numba")
 import torch
 
 from tests.compile import models
+from warpserve.compile.choice import runs_inline
+from warpserve.compile.sweep import Point
 from warpserve.server.backends import spec as backend_spec
 from warpserve.server.cli import main
 from warpserve.server.repository import config as cfg
@@ -55,6 +57,10 @@ def test_kernels_alone_is_checked_measured_chosen_and_served(
     assert 0 <= parity["outputs"]["OUTPUT0"]["max_abs"] <= 1e-4
     assert [p["batch"] for p in entry["points"]] == [1, 8]
     assert report["choice"]["variant"] == "kernels"
+    # Served inline where the server's rule says so, on the kernels' own thread count.
+    served = entry["served"]
+    assert served["inline"] == runs_inline([Point(**p) for p in entry["points"]])
+    assert served["threads"] == "every core" and "never runs inline" not in served["why"]
 
     folder = tmp_path / "m" / "1"
     assert {"plan.json", "weights.npz"} <= {p.name for p in folder.iterdir()}

@@ -6,7 +6,7 @@ from warpserve.compile import serving
 from warpserve.compile.runners import Runner
 from warpserve.compile.sweep import Point
 
-ORT, TORCHSCRIPT = "onnxruntime_onnx", "pytorch_libtorch"
+ORT, TORCHSCRIPT, KERNELS = "onnxruntime_onnx", "pytorch_libtorch", "warpserve_kernels"
 
 
 def _curve(batch_1_ms: float, batch_64_ms: float) -> list[Point]:
@@ -42,6 +42,14 @@ def test_a_format_that_never_runs_inline_keeps_its_measured_curve() -> None:
     # Inline without a single-threaded form: served inline, on the threads measured.
     served, points = serving.decide(ORT, TINY, None)
     assert (served.inline, served.threads) == (True, serving.EVERY_CORE) and points is TINY
+
+
+def test_a_kernel_plan_runs_inline_by_the_same_rule_on_its_own_threads() -> None:
+    served, points = serving.decide(KERNELS, TINY, None)
+    assert (served.inline, served.threads) == (True, serving.EVERY_CORE) and points is TINY
+    assert "keeps its own thread count" in served.why
+    slow_full = _curve(0.05, 2.5)  # a full batch over 2 ms
+    assert serving.decide(KERNELS, slow_full, None)[0].inline is False
 
 
 class _Instance:

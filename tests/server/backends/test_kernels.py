@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,13 @@ from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.backends import spec as formats
 from warpserve.server.backends.kernel_plan import Plan, PlanTensor, Step, write_plan
 from warpserve.server.backends.kernels import KernelInstance, load_instance
+from warpserve.server.codec import InferRequest
+from warpserve.server.dataplane import DataPlane
 from warpserve.server.errors import InvalidInput, ModelLoadError
+from warpserve.server.lifecycle.registry import ModelRegistry
+from warpserve.server.lifecycle.version import ModelVersion
 from warpserve.server.repository import config as cfg
+from warpserve.server.repository.repository import ModelRepository
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 
@@ -198,3 +205,57 @@ def test_a_broken_plan_file_fails_the_load(tmp_path: Path) -> None:
     (tmp_path / "plan.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="cannot be read"):
         cfg.complete(mc.ModelConfig(name="m", backend="warpserve_kernels"), tmp_path)
+
+
+def _serve_plan(repo: Path, plan: Plan, weights: dict[str, np.ndarray], batch: int) -> None:
+    folder = repo / "m"
+    write_plan(folder / "1", plan, weights)
+    (folder / "config.pbtxt").write_text(
+        f'name: "m"\nbackend: "warpserve_kernels"\nmax_batch_size: {batch}\n'
+        "dynamic_batching { }\n"
+    )
+
+
+def _loaded(repo: Path, check: Callable[[ModelVersion, DataPlane], Awaitable[None]]) -> None:
+    async def main() -> None:
+        registry = ModelRegistry(ModelRepository(repo))
+        try:
+            await registry.load("m")
+            await check(registry.resolve("m"), DataPlane(registry))
+        finally:
+            await registry.close()
+
+    asyncio.run(main())
+
+
+def test_a_tiny_kernel_plan_runs_inline_and_answers_as_the_reference(tmp_path: Path) -> None:
+    # The same rule as ONNX Runtime (execution=auto): a batch-1 run under 200 us and a
+    # full batch under 2 ms run on the event loop instead of a worker thread.
+    weights = mlp_weights()
+    _serve_plan(tmp_path, mlp_plan(), weights, 16)
+    x = np.random.default_rng(3).standard_normal((3, 16)).astype(np.float32)
+
+    async def check(mv: ModelVersion, plane: DataPlane) -> None:
+        assert mv.batcher is not None and [e.inline for e in mv.batcher.executors] == [True]
+        _, outputs = await plane.infer(InferRequest("m", "", "", {"TRANSACTION": x}))
+        np.testing.assert_allclose(outputs["FRAUD_PROBABILITY"], mlp_reference(x, weights), 1e-5)
+
+    _loaded(tmp_path, check)
+
+
+def test_a_kernel_plan_whose_full_batch_takes_milliseconds_keeps_worker_threads(
+    tmp_path: Path,
+) -> None:
+    # Positive control for the test above: the same kind of plan, but 4096 rows through
+    # 16 -> 256 -> 256 -> 1 take far more than 2 ms, so the loop must not run them.
+    rng = np.random.default_rng(4)
+    shapes = {"w0": (256, 16), "w1": (256, 256), "w2": (1, 256)}
+    weights = {k: rng.standard_normal(s).astype(np.float32) * 0.1 for k, s in shapes.items()}
+    steps = tuple(Step("linear", {"weight": w, "activation": "relu"}) for w in shapes)
+    plan = Plan(mlp_plan().input, steps, mlp_plan().outputs)
+    _serve_plan(tmp_path, plan, weights, 4096)
+
+    async def check(mv: ModelVersion, plane: DataPlane) -> None:
+        assert mv.batcher is not None and not any(e.inline for e in mv.batcher.executors)
+
+    _loaded(tmp_path, check)
