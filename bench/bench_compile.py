@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import perf_analyzer
 import serverproc
 
 from warpserve.compile import serving, sweep
@@ -65,6 +66,14 @@ class Cell:
     echo: list[float] = field(default_factory=list)
     served: list[float] = field(default_factory=list)
     served_shm: list[float] = field(default_factory=list)
+    # At the chosen batch: echo and served driven by perf_analyzer.
+    echo_pa: list[float] = field(default_factory=list)
+    served_pa: list[float] = field(default_factory=list)
+    # Cores used over each served run (CPU time / wall time), by client and by server.
+    client_cores: list[float] = field(default_factory=list)
+    server_cores: list[float] = field(default_factory=list)
+    client_cores_pa: list[float] = field(default_factory=list)
+    server_cores_pa: list[float] = field(default_factory=list)
 
     def ratio(self, ours: str, theirs: str) -> float | None:
         pairs = zip(getattr(self, ours), getattr(self, theirs), strict=False)
@@ -101,7 +110,19 @@ def open_chosen(version_dir: Path, report: dict[str, Any]) -> tuple[Runner, dict
         return runner, {k: golden[k] for k in golden.files}
 
 
-def served(url: str, model: str, cell: Cell, args: argparse.Namespace, shm: str) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def served(
+    url: str, model: str, cell: Cell, args: argparse.Namespace, shm: str
+) -> tuple[float, float, float]:
+    """Rows/s of the Python load generator, and the cores its process and the server's
+    used meanwhile."""
+    server, client = cpu_seconds(serverproc.pid_of(url)), time.process_time()
+    started = time.perf_counter()
     result = asyncio.run(
         loadgen.measure(
             url,
@@ -113,9 +134,21 @@ def served(url: str, model: str, cell: Cell, args: argparse.Namespace, shm: str)
             shared_memory=shm,
         )
     )
+    wall = time.perf_counter() - started
     if result.failed:
         raise RuntimeError(f"{model} batch {cell.batch} c={cell.level}: {result.failures}")
-    return result.rows_per_s
+    server_cores = (cpu_seconds(serverproc.pid_of(url)) - server) / wall
+    return result.rows_per_s, (time.process_time() - client) / wall, server_cores
+
+
+def served_pa(
+    tool: perf_analyzer.Tool, url: str, model: str, cell: Cell
+) -> tuple[float, float, float]:
+    """The same with perf_analyzer as the client."""
+    server = cpu_seconds(serverproc.pid_of(url))
+    measured = perf_analyzer.measure(tool, url, model, cell.level, batch_size=cell.batch)
+    server_cores = (cpu_seconds(serverproc.pid_of(url)) - server) / measured.wall_s
+    return measured.rows_per_s, measured.client_cpu_s / measured.wall_s, server_cores
 
 
 def measure_model(
@@ -132,33 +165,58 @@ def measure_model(
             for cell in cells:
                 point = sweep.measure(runner, rows, cell.batch, args.ceiling_seconds)
                 cell.in_process.append(point.throughput)
-                cell.echo.append(served(echo_url, name, cell, args, "none"))
-                cell.served.append(served(url, name, cell, args, "none"))
+                cell.echo.append(served(echo_url, name, cell, args, "none")[0])
+                rows_per_s, client_cores, server_cores = served(url, name, cell, args, "none")
+                cell.served.append(rows_per_s)
+                cell.client_cores.append(client_cores)
+                cell.server_cores.append(server_cores)
                 if cell.batch == batches[-1]:
-                    cell.served_shm.append(served(url, name, cell, args, "system"))
+                    cell.served_shm.append(served(url, name, cell, args, "system")[0])
+                if args.perf_analyzer is not None and cell.batch == report["choice"]["batch"]:
+                    tool = args.perf_analyzer
+                    cell.echo_pa.append(served_pa(tool, echo_url, name, cell)[0])
+                    rows_per_s, client_cores, server_cores = served_pa(tool, url, name, cell)
+                    cell.served_pa.append(rows_per_s)
+                    cell.client_cores_pa.append(client_cores)
+                    cell.server_cores_pa.append(server_cores)
     finally:
         runner.close()
     return {"model": name, "choice": report["choice"], "cells": cells}
 
 
 def target_row(result: dict[str, Any]) -> dict[str, Any]:
-    """The target read at the chosen batch's best concurrency level."""
+    """The target read at the chosen batch's best concurrency level, per client."""
     choice = result["choice"]
     at_batch = [c for c in result["cells"] if c.batch == choice["batch"]]
     best = max(at_batch, key=lambda c: c.median("served") or 0.0)
-    return {
+    row = {
         "model": result["model"],
         "variant": choice["variant"],
         "batch": choice["batch"],
         "speedup_vs_eager": choice["speedup_vs_eager"],
         "report_rows_per_s": choice["throughput"],
+        "model_us_per_request": choice["batch"] / (best.median("in_process") or 1.0) * 1e6,
         "level": best.level,
         "served_rows_per_s": best.median("served"),
         "served_vs_report": (best.median("served") or 0.0) / choice["throughput"],
         "served_vs_in_process": best.ratio("served", "in_process"),
         "echo_vs_in_process": best.ratio("echo", "in_process"),
         "served_vs_echo": best.ratio("served", "echo"),
+        "client_cores": best.median("client_cores"),
+        "server_cores": best.median("server_cores"),
     }
+    if any(c.served_pa for c in at_batch):
+        pa = max(at_batch, key=lambda c: c.median("served_pa") or 0.0)
+        row["perf_analyzer"] = {
+            "level": pa.level,
+            "served_rows_per_s": pa.median("served_pa"),
+            "served_vs_in_process": pa.ratio("served_pa", "in_process"),
+            "echo_vs_in_process": pa.ratio("echo_pa", "in_process"),
+            "served_vs_echo": pa.ratio("served_pa", "echo_pa"),
+            "client_cores": pa.median("client_cores_pa"),
+            "server_cores": pa.median("server_cores_pa"),
+        }
+    return row
 
 
 def print_curves(result: dict[str, Any]) -> None:
@@ -186,11 +244,20 @@ def print_targets(rows: list[dict[str, Any]]) -> None:
     print(f"\ntarget: served >= {TARGET}x in-process at the chosen batch (best level)")
     for r in rows:
         print(
-            f"  {r['model']:<17} {r['variant']:<5} batch {r['batch']:>3} c={r['level']:<3} "
-            f"x eager {r['speedup_vs_eager']:.2f}  served/in-proc "
-            f"{_f(r['served_vs_in_process'])}  served/report {r['served_vs_report']:.3f}  "
-            f"echo/in-proc {_f(r['echo_vs_in_process'])}  served/echo {_f(r['served_vs_echo'])}"
+            f"  {r['model']:<17} {r['variant']:<5} batch {r['batch']:>3} "
+            f"(model {r['model_us_per_request']:,.0f} us/request)  x eager "
+            f"{r['speedup_vs_eager']:.2f}  served/report {r['served_vs_report']:.3f}"
         )
+        clients = [("python", r)]
+        if "perf_analyzer" in r:
+            clients.append(("perf_analyzer", r["perf_analyzer"]))
+        for client, t in clients:
+            print(
+                f"    {client:<13} c={t['level']:<3} served/in-proc {_f(t['served_vs_in_process'])}"
+                f"  echo/in-proc {_f(t['echo_vs_in_process'])}  served/echo "
+                f"{_f(t['served_vs_echo'])}  cores: client {_f(t['client_cores'], '.2f')}, "
+                f"server {_f(t['server_cores'], '.2f')}"
+            )
 
 
 def _f(value: float | None, spec: str = ".3f") -> str:
@@ -202,11 +269,22 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one round of short runs")
     parser.add_argument("--levels", default="1,4,16", help="concurrency levels")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per (batch, level)")
+    parser.add_argument(
+        "--echo-frontend",
+        choices=("native", "python"),
+        default="native",
+        help="the echo ceiling's gRPC server (warpserve's own frontend where built: native)",
+    )
+    parser.add_argument(
+        "--no-perf-analyzer", action="store_true", help="the Python load generator only"
+    )
     args = parser.parse_args()
+    args.perf_analyzer = None if args.no_perf_analyzer else perf_analyzer.environment()
     args.levels = [int(v) for v in args.levels.split(",")]
     args.duration, args.warmup = (1.0, 0.3) if args.quick else (2.0, 0.5)
     args.ceiling_seconds = 0.3 if args.quick else 1.0
     args.rounds = 1 if args.quick else args.rounds
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-compile-") as tmp:
         repo = Path(tmp) / "repo"
         started = time.perf_counter()
@@ -215,22 +293,42 @@ def main() -> int:
         results = []
         log = Path(tmp) / "server.log"
         with serverproc.warpserve(repo, log, "--allow-client-shm") as url:
+            frontend = next(
+                (
+                    line.split("I warpserve: ", 1)[-1]
+                    for line in log.read_text().splitlines()
+                    if "gRPC frontend:" in line
+                ),
+                "gRPC frontend: not logged",
+            )
+            print(f"warpserve's {frontend}; echo ceiling on the {args.echo_frontend} frontend")
             for name in MODELS:
                 with contextlib.ExitStack() as stack:
                     echo = stack.enter_context(
-                        serverproc.ceiling(url, name, Path(tmp) / f"echo-{name}.log")
+                        serverproc.ceiling(
+                            url,
+                            name,
+                            Path(tmp) / f"echo-{name}.log",
+                            frontend=args.echo_frontend,
+                        )
                     )
                     results.append(measure_model((url, echo), repo, name, args))
                 print_curves(results[-1])
         reports = {n: (repo / n / "1" / "compile_report.md").read_text() for n in MODELS}
     targets = [target_row(r) for r in results]
     print(f"\ndemo build (train + compile, 3 models): {build_s:.1f} s")
+    print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")
     print_targets(targets)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "machine": {"cpu": platform.processor(), "cores": os.cpu_count()},
         "levels": args.levels,
         "rounds": args.rounds,
+        "warpserve_frontend": frontend,
+        "echo_frontend": args.echo_frontend,
+        # 1, 5 and 15 minute load averages before and after the run (2 cores: above 2,
+        # other work was waiting for a core).
+        "load_average": {"before": load_before, "after": os.getloadavg()},
         "demo_build_s": build_s,
         "targets": targets,
         "curves": {

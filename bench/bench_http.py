@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import statistics
@@ -37,6 +35,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import perf_analyzer
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -71,18 +71,7 @@ def peers_dir() -> Path:
 
 
 def perf_analyzer_env() -> tuple[str, dict[str, str]]:
-    """The binary (from the tritonclient wheel) and an environment with the CUDA runtime
-    library it links even for CPU runs (the nvidia-cuda-runtime-cu12 wheel)."""
-    found = shutil.which("perf_analyzer") or shutil.which(
-        "perf_analyzer", path=str(Path(sys.executable).parent)
-    )
-    if found is None:
-        raise SystemExit("perf_analyzer not found (it comes with the tritonclient wheel)")
-    env = dict(os.environ)
-    spec = importlib.util.find_spec("nvidia.cuda_runtime")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        env["LD_LIBRARY_PATH"] = f"{folder}/lib:{env.get('LD_LIBRARY_PATH', '')}"
-    return os.path.realpath(found), env
+    return perf_analyzer.environment()
 
 
 def measure(
@@ -101,7 +90,7 @@ def measure(
     out = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{out}")
-    throughput = float(re.findall(r"Throughput: ([\d.]+) infer/sec", out)[-1])
+    throughput = float(perf_analyzer.THROUGHPUT.findall(out)[-1])
     p50 = float(re.findall(r"p50 latency: (\d+) usec", out)[-1])
     p99 = float(re.findall(r"p99 latency: (\d+) usec", out)[-1])
     return throughput, p50, p99

@@ -21,6 +21,13 @@ from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 
 READY_TIMEOUT_S = 120.0
+_PIDS: dict[str, int] = {}  # address -> process id, while the block runs
+
+
+def pid_of(url: str) -> int:
+    """The process serving ``url`` (started by ``warpserve`` or ``ceiling``), to read
+    its CPU time."""
+    return _PIDS[url]
 
 
 def free_port() -> int:
@@ -109,10 +116,12 @@ def _running(
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"127.0.0.1:{port}"
+        _PIDS[url] = process.pid
         try:
             wait_ready(process, url, log_path, model)
             yield url
         finally:
+            _PIDS.pop(url, None)
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=30)
