@@ -16,6 +16,7 @@ import numpy as np
 from warpserve.server import classification
 from warpserve.server import fallback as fallbacks
 from warpserve.server.arrivals import BEHIND
+from warpserve.server.batching.executor import Executor
 from warpserve.server.batching.policy import BatchingPolicy
 from warpserve.server.batching.request import Outputs, QueuedRequest, signature_of
 from warpserve.server.busypoll import BusyPoller
@@ -43,6 +44,10 @@ class Answered(Protocol):
 
     @property
     def version(self) -> int: ...
+
+
+# What ``infer_together`` did with a request (see there).
+Together = tuple[ModelVersion, Outputs] | ModelVersion | None
 
 
 class RemoteModels(Protocol):
@@ -98,6 +103,78 @@ class DataPlane:
         outputs = _select(outputs, request.outputs, mv)
         self._maybe_shadow(mv, request, outputs)
         return mv, _classified(outputs, request, mv) if request.classes else outputs
+
+    def infer_together(self, requests: list[InferRequest]) -> list[Together]:
+        """Serve at once, synchronously, requests that arrived together: those for one
+        tiny model on a loop with idle time run as one batch (``infer_now`` for a group).
+        For each request: its version and outputs; or the version it was routed to,
+        its arrival counted, for ``infer_queued`` to serve; or None where this did
+        nothing (a model elsewhere, any error: ``infer`` serves and words it)."""
+        served: list[Together] = [None] * len(requests)
+        if self.poller:
+            self.poller.arm()
+        owner = self.owner
+        groups: dict[int, tuple[ModelVersion, list[int], list[int]]] = {}
+        for i, request in enumerate(requests):
+            if owner is not None and owner.owns(request.model_name):
+                continue
+            try:
+                mv = self.registry.resolve(request.model_name, request.model_version, request.id)
+                validator, batcher, stage = mv.validator, mv.batcher, mv.stage
+                if validator is None or batcher is None:
+                    continue
+                if stage is not None and not stage.is_cheap(request.inputs):
+                    continue
+                count = _checked_rows(validator, request)
+                if request.parameters:
+                    _queue_parameters(request.parameters, batcher.policy)
+            except WarpserveError:
+                continue
+            group = groups.get(id(mv))
+            if group is None:
+                group = groups[id(mv)] = (mv, [], [])
+            group[1].append(i)
+            group[2].append(count)
+        for mv, indices, rows in groups.values():
+            assert mv.batcher is not None and mv.validator is not None
+            executor = mv.batcher.inline_slots(len(indices))
+            if executor is None:
+                for i in indices:
+                    served[i] = mv
+                continue
+            for run in _runs(mv, [requests[i] for i in indices], rows, indices):
+                self._run_together(mv, executor, requests, run, served)
+        return served
+
+    def _run_together(
+        self,
+        mv: ModelVersion,
+        executor: Executor,
+        requests: list[InferRequest],
+        run: list[tuple[int, int]],
+        served: list[Together],
+    ) -> None:
+        """Run ``run`` ((request index, rows) pairs) as one batch; the outputs go into
+        ``served``. A batch that raises leaves its requests for ``infer`` to serve one
+        by one, which words the error (or falls back) for the one that caused it."""
+        assert mv.batcher is not None
+        start = time.perf_counter_ns()
+        stage = mv.stage
+        try:
+            parts = [
+                stage.apply(requests[i].inputs) if stage is not None else requests[i].inputs
+                for i, _ in run
+            ]
+            outcomes = mv.batcher.run_inline_group(executor, parts, [rows for _, rows in run])
+        except WarpserveError:
+            return
+        elapsed = time.perf_counter_ns() - start
+        for (i, rows), outputs in zip(run, outcomes, strict=True):
+            request = requests[i]
+            mv.stats.record_success(rows, elapsed)
+            outputs = _select(outputs, request.outputs, mv)
+            self._maybe_shadow(mv, request, outputs)
+            served[i] = (mv, _classified(outputs, request, mv) if request.classes else outputs)
 
     async def infer(
         self, request: InferRequest, deadline_s: float | None = None, *, fall_back: bool = True
@@ -297,6 +374,27 @@ class DataPlane:
                 delta = np.abs(other.astype(np.float64) - array.astype(np.float64))
                 diff = max(diff, float(np.max(delta, initial=0.0)))
         shadow.stats.shadow_max_abs_diff = max(shadow.stats.shadow_max_abs_diff, diff)
+
+
+def _runs(
+    mv: ModelVersion, requests: list[InferRequest], rows: list[int], indices: list[int]
+) -> list[list[tuple[int, int]]]:
+    """Requests of one version that arrived together, in batches it can run: alike
+    inputs (names, dtypes, shapes past the batch dimension) up to its batch limit."""
+    assert mv.validator is not None and mv.batcher is not None
+    limit, batched = mv.batcher.policy.batch_limit, mv.validator.batched
+    runs: list[list[tuple[int, int]]] = []
+    kinds: dict[tuple[Any, ...], tuple[list[tuple[int, int]], int]] = {}
+    for request, count, i in zip(requests, rows, indices, strict=True):
+        kind = signature_of(request.inputs, batched) if batched else (i,)
+        current = kinds.get(kind)
+        if current is None or current[1] + count > limit:
+            run: list[tuple[int, int]] = []
+            runs.append(run)
+            current = (run, 0)
+        current[0].append((i, count))
+        kinds[kind] = (current[0], current[1] + count)
+    return runs
 
 
 def _checked_rows(validator: InputValidator, request: InferRequest) -> int:

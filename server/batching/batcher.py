@@ -22,6 +22,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 
@@ -116,6 +117,14 @@ class DynamicBatcher:
             return None
         return idle[-1]
 
+    def inline_slots(self, requests: int) -> Executor | None:
+        """``inline_slot`` for ``requests`` that arrived together (each arrival counted):
+        the executor to run them all at once, as one batch, or None to queue them."""
+        executor = None
+        for _ in range(requests):
+            executor = self.inline_slot()
+        return executor
+
     def keep_only(self, executor: Executor) -> list[Executor]:
         """Serve with ``executor`` alone, before any request arrives; returns the other
         executors for the caller to close."""
@@ -140,6 +149,28 @@ class DynamicBatcher:
         self.stats.timeline.add(infer_ns)
         self._inline.answered(1)
         return outputs
+
+    def run_inline_group(
+        self, executor: Executor, parts: list[dict[str, np.ndarray]], rows: list[int]
+    ) -> list[Outputs]:
+        """Run requests that arrived together as one batch on the executor
+        ``inline_slots`` gave, synchronously (see ``run_inline``). Raises what the batch
+        raised; nothing is recorded then (each request is served again on its own)."""
+        if len(parts) == 1:
+            return [self.run_inline(executor, parts[0], rows[0])]
+        if self._hook:
+            self._hook("dispatch")
+        result = executor.run_group(parts, rows)
+        stats = self.stats
+        stats.record_execution(
+            result.rows, len(parts), result.input_ns, result.infer_ns, result.output_ns
+        )
+        compute_ns = result.input_ns + result.infer_ns + result.output_ns
+        for _ in parts:
+            stats.record_queued(0)
+            stats.timeline.add(compute_ns)
+        self._inline.answered(len(parts))
+        return cast(list[Outputs], result.outcomes)  # it did not raise: all outputs
 
     def submit(self, request: QueuedRequest) -> None:
         """Queue ``request``; its future resolves with its outputs or an error."""

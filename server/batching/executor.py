@@ -86,20 +86,28 @@ class Executor:
             self.observer(inputs)
         return outputs, time.perf_counter_ns() - start
 
+    def run_group(self, parts: list[dict[str, np.ndarray]], rows: list[int]) -> BatchResult:
+        """Run requests' inputs (``rows`` each) as one batch, synchronously: requests
+        that arrived together on the loop and run inline. Raises what the batch raised
+        (the caller serves each request on its own then)."""
+        return self._together(parts, rows)
+
     def _run_together(self, batch: list[QueuedRequest]) -> BatchResult:
+        return self._together([r.inputs for r in batch], [r.rows for r in batch])
+
+    def _together(self, parts: list[dict[str, np.ndarray]], rows: list[int]) -> BatchResult:
         t0 = time.perf_counter_ns()
-        inputs = self._gather(batch)
+        inputs = self._gather(parts)
         t1 = time.perf_counter_ns()
         outputs = self.instance.execute(inputs)
         if self.observer is not None:
             self.observer(inputs)
-        if len(batch) > 1:
+        if len(parts) > 1:
             outputs = self._detach(outputs)
         t2 = time.perf_counter_ns()
-        outcomes: list[Outputs | BaseException] = list(self._scatter(batch, outputs))
+        outcomes: list[Outputs | BaseException] = list(_scatter(rows, outputs))
         t3 = time.perf_counter_ns()
-        rows = sum(r.rows for r in batch)
-        return BatchResult(outcomes, rows, 1, t1 - t0, t2 - t1, t3 - t2)
+        return BatchResult(outcomes, sum(rows), 1, t1 - t0, t2 - t1, t3 - t2)
 
     def _run_each(self, batch: list[QueuedRequest]) -> BatchResult:
         outcomes: list[Outputs | BaseException] = []
@@ -110,12 +118,12 @@ class Executor:
                 outcomes.append(_as_backend_error(exc))
         return BatchResult(outcomes)
 
-    def _gather(self, batch: list[QueuedRequest]) -> dict[str, np.ndarray]:
+    def _gather(self, batch: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         if len(batch) == 1:
-            return batch[0].inputs
+            return batch[0]
         gathered = {}
-        for name, first in batch[0].inputs.items():
-            parts = [r.inputs[name] for r in batch]
+        for name, first in batch[0].items():
+            parts = [inputs[name] for inputs in batch]
             rows = sum(len(p) for p in parts)
             buffer = self._buffers.get(name)
             if (
@@ -140,15 +148,16 @@ class Executor:
             for name, array in outputs.items()
         }
 
-    def _scatter(self, batch: list[QueuedRequest], outputs: Outputs) -> list[Outputs]:
-        if len(batch) == 1:
-            return [outputs]
-        result, offset = [], 0
-        for request in batch:
-            end = offset + request.rows
-            result.append({n: a[offset:end] for n, a in outputs.items()})
-            offset = end
-        return result
+
+def _scatter(rows: list[int], outputs: Outputs) -> list[Outputs]:
+    if len(rows) == 1:
+        return [outputs]
+    result, offset = [], 0
+    for count in rows:
+        end = offset + count
+        result.append({n: a[offset:end] for n, a in outputs.items()})
+        offset = end
+    return result
 
 
 def _as_backend_error(exc: Exception) -> Exception:

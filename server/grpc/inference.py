@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -10,15 +11,17 @@ import grpc
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server import codec, replies, wireplans
+from warpserve.server.batching.request import Outputs
 from warpserve.server.control.local import LocalControlPlane
 from warpserve.server.control.plane import ControlPlane
-from warpserve.server.dataplane import DataPlane
-from warpserve.server.errors import Unavailable, Unimplemented
+from warpserve.server.dataplane import Answered, DataPlane
+from warpserve.server.errors import Unavailable, Unimplemented, WarpserveError
 from warpserve.server.grpc import limits
 from warpserve.server.grpc.status import maps_errors, status_of
 from warpserve.server.inflight import CALL, SHUTTING_DOWN, STREAM, STREAM_REQUEST, Ticket
 from warpserve.server.lifecycle.registry import ModelRegistry
-from warpserve.server.lifecycle.version import at_point
+from warpserve.server.lifecycle.version import ModelVersion, at_point
+from warpserve.server.native.transport import NativeServer, TogetherAnswer
 from warpserve.server.serverapi import ServerApi
 from warpserve.server.shm import SharedMemoryRegions
 
@@ -51,6 +54,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         # Requests and answers over it are refused with a hint naming the flag (limits).
         self.max_message_bytes = max_message_bytes
+        # ModelInfer's and ModelStreamInfer's deserializer.
+        self.receive: Callable[[bytes], codec.ReceivedInfer] = (
+            wireplans.receive
+            if max_message_bytes is None
+            else limits.infer_receiver(max_message_bytes)
+        )
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=self.api.live)
@@ -147,16 +156,63 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             mv, outputs = await self.dataplane.infer(decoded, context.time_remaining())
             if hook is not None:
                 await at_point(hook, "encoding")
-            return self._sized(
-                replies.encode_response(
-                    mv.name,
-                    str(mv.version),
-                    decoded.id,
-                    outputs.items(),
-                    decoded.output_targets,
-                    decoded.response_parameters,
-                )
+            return self._encoded(mv, decoded, outputs)
+
+    def infer_together(self, payloads: list[bytes]) -> list[TogetherAnswer]:
+        """ModelInfer for calls that arrived together (the native frontend hands them
+        over at once, see ``NativeServer.add_together_handler``): those the data plane
+        serves at once are answered here, without a task per call; those it routed
+        to a queue continue as tasks from there; the rest (errors included) take
+        ModelInfer's own path, which words them."""
+        answers: list[TogetherAnswer] = [None] * len(payloads)
+        if self.registry.hook is not None or self.dataplane.calls.draining:
+            return answers  # test hooks see every stage; a draining server refuses
+        places, requests = [], []
+        for i, payload in enumerate(payloads):
+            try:
+                received = self.receive(payload)
+                if received.error is not None:
+                    continue
+                requests.append(wireplans.decode_request(received, self.shm))
+            except (WarpserveError, ValueError, KeyError, TypeError):
+                continue
+            places.append(i)
+        outcomes = self.dataplane.infer_together(requests)
+        for i, request, outcome in zip(places, requests, outcomes, strict=True):
+            if isinstance(outcome, tuple):
+                try:
+                    answers[i] = self._encoded(outcome[0], request, outcome[1])
+                except WarpserveError as exc:
+                    answers[i] = status_of(exc)
+            elif outcome is not None:
+                answers[i] = functools.partial(self._queued, (outcome, request))
+        return answers
+
+    @maps_errors
+    async def _queued(self, routed: tuple[ModelVersion, codec.InferRequest], context) -> bytes:
+        """The rest of ModelInfer for a call ``infer_together`` routed to a queue."""
+        poller = self.dataplane.poller
+        if poller is not None:
+            poller.call_started()
+            context.add_done_callback(poller.call_ended)
+        mv, decoded = routed
+        with self.dataplane.calls.admit(CALL):
+            answered, outputs = await self.dataplane.infer_queued(
+                mv, decoded, context.time_remaining()
             )
+            return self._encoded(answered, decoded, outputs)
+
+    def _encoded(self, mv: Answered, decoded: codec.InferRequest, outputs: Outputs) -> bytes:
+        return self._sized(
+            replies.encode_response(
+                mv.name,
+                str(mv.version),
+                decoded.id,
+                outputs.items(),
+                decoded.output_targets,
+                decoded.response_parameters,
+            )
+        )
 
     def _sized(self, reply: bytes) -> bytes:
         """The answer, unless it is over the message limit: gRPC's own refusal of it
@@ -299,14 +355,13 @@ def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) 
     captured = _CapturedHandlers()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, captured)
     handlers = dict(captured.handlers)
-    receive: Callable[[bytes], codec.ReceivedInfer] = wireplans.receive
+    receive = servicer.receive
     max_message_bytes = servicer.max_message_bytes
     if max_message_bytes is not None:
         handlers = {
             name: limits.bounded_unary(h, max_message_bytes) if h.unary_unary else h
             for name, h in handlers.items()
         }
-        receive = limits.infer_receiver(max_message_bytes)
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
         servicer.ModelInfer,
         request_deserializer=receive,
@@ -319,6 +374,8 @@ def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) 
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
+    if isinstance(server, NativeServer):
+        server.add_together_handler(f"/{SERVICE}/ModelInfer", servicer.infer_together)
 
 
 class _CapturedHandlers:

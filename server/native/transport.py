@@ -17,7 +17,7 @@ import inspect
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, NamedTuple
 
 import grpc
@@ -55,6 +55,15 @@ def grpc_version() -> str:
     return "" if _frontend is None else str(_frontend.GRPC_VERSION)
 
 
+# What a together handler answers for each call it was handed: the serialized answer;
+# an error status; the rest of the call's work, to run as its task (it gets the call's
+# context and returns the serialized answer); or None: the method's handler serves it.
+TogetherAnswer = (
+    bytes | tuple[grpc.StatusCode, str] | Callable[[Context], Awaitable[bytes | None]] | None
+)
+TogetherHandler = Callable[[list[bytes]], list[TogetherAnswer]]
+
+
 class _Details(NamedTuple):
     """What a generic handler is asked about (grpc.HandlerCallDetails' fields)."""
 
@@ -72,6 +81,7 @@ class NativeServer:
         self._max_send = max_send
         self._reuse_port = reuse_port
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._together: dict[str, TogetherHandler] = {}
         self._generic: list[Any] = []
         self._target: str | None = None
         self._tls: TlsSettings | None = None
@@ -93,6 +103,12 @@ class NativeServer:
     ) -> None:
         for name, handler in handlers.items():
             self._handlers[f"/{service}/{name}"] = handler
+
+    def add_together_handler(self, method: str, handler: TogetherHandler) -> None:
+        """Hand ``method``'s unary calls that arrive together to ``handler`` at once,
+        before any task starts: a handler that can answer them synchronously (a tiny
+        model run inline, as one batch) spares each call a task and a servicer context."""
+        self._together[method] = handler
 
     def listen(self, address: str, port: int, tls: TlsSettings | None = None) -> None:
         """Where start() will take calls (one address, as every server here has).
@@ -171,12 +187,17 @@ class NativeServer:
         events = self.frontend.drain()
         # Each call's task learns how many arrived with it behind it (server/arrivals).
         behind = sum(1 for event in events if event[0] == 0)
+        together: dict[str, list[tuple[Any, ...]]] = {}
         for event in events:
             kind, call_id = event[0], event[1]
             if kind == 0:  # CALL
                 behind -= 1
+                method = event[2]
+                if method in self._together:
+                    together.setdefault(method, []).append(event)
+                    continue
                 BEHIND.set(behind)
-                self._begin(call_id, event[2], event[3], event[4], event[5])
+                self._begin(call_id, method, event[3], event[4], event[5])
                 continue
             context = calls.get(call_id)
             if context is None:
@@ -194,7 +215,31 @@ class NativeServer:
                 context._ended()
             elif kind == 5:  # WRITABLE
                 context._wake_writer()
+        for method, group in together.items():
+            self._begin_together(method, group)
         BEHIND.set(0)
+
+    def _begin_together(self, method: str, group: list[tuple[Any, ...]]) -> None:
+        """Hand calls of one method that arrived together to its together handler,
+        answer what it answered, and start the others as tasks (the tasks learn how
+        many others were left behind them, see server/arrivals)."""
+        self._last_arrival = time.monotonic()
+        try:
+            answers = self._together[method]([event[3] for event in group])
+        except Exception:
+            log.exception("gRPC together handler for %s failed", method)
+            answers = [None] * len(group)
+        left = sum(1 for answer in answers if not isinstance(answer, bytes | tuple))
+        for event, answer in zip(group, answers, strict=True):
+            call_id = event[1]
+            if isinstance(answer, bytes):
+                self._finish(call_id, OK, "", answer)
+            elif isinstance(answer, tuple):
+                self._finish(call_id, answer[0].value[0], answer[1])
+            else:
+                left -= 1
+                BEHIND.set(left)
+                self._begin(call_id, method, event[3], event[4], event[5], answer)
 
     def _handler(self, method: str, metadata: tuple[Any, ...]) -> grpc.RpcMethodHandler | None:
         handler = self._handlers.get(method)
@@ -213,7 +258,10 @@ class NativeServer:
         payload: bytes | None,
         timeout: float | None,
         metadata: tuple[tuple[str, str | bytes], ...],
+        rest: Callable[[Context], Awaitable[bytes | None]] | None = None,
     ) -> None:
+        """Start a call's task: its handler, or ``rest`` (what a together handler left
+        of its work) where given."""
         self._last_arrival = time.monotonic()
         handler = self._handler(method, metadata)
         if handler is None:
@@ -222,7 +270,8 @@ class NativeServer:
         context = Context(self.frontend, call_id, timeout, metadata, handler.response_serializer)
         self._calls[call_id] = context
         assert self._loop is not None
-        context.task = self._loop.create_task(self._run(handler, context, payload))
+        answer = self._answer(handler, context, payload) if rest is None else rest(context)
+        context.task = self._loop.create_task(self._run(context, answer))
 
     def _finish(
         self, call_id: int, code: int, details: str = "", payload: bytes | None = None
@@ -239,11 +288,9 @@ class NativeServer:
         self._flush_due = False
         self.frontend.flush()
 
-    async def _run(
-        self, handler: grpc.RpcMethodHandler, context: Context, payload: bytes | None
-    ) -> None:
+    async def _run(self, context: Context, answer: Awaitable[bytes | None]) -> None:
         try:
-            reply = await self._answer(handler, context, payload)
+            reply = await answer
         except Abort as abort:
             self._finish(context.id, abort.code.value[0], abort.details)
         except asyncio.CancelledError:
