@@ -111,8 +111,6 @@ class DataPlane:
         its arrival counted, for ``infer_queued`` to serve; or None where this did
         nothing (a model elsewhere, any error: ``infer`` serves and words it)."""
         served: list[Together] = [None] * len(requests)
-        if self.poller:
-            self.poller.arm()
         owner = self.owner
         groups: dict[int, tuple[ModelVersion, list[int], list[int]]] = {}
         for i, request in enumerate(requests):

@@ -178,14 +178,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 continue
             places.append(i)
         outcomes = self.dataplane.infer_together(requests)
+        poller = self.dataplane.poller
         for i, request, outcome in zip(places, requests, outcomes, strict=True):
             if isinstance(outcome, tuple):
                 try:
                     answers[i] = self._encoded(outcome[0], request, outcome[1])
                 except WarpserveError as exc:
                     answers[i] = status_of(exc)
+                if poller is not None:  # until gRPC has sent it (see add_together_handler)
+                    poller.call_started()
             elif outcome is not None:
                 answers[i] = functools.partial(self._queued, (outcome, request))
+        if poller is not None and places:
+            poller.arm()  # polls on only if this answers the one call in flight
         return answers
 
     @maps_errors
@@ -375,7 +380,12 @@ def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) 
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
     if isinstance(server, NativeServer):
-        server.add_together_handler(f"/{SERVICE}/ModelInfer", servicer.infer_together)
+        poller = servicer.dataplane.poller
+        server.add_together_handler(
+            f"/{SERVICE}/ModelInfer",
+            servicer.infer_together,
+            poller.call_ended if poller is not None else None,
+        )
 
 
 class _CapturedHandlers:

@@ -81,7 +81,10 @@ class NativeServer:
         self._max_send = max_send
         self._reuse_port = reuse_port
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
-        self._together: dict[str, TogetherHandler] = {}
+        self._together: dict[str, tuple[TogetherHandler, Callable[[], None] | None]] = {}
+        # Calls a together handler answered, until gRPC has sent the answer: the
+        # handler's ``sent`` callback then.
+        self._answered: dict[int, Callable[[], None]] = {}
         self._generic: list[Any] = []
         self._target: str | None = None
         self._tls: TlsSettings | None = None
@@ -104,11 +107,14 @@ class NativeServer:
         for name, handler in handlers.items():
             self._handlers[f"/{service}/{name}"] = handler
 
-    def add_together_handler(self, method: str, handler: TogetherHandler) -> None:
+    def add_together_handler(
+        self, method: str, handler: TogetherHandler, sent: Callable[[], None] | None = None
+    ) -> None:
         """Hand ``method``'s unary calls that arrive together to ``handler`` at once,
         before any task starts: a handler that can answer them synchronously (a tiny
-        model run inline, as one batch) spares each call a task and a servicer context."""
-        self._together[method] = handler
+        model run inline, as one batch) spares each call a task and a servicer context.
+        ``sent`` is called once gRPC has sent each answer the handler gave."""
+        self._together[method] = (handler, sent)
 
     def listen(self, address: str, port: int, tls: TlsSettings | None = None) -> None:
         """Where start() will take calls (one address, as every server here has).
@@ -201,6 +207,10 @@ class NativeServer:
                 continue
             context = calls.get(call_id)
             if context is None:
+                if kind == 4 and self._answered:  # DONE
+                    sent = self._answered.pop(call_id, None)
+                    if sent is not None:
+                        sent()
                 continue
             if kind == 1 or kind == 2:  # MESSAGE, HALF_CLOSE
                 waiter = context.messages
@@ -224,18 +234,22 @@ class NativeServer:
         answer what it answered, and start the others as tasks (the tasks learn how
         many others were left behind them, see server/arrivals)."""
         self._last_arrival = time.monotonic()
+        handler, sent = self._together[method]
         try:
-            answers = self._together[method]([event[3] for event in group])
+            answers = handler([event[3] for event in group])
         except Exception:
             log.exception("gRPC together handler for %s failed", method)
             answers = [None] * len(group)
         left = sum(1 for answer in answers if not isinstance(answer, bytes | tuple))
         for event, answer in zip(group, answers, strict=True):
             call_id = event[1]
-            if isinstance(answer, bytes):
-                self._finish(call_id, OK, "", answer)
-            elif isinstance(answer, tuple):
-                self._finish(call_id, answer[0].value[0], answer[1])
+            if isinstance(answer, bytes | tuple):
+                if sent is not None:
+                    self._answered[call_id] = sent
+                if isinstance(answer, bytes):
+                    self._finish(call_id, OK, "", answer)
+                else:
+                    self._finish(call_id, answer[0].value[0], answer[1])
             else:
                 left -= 1
                 BEHIND.set(left)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.models import affine_reference, write_affine
-from tests.server.native_standin import StandIn, answers, attach, call
+from tests.server.native_standin import DONE, StandIn, answers, attach, call
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.server.busypoll import BusyPoller
 from warpserve.server.dataplane import DataPlane
@@ -156,7 +156,7 @@ def test_a_draining_server_refuses_them_through_modelinfer(tmp_path: Path) -> No
     x = np.ones((1, 4), np.float32)
 
     async def scenario(server, stand_in, registry) -> None:
-        servicer_calls = server._together[INFER].__self__.dataplane.calls
+        servicer_calls = server._together[INFER][0].__self__.dataplane.calls
         servicer_calls.start_draining()
         stand_in.pending = [call(i, INFER, _payload("affine", x)) for i in range(3)]
         server._on_events()
@@ -208,5 +208,26 @@ def test_a_batch_that_fails_is_served_one_by_one(tmp_path: Path) -> None:
         for x, answer in zip(xs, got, strict=True):
             np.testing.assert_allclose(_output(answer), affine_reference(x, scale=1.0), rtol=1e-5)
         assert mv.stats.inference_count == len(xs)  # the failed batch was not counted
+
+    _serve(tmp_path, ["affine"], scenario)
+
+
+def test_answers_count_as_in_flight_until_sent(tmp_path: Path) -> None:
+    """The busy poller polls only while one call is in flight: a call answered at once
+    is in flight until gRPC has sent its answer (its DONE event)."""
+    write_affine(tmp_path, "affine")
+    x = np.ones((1, 4), np.float32)
+
+    async def scenario(server, stand_in, registry) -> None:
+        poller = server._together[INFER][0].__self__.dataplane.poller
+        stand_in.pending = [call(i, INFER, _payload("affine", x)) for i in range(3)]
+        server._on_events()
+        assert len(stand_in.answered) == 3 and poller.calls == 3
+        stand_in.pending = [(DONE, 0), (DONE, 1)]
+        server._on_events()
+        assert poller.calls == 1
+        stand_in.pending = [(DONE, 2), (DONE, 77)]  # 77: a call nobody knows
+        server._on_events()
+        assert poller.calls == 0
 
     _serve(tmp_path, ["affine"], scenario)
