@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -17,13 +17,11 @@ from warpserve.server import classification
 from warpserve.server import fallback as fallbacks
 from warpserve.server.arrivals import BEHIND
 from warpserve.server.batching.executor import Executor
-from warpserve.server.batching.policy import BatchingPolicy
-from warpserve.server.batching.request import Outputs, QueuedRequest, signature_of
+from warpserve.server.batching.request import Outputs, QueuedRequest, batch_runs, signature_of
 from warpserve.server.busypoll import BusyPoller
 from warpserve.server.codec import InferRequest
 from warpserve.server.errors import (
     UNKNOWN_MODEL,
-    InvalidInput,
     Unavailable,
     WarpserveError,
 )
@@ -93,7 +91,7 @@ class DataPlane:
         try:
             rows = _checked_rows(validator, request)
             if request.parameters:
-                _queue_parameters(request.parameters, batcher.policy)  # checked, not needed
+                batcher.policy.request_queue(request.parameters)  # checked, not needed
             inputs = stage.apply(request.inputs) if stage is not None else request.inputs
             outputs = batcher.run_inline(executor, inputs, rows)
         except WarpserveError as exc:
@@ -125,7 +123,7 @@ class DataPlane:
                     continue
                 count = _checked_rows(validator, request)
                 if request.parameters:
-                    _queue_parameters(request.parameters, batcher.policy)
+                    batcher.policy.request_queue(request.parameters)
             except WarpserveError:
                 continue
             group = groups.get(id(mv))
@@ -140,7 +138,9 @@ class DataPlane:
                 for i in indices:
                     served[i] = mv
                 continue
-            for run in _runs(mv, [requests[i] for i in indices], rows, indices):
+            inputs = [requests[i].inputs for i in indices]
+            limit, batched = mv.batcher.policy.batch_limit, mv.validator.batched
+            for run in batch_runs(indices, rows, inputs, limit, batched):
                 self._run_together(mv, executor, requests, run, served)
         return served
 
@@ -281,7 +281,7 @@ class DataPlane:
                     f"{UNKNOWN_MODEL}: '{mv.name}' version {mv.version} is not at ready state"
                 )
             rows = _checked_rows(validator, request)
-            priority, timeout_us = _queue_parameters(request.parameters, batcher.policy)
+            priority, timeout_us = batcher.policy.request_queue(request.parameters)
             inputs = await self._prepared(mv, request.inputs)
             queued = self._queued(mv, inputs, rows, priority, timeout_us, deadline_s)
             batcher.submit(queued)
@@ -374,27 +374,6 @@ class DataPlane:
         shadow.stats.shadow_max_abs_diff = max(shadow.stats.shadow_max_abs_diff, diff)
 
 
-def _runs(
-    mv: ModelVersion, requests: list[InferRequest], rows: list[int], indices: list[int]
-) -> list[list[tuple[int, int]]]:
-    """Requests of one version that arrived together, in batches it can run: alike
-    inputs (names, dtypes, shapes past the batch dimension) up to its batch limit."""
-    assert mv.validator is not None and mv.batcher is not None
-    limit, batched = mv.batcher.policy.batch_limit, mv.validator.batched
-    runs: list[list[tuple[int, int]]] = []
-    kinds: dict[tuple[Any, ...], tuple[list[tuple[int, int]], int]] = {}
-    for request, count, i in zip(requests, rows, indices, strict=True):
-        kind = signature_of(request.inputs, batched) if batched else (i,)
-        current = kinds.get(kind)
-        if current is None or current[1] + count > limit:
-            run: list[tuple[int, int]] = []
-            runs.append(run)
-            current = (run, 0)
-        current[0].append((i, count))
-        kinds[kind] = (current[0], current[1] + count)
-    return runs
-
-
 def _checked_rows(validator: InputValidator, request: InferRequest) -> int:
     """Validate the request's inputs and requested outputs; return its batch rows.
     Requests decoded from one wire plan (same names, dtypes and shapes) are checked
@@ -429,39 +408,3 @@ def _classified(outputs: Outputs, request: InferRequest, mv: ModelVersion) -> Ou
         else array
         for name, array in outputs.items()
     }
-
-
-def _queue_parameters(params: dict[str, Any], policy: BatchingPolicy) -> tuple[int, int]:
-    """The request's priority level and queue timeout (us, 0: none), checked."""
-    if not params:
-        queue = policy.queue_for(policy.default_priority)
-        return policy.default_priority, queue.default_timeout_us
-    priority = _priority(params, policy.priority_levels, policy.default_priority)
-    queue = policy.queue_for(priority)
-    timeout_us = queue.default_timeout_us
-    override = _int_param(params, "timeout")
-    if override and queue.allow_timeout_override:
-        timeout_us = override if not timeout_us else min(timeout_us, override)
-    return priority, timeout_us
-
-
-def _int_param(params: dict[str, Any], key: str) -> int:
-    value = params.get(key)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"request parameter '{key}' must be an integer, got {value!r}")
-    if value < 0:
-        raise InvalidInput(f"request parameter '{key}' must be >= 0, got {value}")
-    return value
-
-
-def _priority(params: dict[str, Any], levels: int, default: int) -> int:
-    value = _int_param(params, "priority")
-    if value == 0:
-        return default
-    if value > levels:
-        raise InvalidInput(
-            f"request priority {value} is outside the model's 1..{levels} priority levels"
-        )
-    return value

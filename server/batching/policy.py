@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.batching.request import QueuedRequest
-from warpserve.server.errors import ModelLoadError
+from warpserve.server.errors import InvalidInput, ModelLoadError
 from warpserve.server.repository.parameters import BATCHING, integer_list_with_zeros
 
 # Load shedding by priority: per level, how many queued requests (all levels together)
@@ -46,6 +47,19 @@ class BatchingPolicy:
 
     def queue_for(self, level: int) -> QueuePolicy:
         return self.priority_queues.get(level, self.default_queue)
+
+    def request_queue(self, params: dict[str, Any]) -> tuple[int, int]:
+        """A request's priority level and queue timeout (us, 0: none) from its
+        parameters, checked."""
+        if not params:
+            return self.default_priority, self.queue_for(self.default_priority).default_timeout_us
+        priority = _priority(params, self.priority_levels, self.default_priority)
+        queue = self.queue_for(priority)
+        timeout_us = queue.default_timeout_us
+        override = _int_param(params, "timeout")
+        if override and queue.allow_timeout_override:
+            timeout_us = override if not timeout_us else min(timeout_us, override)
+        return priority, timeout_us
 
     @property
     def batch_limit(self) -> int:
@@ -106,3 +120,25 @@ def _shed_sizes(config: mc.ModelConfig, levels: int) -> tuple[int, ...]:
             "0 for a level that is never shed"
         )
     return sizes if any(sizes) else ()
+
+
+def _int_param(params: dict[str, Any], key: str) -> int:
+    value = params.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"request parameter '{key}' must be an integer, got {value!r}")
+    if value < 0:
+        raise InvalidInput(f"request parameter '{key}' must be >= 0, got {value}")
+    return value
+
+
+def _priority(params: dict[str, Any], levels: int, default: int) -> int:
+    value = _int_param(params, "priority")
+    if value == 0:
+        return default
+    if value > levels:
+        raise InvalidInput(
+            f"request priority {value} is outside the model's 1..{levels} priority levels"
+        )
+    return value

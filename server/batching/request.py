@@ -34,3 +34,28 @@ def signature_of(inputs: dict[str, np.ndarray], batched: bool) -> tuple[Any, ...
     return tuple(
         (name, array.dtype.str, array.shape[skip:]) for name, array in sorted(inputs.items())
     )
+
+
+def batch_runs(
+    ids: list[int],
+    rows: list[int],
+    inputs: list[dict[str, np.ndarray]],
+    limit: int,
+    batched: bool,
+) -> list[list[tuple[int, int]]]:
+    """Requests (``ids``, their ``rows`` and ``inputs``) that arrived together, in the
+    batches a version runs: alike inputs (``signature_of``) up to ``limit`` rows, each
+    request alone where the version does not batch. Each batch lists (id, rows)."""
+    if len(ids) == 1:
+        return [[(ids[0], rows[0])]]
+    runs: list[list[tuple[int, int]]] = []
+    open_runs: dict[tuple[Any, ...], tuple[list[tuple[int, int]], int]] = {}
+    for i, count, request_inputs in zip(ids, rows, inputs, strict=True):
+        kind = signature_of(request_inputs, batched) if batched and limit else (i,)
+        current = open_runs.get(kind)
+        if current is None or current[1] + count > limit:
+            current = ([], 0)
+            runs.append(current[0])
+        current[0].append((i, count))
+        open_runs[kind] = (current[0], current[1] + count)
+    return runs
