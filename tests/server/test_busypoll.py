@@ -28,7 +28,7 @@ from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server import busypoll, cpus
 from warpserve.server.batching.batcher import DynamicBatcher
 from warpserve.server.batching.executor import Executor
-from warpserve.server.busypoll import DEFAULT_WINDOW_US, IDLE_PASS_NS, BusyPoller
+from warpserve.server.busypoll import CROWDED, DEFAULT_WINDOW_US, IDLE_PASS_NS, BusyPoller
 from warpserve.server.dataplane import DataPlane
 from warpserve.server.stats import VersionStats
 
@@ -254,6 +254,41 @@ async def test_no_polling_while_two_calls_are_in_flight() -> None:
     poller.call_ended()
     await loop_passes(2 * WINDOW_PASSES)
     assert not poller.spinning
+
+
+@on_a_loop
+async def test_no_polling_for_callers_that_keep_overlapping() -> None:
+    """Two alternating callers leave one call in flight half the time: polling then
+    would take a core from them. A lone caller whose previous answer is now and then
+    reported sent only after its next request arrived still gets it."""
+    poller, _ = stepped_poller()
+
+    def arrive(overlapping: bool) -> None:
+        poller.call_started()
+        if overlapping:
+            poller.call_started()  # the other caller's call, or an answer not yet sent
+            poller.call_ended()
+        poller.arm()
+
+    for i in range(64):  # one caller; every 20th answer reported late
+        arrive(overlapping=i % 20 == 0)
+        assert poller.spinning, i
+        poller.call_ended()
+    for i in range(16):  # two callers, overlapping at every other arrival
+        arrive(overlapping=i % 2 == 0)
+        poller.call_ended()
+    assert poller.crowding > CROWDED
+    arrive(overlapping=False)
+    await loop_passes(2)
+    assert not poller.spinning, "a lone call among overlapping ones"
+    poller.call_ended()
+    for _ in range(32):  # back to one caller: polling resumes
+        arrive(overlapping=False)
+        poller.call_ended()
+    arrive(overlapping=False)
+    assert poller.spinning
+    poller.call_ended()
+    await loop_passes(2 * WINDOW_PASSES)
 
 
 def test_the_servicer_counts_each_call_until_its_answer_is_sent(tmp_path: Path) -> None:
