@@ -20,6 +20,7 @@ from warpserve.server.batching.executor import Executor
 from warpserve.server.batching.request import Outputs, QueuedRequest, batch_runs, signature_of
 from warpserve.server.busypoll import BusyPoller
 from warpserve.server.codec import InferRequest
+from warpserve.server.decodepool import Inbox, decoders
 from warpserve.server.errors import (
     UNKNOWN_MODEL,
     Unavailable,
@@ -28,7 +29,7 @@ from warpserve.server.errors import (
 from warpserve.server.inflight import InFlight
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.lifecycle.version import ModelVersion
-from warpserve.server.preprocessing import Inputs, decoders
+from warpserve.server.preprocessing import Inputs
 from warpserve.server.validation import InputValidator
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class DataPlane:
         # Every transport admits its calls here, so that a shutdown waits for them all.
         self.calls = InFlight()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._decoded: Inbox[Inputs] | None = None  # decoder threads' answers, on this loop
 
     def infer_now(self, request: InferRequest) -> tuple[ModelVersion, Outputs | None]:
         """Route ``request`` and, when its version can run it at once (a tiny model on a
@@ -307,14 +309,16 @@ class DataPlane:
             return inputs
         if stage.is_cheap(inputs):
             return stage.apply(inputs)
-        work = decoders().submit(stage.apply, inputs)
+        loop = asyncio.get_running_loop()
+        inbox = self._decoded
+        if inbox is None or inbox.loop is not loop:
+            inbox = self._decoded = Inbox(loop)
         poller = self.poller
-        if poller:
-            # Finished when the thread is, even if the caller stops waiting first.
+        done = None
+        if poller is not None:  # finished when the thread is, even if the caller is not
             poller.thread_started()
-            loop = asyncio.get_running_loop()
-            work.add_done_callback(lambda _: loop.call_soon_threadsafe(poller.thread_finished))
-        return await asyncio.wrap_future(work)
+            done = poller.thread_finished
+        return await decoders().submit(lambda: stage.apply(inputs), inbox, done)
 
     def _queued(
         self,

@@ -12,23 +12,20 @@ by ``warpserve.kernels.preprocess`` into the model's tensor *before* batching: r
 with different image sizes cannot be concatenated, their model tensors can. Validation
 and the model's metadata see the client's tensor; the backend, batcher, golden data and
 timing see the model's. Decoding a photo takes milliseconds (Pillow releases the GIL), so
-requests carrying more than ``INLINE_LIMIT_BYTES`` are prepared on a worker thread rather
-than on the event loop.
+requests carrying more than ``INLINE_LIMIT_BYTES`` are prepared on a decoder thread
+(``server/decodepool.py``) rather than on the event loop.
 """
 
 from __future__ import annotations
 
 import io
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 
 from warpserve.kernels.errors import KernelInputError
 from warpserve.kernels.preprocess import MAX_IMAGE_PIXELS, preprocess_images
 from warpserve.protos import model_config_pb2 as mc
-from warpserve.server.cpus import usable_cores
 from warpserve.server.errors import InvalidInput, ModelLoadError
 from warpserve.server.repository import parameters as params
 
@@ -43,14 +40,6 @@ INLINE_LIMIT_BYTES = 64 * 1024
 # one image to 32x32 took 0.1 ms in numpy and 0.3 to 7 ms in Numba (starting its threads
 # on a loaded 2-core VM), one to 224x224 14.6 ms in numpy and 2.5 ms in Numba.
 SMALL_OUTPUT_PIXELS = 64 * 64
-
-
-@cache
-def decoders() -> ThreadPoolExecutor:
-    """The threads that prepare large requests' images: one per usable core. asyncio's
-    default pool has cores + 4; on 2 cores its six decoders cost 1.7 ms of CPU per
-    320x240 JPEG where one thread alone takes 1.3 ms (caches and context switches)."""
-    return ThreadPoolExecutor(usable_cores(), thread_name_prefix="image-decode")
 
 
 def _name(text: str) -> str:
