@@ -207,9 +207,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             return self._encoded(answered, decoded, outputs)
 
-    def _encoded(self, mv: Answered, decoded: codec.InferRequest, outputs: Outputs) -> bytes:
+    def _encoded(
+        self,
+        mv: Answered,
+        decoded: codec.InferRequest,
+        outputs: Outputs,
+        encode: Callable[..., bytes] = replies.encode_response,
+    ) -> bytes:
+        """The serialized answer (``encode``: a ModelInferResponse, or a stream's)."""
         return self._sized(
-            replies.encode_response(
+            encode(
                 mv.name,
                 str(mv.version),
                 decoded.id,
@@ -240,16 +247,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 mv, outputs = await self.dataplane.infer(decoded, None)
                 if hook is not None:
                     await at_point(hook, "encoding")
-                return self._sized(
-                    replies.encode_stream_response(
-                        mv.name,
-                        str(mv.version),
-                        decoded.id,
-                        outputs.items(),
-                        decoded.output_targets,
-                        decoded.response_parameters,
-                    )
-                )
+                return self._encoded(mv, decoded, outputs, replies.encode_stream_response)
         except Exception as exc:
             return _stream_error(request, exc)
         finally:
