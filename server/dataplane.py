@@ -15,7 +15,6 @@ import numpy as np
 
 from warpserve.server import classification
 from warpserve.server import fallback as fallbacks
-from warpserve.server.arrivals import BEHIND
 from warpserve.server.batching.executor import Executor
 from warpserve.server.batching.request import Outputs, QueuedRequest, batch_runs, signature_of
 from warpserve.server.busypoll import BusyPoller
@@ -87,7 +86,7 @@ class DataPlane:
         if stage is not None and not stage.is_cheap(request.inputs):
             return mv, None  # decoded on a worker thread by infer
         executor = batcher.inline_slot()
-        if executor is None or BEHIND.get():  # others arrived with it: batch them all
+        if executor is None:
             return mv, None
         start = time.perf_counter_ns()
         try:
@@ -100,9 +99,7 @@ class DataPlane:
             mv.stats.record_failure(type(exc).__name__, time.perf_counter_ns() - start)
             raise
         mv.stats.record_success(rows, time.perf_counter_ns() - start)
-        outputs = _select(outputs, request.outputs, mv)
-        self._maybe_shadow(mv, request, outputs)
-        return mv, _classified(outputs, request, mv) if request.classes else outputs
+        return mv, self._answer(mv, request, _select(outputs, request.outputs, mv))
 
     def infer_together(self, requests: list[InferRequest]) -> list[Together]:
         """Serve at once, synchronously, requests that arrived together: those for one
@@ -172,9 +169,7 @@ class DataPlane:
         for (i, rows), outputs in zip(run, outcomes, strict=True):
             request = requests[i]
             mv.stats.record_success(rows, elapsed)
-            outputs = _select(outputs, request.outputs, mv)
-            self._maybe_shadow(mv, request, outputs)
-            served[i] = (mv, _classified(outputs, request, mv) if request.classes else outputs)
+            served[i] = (mv, self._answer(mv, request, _select(outputs, request.outputs, mv)))
 
     async def infer(
         self, request: InferRequest, deadline_s: float | None = None, *, fall_back: bool = True
@@ -212,8 +207,13 @@ class DataPlane:
             outputs = await self._queue(mv, request, queue_deadline_s)
         except fallbacks.FALLBACK_ERRORS as exc:
             return await self.recover(request, exc, deadline_s, fall_back)
+        return mv, self._answer(mv, request, outputs)
+
+    def _answer(self, mv: ModelVersion, request: InferRequest, outputs: Outputs) -> Outputs:
+        """The outputs a request is answered with: mirrored to a shadow version first,
+        then those requested as classes replaced by their top classes."""
         self._maybe_shadow(mv, request, outputs)
-        return mv, _classified(outputs, request, mv) if request.classes else outputs
+        return _classified(outputs, request, mv) if request.classes else outputs
 
     async def recover(
         self,

@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from warpserve.server.arrivals import BEHIND
 from warpserve.server.native.context import Abort, Context, Requests
 from warpserve.server.tls import TlsSettings
 
@@ -191,18 +190,14 @@ class NativeServer:
     def _on_events(self) -> None:
         calls = self._calls
         events = self.frontend.drain()
-        # Each call's task learns how many arrived with it behind it (server/arrivals).
-        behind = sum(1 for event in events if event[0] == 0)
         together: dict[str, list[tuple[Any, ...]]] = {}
         for event in events:
             kind, call_id = event[0], event[1]
             if kind == 0:  # CALL
-                behind -= 1
                 method = event[2]
                 if method in self._together:
                     together.setdefault(method, []).append(event)
                     continue
-                BEHIND.set(behind)
                 self._begin(call_id, method, event[3], event[4], event[5])
                 continue
             context = calls.get(call_id)
@@ -227,12 +222,10 @@ class NativeServer:
                 context._wake_writer()
         for method, group in together.items():
             self._begin_together(method, group)
-        BEHIND.set(0)
 
     def _begin_together(self, method: str, group: list[tuple[Any, ...]]) -> None:
         """Hand calls of one method that arrived together to its together handler,
-        answer what it answered, and start the others as tasks (the tasks learn how
-        many others were left behind them, see server/arrivals)."""
+        answer what it answered, and start the others as tasks."""
         self._last_arrival = time.monotonic()
         handler, sent = self._together[method]
         try:
@@ -240,7 +233,6 @@ class NativeServer:
         except Exception:
             log.exception("gRPC together handler for %s failed", method)
             answers = [None] * len(group)
-        left = sum(1 for answer in answers if not isinstance(answer, bytes | tuple))
         for event, answer in zip(group, answers, strict=True):
             call_id = event[1]
             if isinstance(answer, bytes | tuple):
@@ -251,8 +243,6 @@ class NativeServer:
                 else:
                     self._finish(call_id, answer[0].value[0], answer[1])
             else:
-                left -= 1
-                BEHIND.set(left)
                 self._begin(call_id, method, event[3], event[4], event[5], answer)
 
     def _handler(self, method: str, metadata: tuple[Any, ...]) -> grpc.RpcMethodHandler | None:
