@@ -90,7 +90,10 @@ class Executor:
         """Run requests' inputs (``rows`` each) as one batch, synchronously: requests
         that arrived together on the loop and run inline. Raises what the batch raised
         (the caller serves each request on its own then)."""
-        return self._together(parts, rows)
+        try:
+            return self._together(parts, rows)
+        except Exception as exc:
+            raise _as_backend_error(exc) from exc
 
     def _run_together(self, batch: list[QueuedRequest]) -> BatchResult:
         return self._together([r.inputs for r in batch], [r.rows for r in batch])

@@ -9,6 +9,7 @@ error, a draining server) still gets ModelInfer's own answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -186,7 +187,9 @@ def test_a_saturated_loop_queues_them_for_one_batch(tmp_path: Path) -> None:
     _serve(tmp_path, ["affine"], scenario)
 
 
-def test_a_batch_that_fails_is_served_one_by_one(tmp_path: Path) -> None:
+def test_a_batch_that_fails_is_served_one_by_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     write_affine(tmp_path, "affine")
     xs = [np.full((1, 4), i, np.float32) for i in range(3)]
 
@@ -203,7 +206,11 @@ def test_a_batch_that_fails_is_served_one_by_one(tmp_path: Path) -> None:
 
         instance.execute = only_alone  # type: ignore[method-assign]
         stand_in.pending = [call(i, INFER, _payload("affine", x)) for i, x in enumerate(xs)]
-        server._on_events()
+        with caplog.at_level(logging.WARNING):
+            server._on_events()
+        # the batch's failure is the model's, not the handler's
+        assert "together handler" not in caplog.text
+        assert "batches fail" in caplog.text
         got = await answers(stand_in, list(range(len(xs))))
         for x, answer in zip(xs, got, strict=True):
             np.testing.assert_allclose(_output(answer), affine_reference(x, scale=1.0), rtol=1e-5)
