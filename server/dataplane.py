@@ -132,7 +132,10 @@ class DataPlane:
             group[2].append(count)
         for mv, indices, rows in groups.values():
             assert mv.batcher is not None and mv.validator is not None
-            executor = mv.batcher.inline_slots(len(indices))
+            try:
+                executor = mv.batcher.inline_slot(len(indices))
+            except WarpserveError:  # draining: ``infer`` words it
+                continue
             if executor is None:
                 for i in indices:
                     served[i] = mv

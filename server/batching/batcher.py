@@ -100,12 +100,13 @@ class DynamicBatcher:
         """Requests queued or executing."""
         return self.queued + self._running
 
-    def inline_slot(self) -> Executor | None:
-        """The executor to run an arriving request on at once, or None to queue it.
+    def inline_slot(self, requests: int = 1) -> Executor | None:
+        """The executor to run arriving requests on at once (``requests`` that arrived
+        together run as one batch), or None to queue them.
 
         Only an idle inline executor with nothing queued, on a loop that is not
-        saturated, takes a request at once (see ``loopload``). Call once per request:
-        it counts the arrival.
+        saturated, takes requests at once (see ``loopload``). Call once per arrival:
+        it counts the requests.
         """
         if self._closed:
             raise Unavailable(f"model '{self.name}' is draining; retry the request")
@@ -113,17 +114,9 @@ class DynamicBatcher:
         if not idle or not idle[-1].inline:
             return None
         inline = self._inline
-        if inline.arrival() or inline.tick_pending or any(self._queued):
+        if inline.arrival(requests) or inline.tick_pending or any(self._queued):
             return None
         return idle[-1]
-
-    def inline_slots(self, requests: int) -> Executor | None:
-        """``inline_slot`` for ``requests`` that arrived together (each arrival counted):
-        the executor to run them all at once, as one batch, or None to queue them."""
-        executor = None
-        for _ in range(requests):
-            executor = self.inline_slot()
-        return executor
 
     def keep_only(self, executor: Executor) -> list[Executor]:
         """Serve with ``executor`` alone, before any request arrives; returns the other
@@ -154,7 +147,7 @@ class DynamicBatcher:
         self, executor: Executor, parts: list[dict[str, np.ndarray]], rows: list[int]
     ) -> list[Outputs]:
         """Run requests that arrived together as one batch on the executor
-        ``inline_slots`` gave, synchronously (see ``run_inline``). Raises what the batch
+        ``inline_slot`` gave, synchronously (see ``run_inline``). Raises what the batch
         raised; nothing is recorded then (each request is served again on its own)."""
         if len(parts) == 1:
             return [self.run_inline(executor, parts[0], rows[0])]

@@ -74,8 +74,10 @@ class LoopLoad:
         self._wall = wall_ns
         self._cpu = cpu_ns
 
-    def arrival(self) -> bool:
-        """Record a request arriving; True when it should be held for a batch."""
+    def arrival(self, requests: int = 1) -> bool:
+        """Record ``requests`` arriving (several: together, so one sample of the loop's
+        utilisation: between them it did nothing else); True when they should be held
+        for a batch."""
         if self.holding:
             return True
         wall, cpu = self._wall(), self._cpu()
@@ -84,7 +86,7 @@ class LoopLoad:
             self.utilisation += self.smoothing * (sample - self.utilisation)
         self._wall_ns, self._cpu_ns = wall, cpu
         if self._cooldown:
-            self._cooldown -= 1
+            self._cooldown = max(0, self._cooldown - requests)
         elif self.utilisation > self.threshold:
             self.holding = True
             self._lonely = 0

@@ -127,14 +127,14 @@ class InlineCollector:
         self.returning = 0
         self._awaited_arrival = False  # the last arrival was one of them
 
-    def arrival(self) -> bool:
-        """Count an arriving request; whether the loop is saturated (so the request
-        should be held rather than run at once)."""
+    def arrival(self, requests: int = 1) -> bool:
+        """Count arriving requests (several: they arrived together); whether the loop
+        is saturated (so they should be held rather than run at once)."""
         returning = self.returning
         self._awaited_arrival = returning > 0
         if returning:
-            self.returning = returning - 1
-        self._saturated = self._batch_limit > 1 and self._load.arrival()
+            self.returning = max(0, returning - requests)
+        self._saturated = self._batch_limit > 1 and self._load.arrival(requests)
         return self._saturated
 
     def answered(self, requests: int) -> None:

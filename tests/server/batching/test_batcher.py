@@ -309,7 +309,7 @@ def test_drain_finishes_queued_and_running_then_refuses() -> None:
 class Saturated(LoopLoad):
     """A loop with no idle time: every arrival is held for a batch."""
 
-    def arrival(self) -> bool:
+    def arrival(self, requests: int = 1) -> bool:
         self.holding = True
         return True
 

@@ -142,3 +142,28 @@ def test_a_full_batch_smaller_than_the_company_pays() -> None:
     """A model whose max_batch_size is under MIN_COMPANY: a full batch is all a window
     can gather, so it counts as company."""
     assert held_share(callers=4, arrivals=20_000, company=4) > 0.95
+
+
+def test_requests_that_arrived_together_are_one_sample_and_count_each() -> None:
+    """Between requests that arrived together the loop did nothing but take them: one
+    utilisation sample covers them (a sample per request would read the microseconds
+    between them as a saturated loop), while a cooldown still counts every request."""
+    clocks = Clocks()
+    load = load_with(clocks)
+    for _ in range(200):  # a loop half idle, taking groups of 8
+        clocks.pass_time(300, busy=0.5)
+        assert not load.arrival(8)
+        clocks.pass_time(1, busy=1.0)  # what per-request samples would have measured
+    assert 0.45 < load.utilisation < 0.55
+    for _ in range(2):  # holding twice ended: the cooldown is now 2 * MIN_COOLDOWN
+        arrivals(load, clocks, MIN_COOLDOWN + 40, busy=1.0)
+        for _ in range(LONELY_WINDOWS):
+            load.window_closed(1)
+    assert not load.holding
+    # A saturated loop waits out the cooldown, the last 4 arrivals of it together; the
+    # next arrival may hold.
+    assert not any(arrivals(load, clocks, 2 * MIN_COOLDOWN - 4, busy=1.0))
+    clocks.pass_time(300, busy=1.0)
+    assert not load.arrival(4)
+    assert load.utilisation > load.threshold
+    assert arrivals(load, clocks, 1, busy=1.0) == [True], "the cooldown counted all 4"
