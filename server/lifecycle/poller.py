@@ -23,9 +23,15 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 SERVER_FOLDERS = frozenset({"guard"})
 
 
-def fingerprint(model_dir: Path) -> Fingerprint:
+def fingerprint(model_dir: Path) -> Fingerprint | None:
+    """What the folder holds (path, size, mtime per file); None when a folder in it
+    went away while it was read (a staging folder renamed into place): it is changing."""
     entries = []
-    for path in sorted(model_dir.rglob("*")):
+    try:
+        paths = sorted(model_dir.rglob("*"))
+    except OSError:
+        return None
+    for path in paths:
         parts = path.relative_to(model_dir).parts
         if len(parts) > 1 and parts[0].isdigit() and parts[1] in SERVER_FOLDERS:
             continue
@@ -42,7 +48,7 @@ class RepositoryPoller:
     def __init__(self, registry: ModelRegistry, interval_s: float) -> None:
         self.registry = registry
         self.interval_s = interval_s
-        self._seen: dict[str, Fingerprint] = {}
+        self._seen: dict[str, Fingerprint | None] = {}
         self._pending: dict[str, Fingerprint] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -59,13 +65,19 @@ class RepositoryPoller:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception:  # the next poll tries again: polling must not stop
+                log.exception("poll: reading the repository failed")
 
     async def poll_once(self) -> None:
         repo = self.registry.repository
         names = set(repo.model_names())
         for name in sorted(names):
             current = fingerprint(repo.root / name)
+            if current is None:  # being written: look again next time
+                self._pending.pop(name, None)
+                continue
             if current == self._seen.get(name):
                 self._pending.pop(name, None)
                 continue

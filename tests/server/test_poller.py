@@ -179,3 +179,49 @@ def test_fingerprint_changes_with_every_piece(tmp_path: Path, pieces: int) -> No
         write()
         seen.add(fingerprint(model_dir))
     assert len(seen) == pieces + 1
+
+
+def test_a_folder_that_vanishes_while_read_is_read_again_and_polling_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staging folder renamed into place while the poller walks the model's folder
+    makes the walk fail; the poller looks again at its next poll. And whatever a poll
+    raises, polling goes on: a poller task that died loaded nothing ever again."""
+
+    async def body(registry: ModelRegistry, poller: RepositoryPoller) -> None:
+        staging = tmp_path / "staging"
+        write_affine(staging, MODEL, (2,), config=False)
+        (staging / MODEL / "2").rename(tmp_path / MODEL / "2")
+        walk = Path.rglob
+
+        def vanishing(self: Path, pattern: str) -> Any:
+            raise FileNotFoundError(self / ".2.tmp")
+
+        monkeypatch.setattr(Path, "rglob", vanishing)
+        await poller.poll_once()  # does not raise
+        monkeypatch.setattr(Path, "rglob", walk)
+        await poller.poll_once()
+        await poller.poll_once()
+        assert active(registry) == 2
+
+        polls = 0
+        fail_once = poller.poll_once
+
+        async def flaky() -> None:
+            nonlocal polls
+            polls += 1
+            if polls == 1:
+                raise RuntimeError("the first poll fails")
+            await fail_once()
+
+        poller.poll_once = flaky  # type: ignore[method-assign]
+        poller.interval_s = 0.01
+        await poller.stop()
+        poller.start()
+        for _ in range(500):
+            if polls >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert polls >= 3, "polling stopped after a failed poll"
+
+    run_polled(tmp_path, body)
