@@ -61,6 +61,22 @@ def check_classifiable(classes: Iterable[str], outputs: Mapping[str, TensorSpec]
             )
 
 
+def classified(
+    outputs: dict[str, np.ndarray],
+    classes: dict[str, int],
+    batched: bool,
+    labels: Labels,
+) -> dict[str, np.ndarray]:
+    """The outputs with those requested as classes (``classes``: output name -> count)
+    replaced by their top classes, labelled from ``labels`` (output name -> labels)."""
+    return {
+        name: classify(array, count, batched, labels.get(name))
+        if (count := classes.get(name))
+        else array
+        for name, array in outputs.items()
+    }
+
+
 def classify(
     array: np.ndarray, count: int, batched: bool, labels: list[str] | None = None
 ) -> np.ndarray:

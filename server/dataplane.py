@@ -216,7 +216,10 @@ class DataPlane:
         """The outputs a request is answered with: mirrored to a shadow version first,
         then those requested as classes replaced by their top classes."""
         self._maybe_shadow(mv, request, outputs)
-        return _classified(outputs, request, mv) if request.classes else outputs
+        if not request.classes:
+            return outputs
+        assert mv.validator is not None
+        return classification.classified(outputs, request.classes, mv.validator.batched, mv.labels)
 
     async def recover(
         self,
@@ -402,16 +405,3 @@ def _select(outputs: Outputs, requested: list[str], mv: ModelVersion) -> Outputs
     assert mv.validator is not None  # a version that answered is loaded
     names = requested or mv.validator.outputs  # config order
     return {n: outputs[n] for n in names if n in outputs}
-
-
-def _classified(outputs: Outputs, request: InferRequest, mv: ModelVersion) -> Outputs:
-    """The outputs with those requested as classes replaced by their top classes. (After
-    any shadow comparison, which compares the model's own values.)"""
-    assert mv.validator is not None
-    batched, labels = mv.validator.batched, mv.labels
-    return {
-        name: classification.classify(array, count, batched, labels.get(name))
-        if (count := request.classes.get(name))
-        else array
-        for name, array in outputs.items()
-    }

@@ -142,6 +142,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @maps_errors
     async def ModelInfer(self, request: codec.ReceivedInfer, context) -> bytes:
+        return await self._infer(request, None, context)
+
+    async def _infer(
+        self,
+        request: codec.ReceivedInfer | codec.InferRequest,
+        mv: ModelVersion | None,
+        context,
+    ) -> bytes:
+        """ModelInfer from ``request`` as received, or as ``infer_together`` decoded it
+        (with ``mv``: routed by it to that version's queue)."""
         poller = self.dataplane.poller
         if poller is not None:  # counted until gRPC has sent the answer
             poller.call_started()
@@ -150,20 +160,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # is answered for real and a later one gets UNAVAILABLE.
         with self.dataplane.calls.admit(CALL):
             hook = self.registry.hook
-            if hook is not None:
-                await at_point(hook, "decoding")
-            decoded = wireplans.decode_request(request, self.shm)
-            mv, outputs = await self.dataplane.infer(decoded, context.time_remaining())
+            if isinstance(request, codec.InferRequest):
+                decoded = request
+            else:
+                if hook is not None:
+                    await at_point(hook, "decoding")
+                decoded = wireplans.decode_request(request, self.shm)
+            deadline = context.time_remaining()
+            if mv is None:
+                answered, outputs = await self.dataplane.infer(decoded, deadline)
+            else:
+                answered, outputs = await self.dataplane.infer_queued(mv, decoded, deadline)
             if hook is not None:
                 await at_point(hook, "encoding")
-            return self._encoded(mv, decoded, outputs)
+            return self._encoded(answered, decoded, outputs)
 
     def infer_together(self, payloads: list[bytes]) -> list[TogetherAnswer]:
         """ModelInfer for calls that arrived together (the native frontend hands them
         over at once, see ``NativeServer.add_together_handler``): those the data plane
-        serves at once are answered here, without a task per call; those it routed
-        to a queue continue as tasks from there; the rest (errors included) take
-        ModelInfer's own path, which words them."""
+        serves at once are answered here, without a task per call; the others continue
+        as tasks from what was done (decoded, routed to a queue); those that did not
+        decode take ModelInfer's own path, which words the error."""
         answers: list[TogetherAnswer] = [None] * len(payloads)
         if self.registry.hook is not None or self.dataplane.calls.draining:
             return answers  # test hooks see every stage; a draining server refuses
@@ -187,25 +204,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     answers[i] = status_of(exc)
                 if poller is not None:  # until gRPC has sent it (see add_together_handler)
                     poller.call_started()
-            elif outcome is not None:
-                answers[i] = functools.partial(self._queued, (outcome, request))
+            else:
+                answers[i] = functools.partial(self._continued, (outcome, request))
         if poller is not None and places:
             poller.arm()  # polls on only if this answers the one call in flight
         return answers
 
     @maps_errors
-    async def _queued(self, routed: tuple[ModelVersion, codec.InferRequest], context) -> bytes:
-        """The rest of ModelInfer for a call ``infer_together`` routed to a queue."""
-        poller = self.dataplane.poller
-        if poller is not None:
-            poller.call_started()
-            context.add_done_callback(poller.call_ended)
-        mv, decoded = routed
-        with self.dataplane.calls.admit(CALL):
-            answered, outputs = await self.dataplane.infer_queued(
-                mv, decoded, context.time_remaining()
-            )
-            return self._encoded(answered, decoded, outputs)
+    async def _continued(
+        self, done: tuple[ModelVersion | None, codec.InferRequest], context
+    ) -> bytes:
+        """The rest of ModelInfer for a call ``infer_together`` decoded but did not
+        answer (routed to a version's queue, or to be served by ``DataPlane.infer``)."""
+        return await self._infer(done[1], done[0], context)
 
     def _encoded(
         self,
