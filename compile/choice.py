@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from warpserve.compile.sweep import Point
 from warpserve.server.batching.batcher import INLINE_WINDOW_US
 from warpserve.server.cpus import usable_cores
-from warpserve.server.lifecycle.version import INLINE_BATCH_LIMIT_NS, INLINE_THRESHOLD_NS
+from warpserve.server.lifecycle.version import (
+    INLINE_BATCH_LIMIT_NS,
+    INLINE_THRESHOLD_NS,
+    MIN_INLINE_ROWS,
+)
 
 # A batch costing more than this is compute-bound on a CPU: a second instance lets one
 # batch compute while the other's requests are decoded and answered (see the README on
@@ -78,17 +82,31 @@ def choose(candidates: list[Candidate], budget_ms: float | None) -> Choice | Non
     return Choice(variant, point, top, why)
 
 
-def runs_inline(curve: list[Point]) -> bool:
-    """Whether a server with execution=auto runs this model on its event loop: the rule of
-    its `_choose_execution`, a batch-1 run under INLINE_THRESHOLD_NS and the largest batch
-    (the sweep's last is max_batch_size) under INLINE_BATCH_LIMIT_NS. Formats that never
-    run inline are told apart by the caller."""
+def inline_rows(curve: list[Point]) -> int | None:
+    """How a server with execution=auto runs this model, by the rule of its
+    `_choose_execution`: None on worker threads (a batch-1 run not under
+    INLINE_THRESHOLD_NS); 0 on its event loop (the largest batch, the sweep's last being
+    max_batch_size, under INLINE_BATCH_LIMIT_NS too); else inline up to that many rows,
+    the largest batch under the limit (at least MIN_INLINE_ROWS; bigger requests on a
+    worker thread). Formats that never run inline are told apart by the caller."""
     single = next((p for p in curve if p.batch == 1), min(curve, key=lambda p: p.batch))
+    if single.median_ms * 1e6 >= INLINE_THRESHOLD_NS:
+        return None
     largest = max(curve, key=lambda p: p.batch)
-    return (
-        single.median_ms * 1e6 < INLINE_THRESHOLD_NS
-        and largest.median_ms * 1e6 < INLINE_BATCH_LIMIT_NS
-    )
+    if largest.median_ms * 1e6 < INLINE_BATCH_LIMIT_NS:
+        return 0
+    fits = [
+        p.batch
+        for p in curve
+        if p.median_ms * 1e6 < INLINE_BATCH_LIMIT_NS and p.batch >= MIN_INLINE_ROWS
+    ]
+    return max(fits) if fits else None
+
+
+def runs_inline(curve: list[Point]) -> bool:
+    """Whether a server with execution=auto runs this model on its event loop, for some
+    or all of its batches (see `inline_rows`)."""
+    return inline_rows(curve) is not None
 
 
 def _within(points: list[Point], budget_ms: float | None) -> list[Point]:

@@ -9,8 +9,10 @@ has in service.
 
 So a variant whose format may run inline and whose instance offers `single_threaded` is
 measured a second time on one thread, side by side with the rest. Where its every-core
-curve passes the server's rule (`choice.runs_inline`, the server deciding on the instance
-as loaded), the one-thread curve is the one reported as served and chosen on; otherwise
+curve passes the server's rule (`choice.inline_rows`, the server deciding on the instance
+as loaded; bigger requests than an inline run takes run on its worker thread, on the
+same one-thread instance), the one-thread curve is the one reported as served and chosen
+on; otherwise
 the every-core curve, with the one-thread curve kept in the report beside it.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from warpserve.compile.choice import runs_inline
+from warpserve.compile.choice import inline_rows
 from warpserve.compile.runners import Runner
 from warpserve.compile.sweep import Point
 from warpserve.server.backends import spec as backend_spec
@@ -33,9 +35,15 @@ class Serving:
     inline: bool  # the server will run it on its event loop
     threads: str  # ONE_THREAD or EVERY_CORE: how the served curve was measured
     why: str
+    inline_rows: int = 0  # inline batches up to this many rows (0: any), bigger on a thread
 
     def as_dict(self) -> dict[str, object]:
-        return {"inline": self.inline, "threads": self.threads, "why": self.why}
+        return {
+            "inline": self.inline,
+            "inline_rows": self.inline_rows,
+            "threads": self.threads,
+            "why": self.why,
+        }
 
 
 def may_run_inline(platform: str) -> bool:
@@ -61,16 +69,20 @@ def decide(
     """How the server will run the variant, and the curve measured that way."""
     limits = (
         f"a batch-1 run under {INLINE_THRESHOLD_NS / 1e3:.0f} us and the largest batch under "
-        f"{INLINE_BATCH_LIMIT_NS / 1e6:.0f} ms"
+        f"{INLINE_BATCH_LIMIT_NS / 1e6:.0f} ms, else batches of as many rows as stay under it"
     )
     if not may_run_inline(platform):
         why = f"{platform} never runs inline: served on worker threads, as measured"
         return Serving(False, EVERY_CORE, why), every_core
-    if not runs_inline(every_core):
+    rows = inline_rows(every_core)
+    if rows is None:
         why = f"not inline (the server's rule: {limits}): served on worker threads"
         return Serving(False, EVERY_CORE, why), every_core
+    where = "inline on the event loop" + (f" up to batches of {rows}" if rows else "")
     if one_thread is None:
-        why = f"inline ({limits}); the backend keeps its own thread count there"
-        return Serving(True, EVERY_CORE, why), every_core
-    why = f"inline on the event loop ({limits}), where it runs on one thread"
-    return Serving(True, ONE_THREAD, why), one_thread
+        why = f"{where} ({limits}); the backend keeps its own thread count there"
+        return Serving(True, EVERY_CORE, why, rows), every_core
+    why = f"{where} ({limits}), where it runs on one thread"
+    if rows:
+        why += ", as do bigger requests on its worker thread"
+    return Serving(True, ONE_THREAD, why, rows), one_thread

@@ -91,6 +91,8 @@ class DataPlane:
         start = time.perf_counter_ns()
         try:
             rows = _checked_rows(validator, request)
+            if not executor.runs_inline(rows):
+                return mv, None  # more rows than it runs inline: its worker thread's
             if request.parameters:
                 batcher.policy.request_queue(request.parameters)  # checked, not needed
             inputs = stage.apply(request.inputs) if stage is not None else request.inputs
@@ -141,9 +143,12 @@ class DataPlane:
                     served[i] = mv
                 continue
             inputs = [requests[i].inputs for i in indices]
-            limit, batched = mv.batcher.policy.batch_limit, mv.validator.batched
+            limit, batched = mv.batcher.batch_rows, mv.validator.batched
             for run in batch_runs(indices, rows, inputs, limit, batched):
-                self._run_together(mv, executor, requests, run, served)
+                if executor.runs_inline(sum(count for _, count in run)):
+                    self._run_together(mv, executor, requests, run, served)
+                else:  # one request over the executor's inline_rows
+                    served[run[0][0]] = mv
         return served
 
     def _run_together(

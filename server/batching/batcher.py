@@ -125,7 +125,17 @@ class DynamicBatcher:
         dropped = [e for e in self.executors if e is not executor]
         self.executors = [executor]
         self._idle = [executor]
+        self._inline.batch_limit = self.batch_rows
         return dropped
+
+    @property
+    def batch_rows(self) -> int:
+        """Most rows one batch takes: the config's limit, or an inline executor's
+        ``inline_rows`` where that is lower (0: the model takes no batches)."""
+        limit = self.policy.batch_limit
+        executors = self.executors
+        cap = executors[0].inline_rows if len(executors) == 1 and executors[0].inline else 0
+        return min(limit, cap) if limit and cap else limit
 
     def run_inline(self, executor: Executor, inputs: dict[str, np.ndarray], rows: int) -> Outputs:
         """Run one request on the executor ``inline_slot`` gave, synchronously: nothing
@@ -266,10 +276,10 @@ class DynamicBatcher:
                 return queue[0]
         return None
 
-    def _should_wait(self, head: QueuedRequest, rows: int) -> bool:
+    def _should_wait(self, head: QueuedRequest, rows: int, limit: int) -> bool:
         """Triton mode only: hold a partial batch until max_queue_delay passes."""
         policy = self.policy
-        if policy.eager or not policy.max_queue_delay_us or rows >= policy.batch_limit:
+        if policy.eager or not policy.max_queue_delay_us or rows >= limit:
             return False
         if policy.preferred_batch_sizes and rows in policy.preferred_batch_sizes:
             return False
@@ -290,18 +300,21 @@ class DynamicBatcher:
         head = self._head()
         if head is None:
             return None
-        limit = self.policy.batch_limit
+        limit = self.batch_rows
         batch = self._collect(head, limit) if limit else [head]
         batch = self.policy.trim_to_preferred(batch)
         rows = sum(r.rows for r in batch)
-        if self._should_wait(head, rows):
+        if self._should_wait(head, rows, limit):
             return None
         for request in batch:
             self._take(request)
         return batch
 
     def _collect(self, head: QueuedRequest, limit: int) -> list[QueuedRequest]:
-        """Same-signature requests in priority then arrival order, up to ``limit`` rows."""
+        """Same-signature requests in priority then arrival order, up to ``limit`` rows
+        (a head with more rows, over an inline executor's ``inline_rows``, goes alone)."""
+        if head.rows >= limit:
+            return [head]
         batch, rows = [], 0
         for queue in self._queues:
             for request in queue:
@@ -326,7 +339,7 @@ class DynamicBatcher:
         self._running += len(batch)
         if self._hook:
             self._hook("dispatch")
-        if executor.inline:
+        if executor.inline and executor.runs_inline(sum(r.rows for r in batch)):
             self._finish(executor, batch, executor.run(batch))
             return
         loop = asyncio.get_running_loop()

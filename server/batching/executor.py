@@ -48,6 +48,10 @@ class Executor:
     # Run on the event loop thread instead of a worker: for models so small that
     # the thread hop costs more than the compute (see the serving benchmark).
     inline: bool = False
+    # The most rows an inline run takes (0: any): a model whose full batch would hold
+    # the loop too long runs inline up to this many rows, and a request with more rows
+    # than this, which no batch may split, runs on its worker thread instead.
+    inline_rows: int = 0
     # Sees the inputs of every batch run for serving (the drift monitor's sampling);
     # None, as for most models, costs one attribute check per batch.
     observer: Callable[[dict[str, np.ndarray]], None] | None = None
@@ -57,6 +61,10 @@ class Executor:
     def __post_init__(self) -> None:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"exec-{self.label}")
         self._buffers: dict[str, np.ndarray] = {}
+
+    def runs_inline(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` runs on the loop thread."""
+        return self.inline and (not self.inline_rows or rows <= self.inline_rows)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

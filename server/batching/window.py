@@ -111,7 +111,7 @@ class InlineCollector:
     ) -> None:
         self._window = window
         self._load = load
-        self._batch_limit = batch_limit
+        self.batch_limit = batch_limit  # most rows of one batch
         # The holding window's clock, in seconds. Not loop.time(): uvloop's advances in
         # whole milliseconds, and a window's pauses are tens to hundreds of microseconds.
         self._clock = clock
@@ -134,7 +134,7 @@ class InlineCollector:
         self._awaited_arrival = returning > 0
         if returning:
             self.returning = max(0, returning - requests)
-        self._saturated = self._batch_limit > 1 and self._load.arrival(requests)
+        self._saturated = self.batch_limit > 1 and self._load.arrival(requests)
         return self._saturated
 
     def answered(self, requests: int) -> None:
@@ -146,7 +146,7 @@ class InlineCollector:
         once, and one that is full when it arrives opens no window."""
         loop = asyncio.get_running_loop()
         if self._holding is not None:
-            if self._queued_rows() >= self._batch_limit:
+            if self._queued_rows() >= self.batch_limit:
                 self._holding.cancel()
                 self._tick(busy=True)
             else:
@@ -163,7 +163,7 @@ class InlineCollector:
         self.tick_pending = True
         # A full batch gathers nothing by waiting (requests of max_batch_size rows each,
         # as batch clients send): it goes on the next loop pass like an unheld one.
-        if self._saturated and self._queued_rows() < self._batch_limit:
+        if self._saturated and self._queued_rows() < self.batch_limit:
             now = self._clock()
             self._window.open(now)
             due = self._window.due(self.returning > 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from warpserve.compile import serving
+from warpserve.compile import choice, serving
 from warpserve.compile.runners import Runner
 from warpserve.compile.sweep import Point
 
@@ -50,6 +50,23 @@ def test_a_kernel_plan_runs_inline_by_the_same_rule_on_its_own_threads() -> None
     assert "keeps its own thread count" in served.why
     slow_full = _curve(0.05, 2.5)  # a full batch over 2 ms
     assert serving.decide(KERNELS, slow_full, None)[0].inline is False
+
+
+def test_a_model_whose_full_batch_passes_2_ms_is_served_inline_up_to_the_batch_under_it() -> None:
+    # The server's rule (version._choose_execution): the largest batch under 2 ms is the
+    # most an inline run takes; bigger requests run on the worker thread, one thread too.
+    every = [Point(1, 10, 0.05, 0.05, 2e4), Point(16, 10, 0.8, 0.8, 2e4), _curve(0.05, 3.0)[1]]
+    one = [Point(p.batch, 10, p.median_ms * 1.5, p.p99_ms * 1.5, p.throughput) for p in every]
+    served, points = serving.decide(ORT, every, one)
+    assert (served.inline, served.inline_rows, served.threads) == (True, 16, serving.ONE_THREAD)
+    assert points is one and "up to batches of 16" in served.why
+    assert served.as_dict()["inline_rows"] == 16
+    # Under MIN_INLINE_ROWS no batch is worth running inline: worker threads.
+    tiny_batches = [Point(1, 10, 0.05, 0.05, 2e4), Point(2, 10, 0.5, 0.5, 4e3), every[2]]
+    assert choice.inline_rows(tiny_batches) is None
+    assert not serving.decide(ORT, tiny_batches, None)[0].inline
+    # Positive control: a full batch under 2 ms runs inline with no cap.
+    assert choice.inline_rows(TINY) == 0 and serving.decide(ORT, TINY, None)[0].inline_rows == 0
 
 
 class _Instance:

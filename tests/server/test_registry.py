@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.models import affine_model, affine_reference, write_affine, write_golden
+from tests.models import affine_model, affine_reference, write_affine, write_golden, write_mlp
 from tests.server.progress import GatedModel, until
 from warpserve.server.backends.onnxruntime import OnnxRuntimeInstance
 from warpserve.server.batching.executor import ModelInstance
@@ -39,7 +39,7 @@ from warpserve.server.errors import (
 )
 from warpserve.server.grpc import reports
 from warpserve.server.lifecycle.registry import ModelRegistry
-from warpserve.server.lifecycle.version import VersionState
+from warpserve.server.lifecycle.version import MIN_INLINE_ROWS, VersionState
 from warpserve.server.repository.repository import ModelRepository
 
 MODEL = "affine"
@@ -653,3 +653,53 @@ def test_default_instances_on_worker_threads_split_the_cores(tmp_path: Path) -> 
 def _session(instance: ModelInstance) -> Any:
     assert isinstance(instance, OnnxRuntimeInstance), instance
     return instance.session
+
+
+def test_a_model_whose_full_batch_would_hold_the_loop_runs_inline_up_to_fewer_rows(
+    tmp_path: Path,
+) -> None:
+    # An MLP whose batch-1 run takes microseconds but whose 8192-row batch takes tens of
+    # milliseconds: inline batches stop at the rows that stay under 2 ms, and a request
+    # with more rows runs on the worker thread rather than stalling the loop.
+    import onnxruntime as ort
+
+    model_dir = write_mlp(tmp_path, MODEL, extra="dynamic_batching { }")
+    config = model_dir / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_batch_size: 64", "max_batch_size: 8192"))
+    reference = ort.InferenceSession(
+        str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+
+    async def main() -> None:
+        registry = ModelRegistry(ModelRepository(tmp_path))
+        await registry.load(MODEL)
+        mv = registry.resolve(MODEL)
+        assert mv.batcher is not None
+        [executor] = mv.batcher.executors
+        assert executor.inline and MIN_INLINE_ROWS <= executor.inline_rows < 8192
+        assert mv.batcher.batch_rows == executor.inline_rows
+        threads: list[str] = []
+        instance = executor.instance
+
+        class Recording:
+            def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                threads.append(threading.current_thread().name)
+                return instance.execute(inputs)
+
+            def close(self) -> None:
+                instance.close()
+
+        executor.instance = Recording()
+        plane = DataPlane(registry)
+        rng = np.random.default_rng(5)
+        for rows in (executor.inline_rows, executor.inline_rows + 1):
+            x = rng.standard_normal((rows, 64)).astype(np.float32)
+            _, outputs = await plane.infer(InferRequest(MODEL, "", "", {"INPUT0": x}))
+            expected_y = reference.run(None, {"INPUT0": x})[0]
+            np.testing.assert_allclose(outputs["OUTPUT0"], expected_y, rtol=1e-4, atol=1e-4)
+        loop_thread = threading.current_thread().name
+        assert threads[0] == loop_thread, "up to inline_rows: on the loop"
+        assert threads[1] != loop_thread and threads[1].startswith("exec-"), threads
+        await registry.close()
+
+    asyncio.run(main())

@@ -243,11 +243,12 @@ def test_a_tiny_kernel_plan_runs_inline_and_answers_as_the_reference(tmp_path: P
     _loaded(tmp_path, check)
 
 
-def test_a_kernel_plan_whose_full_batch_takes_milliseconds_keeps_worker_threads(
+def test_a_kernel_plan_whose_full_batch_takes_milliseconds_runs_fewer_rows_inline(
     tmp_path: Path,
 ) -> None:
     # Positive control for the test above: the same kind of plan, but 4096 rows through
-    # 16 -> 256 -> 256 -> 1 take far more than 2 ms, so the loop must not run them.
+    # 16 -> 256 -> 256 -> 1 take far more than 2 ms, so the loop runs only the batches
+    # that stay under it, and a full one goes to the worker thread.
     rng = np.random.default_rng(4)
     shapes = {"w0": (256, 16), "w1": (256, 256), "w2": (1, 256)}
     weights = {k: rng.standard_normal(s).astype(np.float32) * 0.1 for k, s in shapes.items()}
@@ -256,6 +257,9 @@ def test_a_kernel_plan_whose_full_batch_takes_milliseconds_keeps_worker_threads(
     _serve_plan(tmp_path, plan, weights, 4096)
 
     async def check(mv: ModelVersion, plane: DataPlane) -> None:
-        assert mv.batcher is not None and not any(e.inline for e in mv.batcher.executors)
+        assert mv.batcher is not None
+        [executor] = mv.batcher.executors
+        assert executor.inline and executor.inline_rows < 4096
+        assert not executor.runs_inline(4096)
 
     _loaded(tmp_path, check)

@@ -409,3 +409,49 @@ def test_inline_slot_refuses_while_draining() -> None:
             run_now(batcher, {"x": np.ones((1, 2), np.float32)}, 1)
 
     run(body)
+
+
+class ThreadRecording(FakeModel):
+    """FakeModel that also records the thread each batch ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.threads.append(threading.current_thread().name)
+        return super().execute(inputs)
+
+
+def test_inline_rows_cap_batches_and_send_bigger_requests_to_the_worker_thread() -> None:
+    # A model whose full batch would hold the loop too long runs inline batches of at most
+    # inline_rows rows; a request with more rows (no batch may split it) runs on the
+    # executor's worker thread instead of stalling the loop.
+    async def body() -> None:
+        model = ThreadRecording()
+        executor = Executor(model, batched=True, label="capped", inline=True, inline_rows=2)
+        policy = BatchingPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=10**9)
+        batcher = DynamicBatcher("fake", policy, [executor], VersionStats(), load=Saturated())
+        batcher.keep_only(executor)
+        assert batcher.batch_rows == 2
+        rs = [request(value=i) for i in range(5)]
+        for r in rs:
+            assert run_now(batcher, r.inputs, r.rows) is None, "a saturated loop holds"
+            batcher.submit(r)
+        await asyncio.wait_for(asyncio.gather(*(r.future for r in rs[:4])), 5)
+        assert model.batches[:2] == [2, 2], "each batch full at two rows, without waiting"
+        big = request(rows=5, value=7)
+        batcher.submit(big)
+        out = await asyncio.wait_for(big.future, 5)
+        assert out["y"].tolist() == [[14.0, 14.0]] * 5
+        await asyncio.wait_for(rs[4].future, 5)
+        loop_thread = threading.current_thread().name
+        ran = dict(zip(model.batches, model.threads, strict=True))
+        assert ran[2] == loop_thread and ran[5] != loop_thread, ran
+        assert ran[5].startswith("exec-capped")
+        # Positive control: without the cap the same request runs on the loop.
+        assert not executor.runs_inline(5)
+        executor.inline_rows = 0
+        assert executor.runs_inline(5)
+
+    run(body)
