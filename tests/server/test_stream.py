@@ -20,7 +20,7 @@ from tests.models import affine_reference, write_affine
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.server.codec import ReceivedInfer, receive_infer
 from warpserve.server.dataplane import DataPlane
-from warpserve.server.grpc import inference
+from warpserve.server.grpc import stream as stream_service
 from warpserve.server.grpc.inference import InferenceServicer
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.repository.repository import ModelRepository
@@ -100,7 +100,7 @@ def test_a_client_that_does_not_read_is_not_read_ahead_of(
 ) -> None:
     # Requests are read at most STREAM_IN_FLIGHT ahead of the answers taken, so a client
     # that only sends meets gRPC's flow control instead of growing the server's memory.
-    monkeypatch.setattr(inference, "STREAM_IN_FLIGHT", 4)
+    monkeypatch.setattr(stream_service, "STREAM_IN_FLIGHT", 4)
     sent = 0
 
     async def endless() -> AsyncIterator[ReceivedInfer]:
