@@ -337,16 +337,31 @@ class DynamicBatcher:
 
     def _dispatch(self, executor: Executor, batch: list[QueuedRequest]) -> None:
         self._running += len(batch)
+        executor.running += 1
         if self._hook:
             self._hook("dispatch")
         if executor.inline and executor.runs_inline(sum(r.rows for r in batch)):
             self._finish(executor, batch, executor.run(batch))
             return
+        self._offer(executor)  # a free place for the next batch, behind idle instances
         loop = asyncio.get_running_loop()
         if self._poller:
             self._poller.thread_started()
         task = loop.run_in_executor(executor.pool, executor.run, batch)
         task.add_done_callback(lambda fut: self._thread_done(executor, batch, fut))
+
+    def _offer(self, executor: Executor) -> None:
+        """List ``executor`` as taking batches while it has a free place, the ones with
+        the fewest batches running last (``_schedule`` takes from the end)."""
+        idle = self._idle
+        for i, listed in enumerate(idle):
+            if listed is executor:
+                del idle[i]
+                break
+        if executor.free:
+            idle.append(executor)
+            if len(idle) > 1:
+                idle.sort(key=lambda e: -e.running)
 
     def _thread_done(
         self, executor: Executor, batch: list[QueuedRequest], done: asyncio.Future[BatchResult]
@@ -375,7 +390,8 @@ class DynamicBatcher:
         if executor.inline:
             self._inline.answered(len(batch))
         self._running -= len(batch)
-        self._idle.append(executor)
+        executor.running -= 1
+        self._offer(executor)
         self._check_drained()
         if any(self._queued):
             self._schedule()

@@ -197,12 +197,14 @@ class ModelVersion:
         count = sum(g.count for g in self.config.instance_group)
         batched = self.config.max_batch_size > 0
         mode = params.EXECUTION.read(self.config)
+        depth = params.BATCHES_PER_INSTANCE.read(self.config)
         executors = []
         for index in range(count):
             loaded = await asyncio.to_thread(loader, inner, self.path, index, count)
             instance = reshapes.wrap(loaded)
             label = f"{self.name}-{self.version}-{index}"
-            executors.append(Executor(instance, batched, label, inline=mode == "inline"))
+            executor = Executor(instance, batched, label, inline=mode == "inline", depth=depth)
+            executors.append(executor)
         try:
             reference = await asyncio.to_thread(read_reference, self.path)
         except ValueError as exc:

@@ -140,6 +140,12 @@ BATCHING = choice(
     ("", "eager", "triton"),
     "triton waits up to max_queue_delay for a fuller batch even when an instance is idle",
 )
+BATCHES_PER_INSTANCE = integer(
+    "batches_per_instance",
+    1,
+    "batches handed to a worker-thread instance at once (2: one running, the next waiting)",
+    1,
+)
 GOLDEN_ATOL = number("golden_atol", 1e-4, "absolute tolerance of the golden-output check")
 GOLDEN_RTOL = number("golden_rtol", 1e-3, "relative tolerance of the golden-output check")
-COMMON = (EXECUTION, BATCHING, GOLDEN_ATOL, GOLDEN_RTOL)
+COMMON = (EXECUTION, BATCHING, BATCHES_PER_INSTANCE, GOLDEN_ATOL, GOLDEN_RTOL)

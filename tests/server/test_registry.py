@@ -703,3 +703,31 @@ def test_a_model_whose_full_batch_would_hold_the_loop_runs_inline_up_to_fewer_ro
         await registry.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("batching", "extra", "depth"),
+    [
+        ("", "", 1),
+        ("", 'key: "batches_per_instance" value: { string_value: "2" }', 2),
+        ("priority_levels: 2", 'key: "batches_per_instance" value: { string_value: "3" }', 3),
+    ],
+)
+def test_worker_thread_instances_take_as_many_batches_at_once_as_configured(
+    tmp_path: Path, batching: str, extra: str, depth: int
+) -> None:
+    thread = 'key: "execution" value: { string_value: "thread" }'
+    parameters = " ".join(f"parameters {{ {p} }}" for p in (thread, extra) if p)
+
+    async def main() -> None:
+        write_affine(tmp_path, MODEL, batching=batching, extra=parameters)
+        registry = ModelRegistry(ModelRepository(tmp_path))
+        await registry.load(MODEL)
+        mv = registry.resolve(MODEL)
+        assert mv.batcher is not None
+        assert [e.depth for e in mv.batcher.executors] == [depth]
+        _, outputs = await DataPlane(registry).infer(InferRequest(MODEL, "", "", {"INPUT0": X}))
+        np.testing.assert_allclose(outputs["OUTPUT0"], expected(1), atol=1e-5)
+        await registry.close()
+
+    asyncio.run(main())

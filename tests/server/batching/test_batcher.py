@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -453,5 +454,50 @@ def test_inline_rows_cap_batches_and_send_bigger_requests_to_the_worker_thread()
         assert not executor.runs_inline(5)
         executor.inline_rows = 0
         assert executor.runs_inline(5)
+
+    run(body)
+
+
+def test_a_worker_thread_instance_takes_its_next_batch_while_one_runs() -> None:
+    # batches_per_instance=2: the next batch waits on the instance's thread and starts
+    # when the running one finishes, without a round trip through the event loop; 1
+    # (the default) holds it in the queue, where later requests join it.
+    async def body() -> None:
+        for depth, handed in ((2, 2), (1, 1)):  # depth 1: the positive control
+            gate = threading.Event()
+            model = FakeModel(gate)
+            executor = Executor(model, batched=True, label="piped", depth=depth)
+            batcher = DynamicBatcher("fake", POLICY, [executor], VersionStats())
+            rs = [request(value=i) for i in range(4)]
+            batcher.submit(rs[0])
+            await until(functools.partial(lambda m: m.running == 1, model))
+            batcher.submit(rs[1])
+            batcher.submit(rs[2])
+            batcher.submit(rs[3])
+            assert executor.running == handed
+            assert batcher.queued == 4 - handed, "held back only once the places are taken"
+            gate.set()
+            outs = await asyncio.gather(*(r.future for r in rs))
+            assert [o["y"][0, 0] for o in outs] == [0.0, 2.0, 4.0, 6.0]
+            assert model.batches == ([1, 1, 2] if depth == 2 else [1, 3])
+            assert executor.running == 0 and batcher.in_flight == 0
+
+    run(body)
+
+
+def test_an_idle_instance_is_preferred_over_a_busy_ones_free_place() -> None:
+    async def body() -> None:
+        gate = threading.Event()
+        model = FakeModel(gate)
+        executors = [Executor(model, batched=True, label=str(i), depth=2) for i in range(2)]
+        batcher = DynamicBatcher("fake", POLICY, executors, VersionStats())
+        first, second = request(), request()
+        batcher.submit(first)
+        await until(lambda: model.running == 1)
+        batcher.submit(second)
+        await until(lambda: model.running == 2)  # on the other instance, not queued behind
+        assert sorted(e.running for e in executors) == [1, 1]
+        gate.set()
+        await asyncio.gather(first.future, second.future)
 
     run(body)
