@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from warpserve.compile.sweep import Point
 from warpserve.server.batching.batcher import INLINE_WINDOW_US
 from warpserve.server.cpus import usable_cores
-from warpserve.server.lifecycle.version import (
+from warpserve.server.lifecycle.execution import (
     INLINE_BATCH_LIMIT_NS,
     INLINE_THRESHOLD_NS,
     MIN_INLINE_ROWS,

@@ -24,7 +24,7 @@ from warpserve.compile.choice import inline_rows
 from warpserve.compile.runners import Runner
 from warpserve.compile.sweep import Point
 from warpserve.server.backends import spec as backend_spec
-from warpserve.server.lifecycle.version import INLINE_BATCH_LIMIT_NS, INLINE_THRESHOLD_NS
+from warpserve.server.lifecycle.execution import INLINE_BATCH_LIMIT_NS, INLINE_THRESHOLD_NS
 
 ONE_THREAD = "1 thread"
 EVERY_CORE = "every core"

@@ -9,7 +9,6 @@ import asyncio
 import enum
 import inspect
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -22,12 +21,12 @@ from warpserve.server.backends import spec as formats
 from warpserve.server.batching.batcher import DynamicBatcher, Hook
 from warpserve.server.batching.executor import Executor
 from warpserve.server.batching.policy import from_config
-from warpserve.server.batching.request import Outputs, QueuedRequest
+from warpserve.server.batching.request import Outputs
 from warpserve.server.busypoll import BusyPoller
 from warpserve.server.drift.monitor import DriftMonitor, monitor_for
 from warpserve.server.drift.reference import read_reference
 from warpserve.server.errors import GoldenMismatch, InvalidInput, ModelLoadError, WarpserveError
-from warpserve.server.lifecycle import warmup
+from warpserve.server.lifecycle import execution, warmup
 from warpserve.server.lifecycle.guarding import GuardStatus
 from warpserve.server.repository import config as cfg
 from warpserve.server.repository import parameters as params
@@ -74,27 +73,6 @@ class VersionState(str, enum.Enum):
     DRAINING = "DRAINING"
     UNLOADED = "UNLOADED"
     FAILED = "FAILED"
-
-
-INLINE_THRESHOLD_NS = 200_000
-INLINE_BATCH_LIMIT_NS = 2_000_000
-# An inline executor whose full batch passes INLINE_BATCH_LIMIT_NS runs inline batches of
-# as many rows as stay under it, if that is at least this many; else worker threads.
-MIN_INLINE_ROWS = 4
-
-
-def _direct_request(inputs: dict[str, np.ndarray], rows: int) -> QueuedRequest:
-    """A request handed straight to an executor (warm-up, timing), never queued."""
-    return QueuedRequest(inputs, rows, (), asyncio.get_running_loop().create_future())
-
-
-def _median_run_ns(executor: Executor, request: QueuedRequest, runs: int = 15) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        executor.run([request])
-        times.append(time.perf_counter_ns() - start)
-    return float(np.median(times))
 
 
 class ModelVersion:
@@ -273,13 +251,14 @@ class ModelVersion:
         Measured on the serving benchmark: for a model whose batch-1 run takes a few
         microseconds, handing each batch to a worker thread costs more than the model
         (thread wake-ups and GIL hand-offs), and throughput at 32 concurrent clients
-        drops to a third. Models slower than INLINE_THRESHOLD_NS keep worker threads
-        so they never stall the loop. One whose full batch passes INLINE_BATCH_LIMIT_NS
-        runs inline batches of the rows that stay under it (``Executor.inline_rows``) and
-        larger requests on its worker thread: the image classifier's 64 rows take 1.6 ms
-        on a quiet 2-core VM and 2 to 7 ms under load, and with worker threads its raw
-        JPEGs were served about 10 % slower. Formats whose spec does not offer inline execution
-        (a GPU run waits on its device; torch keeps its own thread pools) always keep them.
+        drops to a third. The rule and its limits are in ``execution``: models slower
+        than INLINE_THRESHOLD_NS keep worker threads so they never stall the loop; one
+        whose full batch passes INLINE_BATCH_LIMIT_NS runs inline batches of the rows
+        that stay under it (``Executor.inline_rows``) and larger requests on its worker
+        thread (the image classifier's 64 rows take 1.6 ms on a quiet 2-core VM and 2 to
+        7 ms under load; on worker threads its raw JPEGs were served about 10 % slower).
+        Formats whose spec does not offer inline execution (a GPU run waits on its
+        device; torch keeps its own thread pools) always keep them.
         """
         assert self.batcher is not None and self.validator is not None
         executors = self.batcher.executors
@@ -302,23 +281,12 @@ class ModelVersion:
                 self.version,
             )
             return
-        batched = self.validator.batched
-        one = _direct_request(warmup.with_rows(known, 1) if batched else known, 1)
-        median_ns = await asyncio.to_thread(_median_run_ns, executors[0], one)
-        full_ns, rows = median_ns, self.config.max_batch_size
-        if median_ns < INLINE_THRESHOLD_NS and rows > 1:
-            # A batch must not hold the loop either (health checks, other models): the
-            # largest that stays under the limit, halving from a full one, is the most an
-            # inline run takes (a request with more rows runs on the worker thread).
-            while True:
-                batch = _direct_request(warmup.with_rows(known, rows), rows)
-                full_ns = await asyncio.to_thread(_median_run_ns, executors[0], batch, 5)
-                if full_ns < INLINE_BATCH_LIMIT_NS or rows <= MIN_INLINE_ROWS:
-                    break
-                rows = max(rows // 2, MIN_INLINE_ROWS)
-        executors[0].inline = median_ns < INLINE_THRESHOLD_NS and full_ns < INLINE_BATCH_LIMIT_NS
-        if executors[0].inline and rows < self.config.max_batch_size:
-            executors[0].inline_rows = rows
+        timing = await execution.measure(
+            executors[0], known, self.validator.batched, self.config.max_batch_size
+        )
+        executors[0].inline = timing.inline
+        if timing.inline and timing.rows < self.config.max_batch_size:
+            executors[0].inline_rows = timing.rows
         dropped = []
         if executors[0].inline:
             # Inline runs take turns on the one loop thread: a second instance could
@@ -333,9 +301,9 @@ class ModelVersion:
             "executing %s%s",
             self.name,
             self.version,
-            median_ns / 1000,
-            rows,
-            full_ns / 1000,
+            timing.one_ns / 1000,
+            timing.rows,
+            timing.rows_ns / 1000,
             (
                 f"inline on the event loop up to {capped} rows (more on a worker thread)"
                 if capped
@@ -377,7 +345,7 @@ class ModelVersion:
         chunks = []
         for start in range(0, rows, step):
             part = {k: v[start : start + step] for k, v in inputs.items()} if limit else inputs
-            request = _direct_request(part, min(step, rows - start))
+            request = execution.direct_request(part, min(step, rows - start))
             result = await asyncio.to_thread(executor.run, [request])
             outcome = result.outcomes[0]
             if isinstance(outcome, BaseException):

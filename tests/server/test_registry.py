@@ -38,8 +38,9 @@ from warpserve.server.errors import (
     Unavailable,
 )
 from warpserve.server.grpc import reports
+from warpserve.server.lifecycle.execution import MIN_INLINE_ROWS
 from warpserve.server.lifecycle.registry import ModelRegistry
-from warpserve.server.lifecycle.version import MIN_INLINE_ROWS, VersionState
+from warpserve.server.lifecycle.version import VersionState
 from warpserve.server.repository.repository import ModelRepository
 
 MODEL = "affine"
