@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import fp32_input, metric_value, metrics_text
 from tests.e2e.harness import ServerProcess, start_server
-from tests.e2e.test_workers import CHANNELS, ON_OWNER, clients_of, connect, per_worker
+from tests.e2e.test_workers import CHANNELS, CLIENTS, ON_OWNER, clients_of, connect, per_worker
 from tests.models import affine_reference, write_affine
 
 pytestmark = pytest.mark.e2e
@@ -77,8 +77,8 @@ def test_the_owned_model_is_loaded_and_counted_once(server: ServerProcess) -> No
         (local,) = clients[0].get_inference_statistics(LOCAL).model_stats
         index = clients[0].get_model_repository_index().models
     assert len(before) == 2 and all(after[pid] > before[pid] for pid in before), after
-    assert owned.inference_count == 2 * CHANNELS  # counted in the owner alone
-    assert local.inference_count == CHANNELS  # summed over the two workers
+    assert owned.inference_count == 2 * CLIENTS  # counted in the owner alone
+    assert local.inference_count == CLIENTS  # summed over the two workers
     assert sorted(m.name for m in index) == [LOCAL, OWNED]
 
     def metric(model: str) -> float | None:
@@ -86,10 +86,10 @@ def test_the_owned_model_is_loaded_and_counted_once(server: ServerProcess) -> No
         return metric_value(metrics_text(server.metrics_port), f"nv_inference_count{labels}")
 
     deadline = time.monotonic() + 30  # the owner copies its metrics out twice a second
-    while metric(OWNED) != 2 * CHANNELS:
+    while metric(OWNED) != 2 * CLIENTS:
         assert time.monotonic() < deadline, metrics_text(server.metrics_port)
         time.sleep(0.1)
-    assert metric(LOCAL) == CHANNELS
+    assert metric(LOCAL) == CLIENTS
     log = server.log()
     assert log.count(f"model '{OWNED}' version 1 is ready") == 1  # loaded once
     assert log.count(f"model '{LOCAL}' version 1 is ready") == 2  # in each worker
