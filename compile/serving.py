@@ -10,10 +10,9 @@ has in service.
 So a variant whose format may run inline and whose instance offers `single_threaded` is
 measured a second time on one thread, side by side with the rest. Where its every-core
 curve passes the server's rule (`choice.inline_rows`, the server deciding on the instance
-as loaded; bigger requests than an inline run takes run on its worker thread, on the
-same one-thread instance), the one-thread curve is the one reported as served and chosen
-on; otherwise
-the every-core curve, with the one-thread curve kept in the report beside it.
+as loaded; requests bigger than an inline run takes go to its worker thread, on the same
+one-thread instance), the one-thread curve is the one reported as served and chosen on;
+otherwise the every-core curve, with the one-thread curve kept in the report beside it.
 """
 
 from __future__ import annotations

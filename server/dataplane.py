@@ -58,7 +58,7 @@ class RemoteModels(Protocol):
     ) -> tuple[Answered, Outputs]: ...
 
 
-class DataPlane:
+class DataPlane(fallbacks.FallbackRouting):
     def __init__(
         self,
         registry: ModelRegistry,
@@ -225,63 +225,6 @@ class DataPlane:
             return outputs
         assert mv.validator is not None
         return classification.classified(outputs, request.classes, mv.validator.batched, mv.labels)
-
-    async def recover(
-        self,
-        request: InferRequest,
-        failure: WarpserveError,
-        deadline_s: float | None,
-        fall_back: bool = True,
-    ) -> tuple[Answered, Outputs]:
-        """The model's fallback answers a request its version failed (raises the
-        failure when the model has none)."""
-        plan = self._fallback_plan(request.model_name) if fall_back else None
-        if plan is None:
-            raise failure
-        return await self._fall_back(plan, request, failure, deadline_s)
-
-    @staticmethod
-    def _primary_deadline(plan: fallbacks.FallbackPlan, deadline_s: float) -> float:
-        """The primary's share of the client's deadline: all but the fallback's reserve."""
-        missed = fallbacks.would_miss(plan, deadline_s)
-        if missed is not None:
-            raise missed
-        return deadline_s - plan.reserve_s
-
-    def _fallback_plan(self, name: str) -> fallbacks.FallbackPlan | None:
-        """The fallback named by the model's newest version that names one, in any
-        state (a version that failed to load still says who answers for it)."""
-        served = self.registry.models.get(name)
-        if served is None:
-            return None
-        for _, mv in sorted(served.versions.items(), reverse=True):
-            if mv.fallback is not None:
-                return mv.fallback
-        return None
-
-    async def _fall_back(
-        self,
-        plan: fallbacks.FallbackPlan,
-        request: InferRequest,
-        primary: WarpserveError,
-        deadline_s: float | None,
-    ) -> tuple[Answered, Outputs]:
-        reason = fallbacks.reason_of(primary)
-        rerouted = dataclasses.replace(
-            request,
-            model_name=plan.model,
-            model_version="",
-            parameters=fallbacks.fallback_parameters(request.parameters),
-        )
-        try:
-            mv, outputs = await self.infer(rerouted, deadline_s, fall_back=False)
-        except WarpserveError as exc:
-            raise fallbacks.both_failed(primary, plan, exc) from exc
-        key = (request.model_name, plan.model, reason)
-        table = self.registry.events.fallbacks
-        table[key] = table.get(key, 0) + 1
-        request.response_parameters = fallbacks.response_parameters(request.model_name, reason)
-        return mv, outputs
 
     async def _queue(
         self, mv: ModelVersion, request: InferRequest, deadline_s: float | None

@@ -16,8 +16,9 @@ The fallback takes the request at its own default priority and queue policy.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.errors import (
@@ -29,6 +30,12 @@ from warpserve.server.errors import (
     WarpserveError,
 )
 from warpserve.server.repository import parameters as params
+
+if TYPE_CHECKING:
+    from warpserve.server.batching.request import Outputs
+    from warpserve.server.codec import InferRequest
+    from warpserve.server.dataplane import Answered
+    from warpserve.server.lifecycle.registry import ModelRegistry
 
 FALLBACK_MODEL = params.Parameter(
     "fallback_model", str, "", "a model name", "the model that answers when this one cannot"
@@ -101,3 +108,84 @@ def would_miss(plan: FallbackPlan, deadline_s: float) -> DeadlineExceeded | None
         f"the request's deadline ({deadline_s * 1000:.1f} ms left) is within "
         f"fallback_reserve_ms ({plan.reserve_s * 1000:g} ms)"
     )
+
+
+class _DataPlane(Protocol):
+    """What routing to a fallback uses of the data plane."""
+
+    registry: ModelRegistry
+
+    async def infer(
+        self, request: InferRequest, deadline_s: float | None = None, *, fall_back: bool = True
+    ) -> tuple[Answered, Outputs]: ...
+
+    def _fallback_plan(self, name: str) -> FallbackPlan | None: ...
+
+    async def _fall_back(
+        self,
+        plan: FallbackPlan,
+        request: InferRequest,
+        primary: WarpserveError,
+        deadline_s: float | None,
+    ) -> tuple[Answered, Outputs]: ...
+
+
+class FallbackRouting:
+    """The data plane's routing of a failed request to its model's fallback."""
+
+    async def recover(
+        self: _DataPlane,
+        request: InferRequest,
+        failure: WarpserveError,
+        deadline_s: float | None,
+        fall_back: bool = True,
+    ) -> tuple[Answered, Outputs]:
+        """The model's fallback answers a request its version failed (raises the
+        failure when the model has none)."""
+        plan = self._fallback_plan(request.model_name) if fall_back else None
+        if plan is None:
+            raise failure
+        return await self._fall_back(plan, request, failure, deadline_s)
+
+    @staticmethod
+    def _primary_deadline(plan: FallbackPlan, deadline_s: float) -> float:
+        """The primary's share of the client's deadline: all but the fallback's reserve."""
+        missed = would_miss(plan, deadline_s)
+        if missed is not None:
+            raise missed
+        return deadline_s - plan.reserve_s
+
+    def _fallback_plan(self: _DataPlane, name: str) -> FallbackPlan | None:
+        """The fallback named by the model's newest version that names one, in any
+        state (a version that failed to load still says who answers for it)."""
+        served = self.registry.models.get(name)
+        if served is None:
+            return None
+        for _, mv in sorted(served.versions.items(), reverse=True):
+            if mv.fallback is not None:
+                return mv.fallback
+        return None
+
+    async def _fall_back(
+        self: _DataPlane,
+        plan: FallbackPlan,
+        request: InferRequest,
+        primary: WarpserveError,
+        deadline_s: float | None,
+    ) -> tuple[Answered, Outputs]:
+        reason = reason_of(primary)
+        rerouted = dataclasses.replace(
+            request,
+            model_name=plan.model,
+            model_version="",
+            parameters=fallback_parameters(request.parameters),
+        )
+        try:
+            mv, outputs = await self.infer(rerouted, deadline_s, fall_back=False)
+        except WarpserveError as exc:
+            raise both_failed(primary, plan, exc) from exc
+        key = (request.model_name, plan.model, reason)
+        table = self.registry.events.fallbacks
+        table[key] = table.get(key, 0) + 1
+        request.response_parameters = response_parameters(request.model_name, reason)
+        return mv, outputs
