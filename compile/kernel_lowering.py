@@ -1,17 +1,20 @@
 """Lowering trained PyTorch modules onto warpserve's kernels (the kernel backend's plan).
 
-Two structures lower: an `nn.Sequential` of `nn.Linear` layers, each optionally followed by
-one supported activation (ReLU, exact GELU, Sigmoid; Identity and eval-mode Dropout are
-dropped), and a recommender's scoring step (such a Sequential as the user tower, an item
-embedding matrix, an optional per-item bias and k). A module passed whole is a scoring
-step when it has the attributes `user_tower`, `item_embeddings` (an `nn.Embedding` or a
-`[items, dim]` tensor), `top_k` and optionally `item_bias`, and its forward returns
-`(item_ids, scores)` of the top k of `user_tower(x) @ items.T + item_bias`, best first;
-the parity check against its forward confirms the last part. Anything else is refused
-with a `LoweringError` naming the module by its path in the model, so a user knows what to
-change. The result is a `kernel_plan.Plan` and its weights, which `kernel_plan.write_plan`
-puts in a version folder; `check_parity` runs it through the kernel backend's own
-instance against the module in eager PyTorch.
+Two structures lower by their modules: an `nn.Sequential` of `nn.Linear` layers, each
+optionally followed by one supported activation (ReLU, exact GELU, Sigmoid; Identity and
+eval-mode Dropout are dropped), and a recommender's scoring step (such a Sequential as
+the user tower, an item embedding matrix, an optional per-item bias and k). A module
+passed whole is a scoring step when it has the attributes `user_tower`,
+`item_embeddings` (an `nn.Embedding` or a `[items, dim]` tensor), `top_k` and optionally
+`item_bias`, and its forward returns `(item_ids, scores)` of the top k of
+`user_tower(x) @ items.T + item_bias`, best first; the parity check against its forward
+confirms the last part. Any other module lowers from its `torch.export` program where
+that is a straight chain of such layers, with constant scaling and shifts folded into the
+weights (`graph_lowering`). Anything else is refused with a `LoweringError` naming the
+module by its path in the model, so a user knows what to change. The result is a
+`kernel_plan.Plan` and its weights, which `kernel_plan.write_plan` puts in a version
+folder; `check_parity` runs it through the kernel backend's own instance against the
+module in eager PyTorch.
 """
 
 from __future__ import annotations
@@ -51,11 +54,24 @@ SCORING_ATTRIBUTES = ("user_tower", "item_embeddings", "top_k")
 
 
 def lower_module(
-    model: nn.Module, input_name: str, output_names: list[str]
+    model: nn.Module,
+    input_name: str,
+    output_names: list[str],
+    program: torch.export.ExportedProgram | None = None,
 ) -> tuple[Plan, Weights]:
-    """`model` as a plan: an nn.Sequential with one output, or a scoring module (see the
-    module docstring) with two, item ids then scores."""
+    """`model` as a plan: an nn.Sequential with one output, a scoring module (see the
+    module docstring) with two, item ids then scores, or, given its exported `program`,
+    any other module whose graph is a straight chain of layers (`graph_lowering`)."""
     if not all(hasattr(model, a) for a in SCORING_ATTRIBUTES):
+        if program is not None and not isinstance(model, nn.Sequential):
+            from warpserve.compile.graph_lowering import lower_program
+
+            if len(output_names) != 1:
+                raise LoweringError(
+                    f"model ({type(model).__name__}): {len(output_names)} outputs; the "
+                    "kernels' linear steps give one"
+                )
+            return lower_program(program, input_name, output_names[0])
         if len(output_names) != 1:
             raise LoweringError(
                 f"model ({type(model).__name__}): {len(output_names)} outputs; an "

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from warpserve.compile.export import as_tensors, quiet_torch
+from warpserve.compile.export import as_tensors, export_program, quiet_torch
 from warpserve.compile.names import TARGET_NAMES
 from warpserve.compile.source import ModelSource
 from warpserve.compile.specs import TensorSpec
@@ -173,7 +173,8 @@ def _aoti(ctx: BuildContext, path: Path) -> None:
 
 def _kernels(ctx: BuildContext, path: Path) -> None:
     # An nn.Sequential of Linear layers and supported activations lowers to a plan of
-    # fused linear steps, a recommender's scoring module to those steps and score_topk;
+    # fused linear steps, a recommender's scoring module to those steps and score_topk,
+    # another module from its exported graph where that is a chain of such layers;
     # anything else is refused naming the module.
     import importlib.util
 
@@ -188,7 +189,9 @@ def _kernels(ctx: BuildContext, path: Path) -> None:
     if spec.dtype != "FP32" or len(spec.dims) != 1:
         raise Refused(f"input {spec.text()}: the kernels take FP32 rows [batch, features]")
     try:
-        plan, weights = lower_module(ctx.source.module, spec.name, ctx.output_names)
+        plan, weights = lower_module(
+            ctx.source.module, spec.name, ctx.output_names, _graph_for_kernels(ctx)
+        )
     except LoweringError as exc:
         raise Refused(str(exc)) from None
     if plan.input.dims != spec.dims:
@@ -197,6 +200,27 @@ def _kernels(ctx: BuildContext, path: Path) -> None:
             "features"
         )
     write_plan(path.parent, plan, weights)
+
+
+def _graph_for_kernels(ctx: BuildContext) -> torch.export.ExportedProgram | None:
+    """The exported program, for a module that lowers from its graph: exported here when
+    the other targets did not need it; None for a TorchScript model or one that lowers by
+    its children (an nn.Sequential, a scoring module)."""
+    from torch import nn
+
+    from warpserve.compile.errors import UsageError
+    from warpserve.compile.kernel_lowering import SCORING_ATTRIBUTES, LoweringError
+
+    module = ctx.source.module
+    if ctx.program is not None or ctx.source.scripted or isinstance(module, nn.Sequential):
+        return ctx.program
+    if all(hasattr(module, a) for a in SCORING_ATTRIBUTES):
+        return None
+    names = [s.name for s in ctx.inputs]
+    try:
+        return export_program(ctx.source, ctx.examples, names, ctx.max_batch_size)
+    except UsageError as exc:
+        raise LoweringError(f"model ({type(module).__name__}): {exc}") from None
 
 
 def _tensorrt(precision: str) -> Callable[[BuildContext, Path], None]:

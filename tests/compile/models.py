@@ -99,3 +99,25 @@ class Scoring(nn.Module):
 def scoring() -> nn.Module:
     torch.manual_seed(5)
     return Scoring()
+
+
+class Standardised(nn.Module):
+    """Raw features standardised by buffers, an MLP, then a sigmoid in forward (the demo
+    fraud scorer's shape): not a Sequential, lowers to the kernels from its graph."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.linspace(-2.0, 3.0, 16))
+        self.register_buffer("std", torch.linspace(0.5, 4.0, 16))
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.mlp((x - self.mean) / self.std))
+
+
+def standardised_mlp() -> nn.Module:
+    torch.manual_seed(6)
+    return Standardised()

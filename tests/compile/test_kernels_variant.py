@@ -124,3 +124,29 @@ def test_a_recommenders_scoring_module_compiles_to_kernels_and_serves_top_k(
     np.testing.assert_array_equal(got["ITEM_IDS"], ids.numpy())
     np.testing.assert_allclose(got["SCORES"], scores.numpy(), atol=1e-4, rtol=1e-4)
     assert len({tuple(row) for row in ids.numpy()}) > 1  # users get different items
+
+
+def test_a_module_with_its_own_forward_lowers_from_its_graph_and_serves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Standardisation by buffers, a Sequential, a sigmoid in forward (the demo fraud
+    scorer's shape): the constants fold into the first layer; served as eager computes."""
+    code = _compile(tmp_path, "standardised_mlp", "kernels")
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    (entry,) = report["variants"]
+    assert entry["status"] == "passed", entry["reason"]
+    folder = tmp_path / "m" / "1"
+    plan = json.loads((folder / "plan.json").read_text())
+    assert [step["activation"] for step in plan["steps"]] == ["relu", "sigmoid"]
+    config = cfg.complete(cfg.read_config(folder.parent), folder)
+    instance = backend_spec.loader_for(config)(config, folder, 0, 1)
+    x = (np.random.default_rng(7).standard_normal((6, 16)) * 4).astype(np.float32)
+    try:
+        got = instance.execute({"x": x})["OUTPUT0"]
+    finally:
+        instance.close()
+    with torch.no_grad():
+        want = models.standardised_mlp().eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+    assert np.ptp(want) > 0.05
