@@ -5,7 +5,8 @@ module (the demo fraud scorer standardises its raw features with buffers, runs a
 Sequential, then a sigmoid in `forward`) has no such children to read, but its
 `torch.export` graph is a chain of ATen ops. This walks that graph:
 
-- `aten.linear` with constant weight and bias is a linear step;
+- `aten.linear` with constant weight and bias is a linear step, and so is a product by a
+  constant matrix (`x @ W.T + b` written out: matmul, mm, addmm);
 - ReLU, exact GELU and sigmoid fuse into the linear step before them;
 - adding, subtracting, multiplying or dividing by a constant (a scalar or one value per
   feature) is an affine map that folds into the weights: before a linear layer into its
@@ -35,6 +36,7 @@ _ACTIVATIONS = {
     aten.sigmoid.default: "sigmoid",
     aten.gelu.default: "gelu",
 }
+_PRODUCTS = {aten.matmul.default, aten.mm.default, aten.addmm.default}
 _PASS_THROUGH = {aten.clone.default, aten.alias.default, aten.detach.default, aten.detach_.default}
 _AFFINE = {
     aten.add.Tensor: "add",
@@ -172,6 +174,8 @@ def _step(
         if w.ndim != 2 or w.shape[1] != chain.features:
             raise LoweringError(f"{_where(node)}: weight {w.shape} for {chain.features} features")
         chain.linear(w, b)
+    elif target in _PRODUCTS:
+        _product(chain, node, value, constants)
     elif target in _ACTIVATIONS:
         if target is aten.gelu.default and node.kwargs.get("approximate", "none") != "none":
             raise LoweringError(
@@ -193,6 +197,33 @@ def _step(
     else:
         raise LoweringError(f"{_where(node)}: {_op(node)} is not supported by the kernels; "
                             f"supported: {SUPPORTED}")  # fmt: skip
+
+
+def _product(
+    chain: _Chain, node: torch.fx.Node, value: torch.fx.Node, constants: dict[str, Any]
+) -> None:
+    """`x @ C` (matmul, mm) or `b + x @ C` (addmm): a linear layer with weight `C.T`."""
+    if node.target is aten.addmm.default:
+        bias_arg, x, matrix = node.args[:3]
+        if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+            raise LoweringError(f"{_where(node)}: {_op(node)} with {dict(node.kwargs)}")
+        bias = _constant_array(bias_arg, constants)
+    else:
+        x, matrix = node.args[:2]
+        bias = None
+    c = _constant_array(matrix, constants)
+    if x is not value or c is None or (bias is None and node.target is aten.addmm.default):
+        raise LoweringError(
+            f"{_where(node)}: {_op(node)} of the value by a computed matrix; the kernels "
+            "multiply by constant weights"
+        )
+    if c.ndim != 2 or c.shape[0] != chain.features:
+        raise LoweringError(f"{_where(node)}: a matrix {c.shape} for {chain.features} features")
+    out = c.shape[1]
+    if bias is not None and bias.size not in (1, out):
+        raise LoweringError(f"{_where(node)}: a bias of shape {bias.shape} for {out} outputs")
+    b = np.zeros(out) if bias is None else np.broadcast_to(bias.reshape(-1), (out,)).copy()
+    chain.linear(np.ascontiguousarray(c.T), b)
 
 
 def _affine_kind(node: torch.fx.Node, value: torch.fx.Node) -> str:

@@ -97,6 +97,10 @@ def test_the_demo_fraud_scorer_lowers_with_its_standardisation_folded() -> None:
             lambda m, x: m.second(nn.functional.dropout(m.first(x), 0.5, training=False)),
             ["none", "none"],
         ),
+        # a layer written out as a product by its weight, with and without addmm
+        (lambda m, x: m.second(torch.relu(x @ m.first.weight.T + m.first.bias)), ["relu", "none"]),
+        (lambda m, x: torch.addmm(m.second.bias, m.first(x), m.second.weight.T), ["none"] * 2),
+        (lambda m, x: m.second(m.first(x) @ torch.diag(m.scale)), ["none"] * 3),
     ],
 )
 def test_constant_arithmetic_folds_into_the_linear_steps(body: Body, steps: list[str]) -> None:
@@ -115,6 +119,7 @@ def test_constant_arithmetic_folds_into_the_linear_steps(body: Body, steps: list
         (lambda m, x: m.second(m.first(1.0 / x)), "torch op reciprocal is not supported"),
         (lambda m, x: m.second(m.first(torch.relu(x))), "must follow a Linear layer directly"),
         (lambda m, x: m.second(m.first(x) * m.first(x)), r"is used 2 times"),
+        (lambda m, x: m.second(x @ (m.first.weight.T * x.sum())), r"is used 2 times"),
         (
             lambda m, x: m.second(nn.functional.gelu(m.first(x), approximate="tanh")),
             r"GELU\(approximate='tanh'\)",
