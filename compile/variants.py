@@ -216,6 +216,8 @@ def _graph_for_kernels(ctx: BuildContext) -> torch.export.ExportedProgram | None
         return ctx.program
     if all(hasattr(module, a) for a in SCORING_ATTRIBUTES):
         return None
+    if ctx.source.program is not None:  # a .pt2: the program as given
+        return ctx.source.program
     names = [s.name for s in ctx.inputs]
     try:
         return export_program(ctx.source, ctx.examples, names, ctx.max_batch_size)

@@ -150,3 +150,23 @@ def test_a_module_with_its_own_forward_lowers_from_its_graph_and_serves(
         want = models.standardised_mlp().eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
     assert np.ptp(want) > 0.05
+
+
+def test_a_pt2_program_lowers_to_kernels_from_the_program_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = models.standardised_mlp().eval()
+    batch = torch.export.Dim("batch", min=1, max=8)
+    program = torch.export.export(model, (torch.randn(4, 16),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(tmp_path / "model.pt2"))
+    repo = tmp_path / "repo"
+    code = main(
+        ["compile", str(tmp_path / "model.pt2"), "--name", "m", "--model-repository", str(repo),
+         "--targets", "kernels", "--json", *FAST]
+    )  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    (entry,) = report["variants"]
+    assert entry["status"] == "passed", entry["reason"]
+    (parity,) = entry["parity"]["outputs"].values()
+    assert parity["max_abs"] <= 1e-5
