@@ -22,6 +22,9 @@ from warpserve.server.shm import SharedMemoryRegions
 
 # Requests of one ModelStreamInfer call read ahead of the answers its client has taken.
 STREAM_IN_FLIGHT = 256
+# In a shutdown, how long a stream whose requests are all answered waits for a half-close
+# its client may already have sent before the stream is ended UNAVAILABLE.
+HALF_CLOSE_GRACE_S = 0.5
 
 
 class _Servicer(Protocol):
@@ -132,7 +135,12 @@ class StreamInference:
                         slots.release()
                     unanswered -= admitted
                     if calls.draining and not unanswered and not read_all:
-                        await context.abort(*status_of(Unavailable(SHUTTING_DOWN)))
+                        # A half-close already on its way still ends the stream OK
+                        # (the reader may not have taken it yet); only a stream that
+                        # its client keeps open is cut, to be reopened elsewhere.
+                        await asyncio.wait({read_task}, timeout=HALF_CLOSE_GRACE_S)
+                        if not read_all:
+                            await context.abort(*status_of(Unavailable(SHUTTING_DOWN)))
                 await read_task  # raises whatever ended the reading early
         finally:
             unregister()
