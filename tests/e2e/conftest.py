@@ -225,13 +225,15 @@ def write_test_models(repo: Path) -> None:
         slow_affine_model(steps=4, size=384),
     )
     # One intra-op thread: a run then takes about as long on a 16-core machine as on two
-    # cores (about 0.1 s), so requests really wait behind it everywhere.
+    # cores (0.1 s or more), so requests really wait behind it everywhere. At 32 steps it
+    # took 40 ms on a faster CI machine, and six requests sent together were answered
+    # before the last of them had arrived, so "all of them in the server" never held.
     one_thread = 'parameters { key: "intra_op_thread_count" value { string_value: "1" } }'
     _write(
         repo,
         SLEEPY,
         _config(SLEEPY, 0, IN_ANY4, OUT_ANY2, extra=one_thread),
-        slow_affine_model(steps=32, size=512),
+        slow_affine_model(steps=96, size=512),
     )
 
 
