@@ -164,11 +164,10 @@ def _step(
         x, weight, *rest = node.args
         w = _constant_array(weight, constants)
         bias = rest[0] if rest else None
-        b = (
-            np.zeros(0 if w is None else w.shape[0])
-            if bias is None
-            else (_constant_array(bias, constants))
-        )
+        if bias is None:
+            b = None if w is None else np.zeros(w.shape[0])
+        else:
+            b = _constant_array(bias, constants)
         if x is not value or w is None or b is None:
             raise LoweringError(f"{_where(node)}: a linear layer whose weights are not constant")
         if w.ndim != 2 or w.shape[1] != chain.features:

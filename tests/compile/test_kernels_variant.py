@@ -43,6 +43,17 @@ def _compile(repo: Path, model: str, targets: str, *extra: str) -> int:
     )
 
 
+def _serve(folder: Path, x: np.ndarray) -> tuple[str, dict[str, np.ndarray]]:
+    """The written version's platform, and its outputs for ``x`` from the backend that
+    the server loads for it."""
+    config = cfg.complete(cfg.read_config(folder.parent), folder)
+    instance = backend_spec.loader_for(config)(config, folder, 0, 1)
+    try:
+        return config.platform, instance.execute({"x": x})
+    finally:
+        instance.close()
+
+
 def test_kernels_alone_is_checked_measured_chosen_and_served(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -64,14 +75,10 @@ def test_kernels_alone_is_checked_measured_chosen_and_served(
 
     folder = tmp_path / "m" / "1"
     assert {"plan.json", "weights.npz"} <= {p.name for p in folder.iterdir()}
-    config = cfg.complete(cfg.read_config(folder.parent), folder)
-    assert config.platform == "warpserve_kernels"
-    instance = backend_spec.loader_for(config)(config, folder, 0, 1)
     x = np.random.default_rng(5).standard_normal((5, 16)).astype(np.float32)
-    try:
-        got = instance.execute({"x": x})["OUTPUT0"]
-    finally:
-        instance.close()
+    platform, outputs = _serve(folder, x)
+    assert platform == "warpserve_kernels"
+    got = outputs["OUTPUT0"]
     with torch.no_grad():
         want = models.sequential_mlp().eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
@@ -111,14 +118,9 @@ def test_a_recommenders_scoring_module_compiles_to_kernels_and_serves_top_k(
     assert entry["status"] == "passed", entry["reason"]
     assert entry["parity"]["outputs"]["ITEM_IDS"]["max_abs"] == 0
     folder = tmp_path / "m" / "1"
-    config = cfg.complete(cfg.read_config(folder.parent), folder)
-    assert config.platform == "warpserve_kernels"
-    instance = backend_spec.loader_for(config)(config, folder, 0, 1)
     x = np.random.default_rng(6).standard_normal((4, 16)).astype(np.float32)
-    try:
-        got = instance.execute({"x": x})
-    finally:
-        instance.close()
+    platform, got = _serve(folder, x)
+    assert platform == "warpserve_kernels"
     with torch.no_grad():
         ids, scores = models.scoring().eval()(torch.from_numpy(x))
     np.testing.assert_array_equal(got["ITEM_IDS"], ids.numpy())
@@ -139,13 +141,8 @@ def test_a_module_with_its_own_forward_lowers_from_its_graph_and_serves(
     folder = tmp_path / "m" / "1"
     plan = json.loads((folder / "plan.json").read_text())
     assert [step["activation"] for step in plan["steps"]] == ["relu", "sigmoid"]
-    config = cfg.complete(cfg.read_config(folder.parent), folder)
-    instance = backend_spec.loader_for(config)(config, folder, 0, 1)
     x = (np.random.default_rng(7).standard_normal((6, 16)) * 4).astype(np.float32)
-    try:
-        got = instance.execute({"x": x})["OUTPUT0"]
-    finally:
-        instance.close()
+    got = _serve(folder, x)[1]["OUTPUT0"]
     with torch.no_grad():
         want = models.standardised_mlp().eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)

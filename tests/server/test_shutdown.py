@@ -274,34 +274,13 @@ def test_requests_of_an_open_stream_are_answered_then_the_stream_ends_unavailabl
 
 
 @pytest.mark.timeout(120)
-def test_a_stream_closed_by_its_client_ends_ok_after_its_answers(tmp_path: Path) -> None:
-    write_affine(tmp_path, MODEL, (1,), extra=execution("thread"))
-
-    async def main() -> None:
-        async with serving(tmp_path) as (running, channel):
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            held = hold_on_worker(running)
-            stream = stub.ModelStreamInfer()
-            await stream.write(request(x_for(0), rid="only"))
-            await stream.done_writing()
-            await held.reached()
-            running.begin_shutdown()
-            held.release()
-            reply = await stream.read()
-            assert answer_version(reply.infer_response, x_for(0)) == 1
-            assert await stream.read() is grpc.aio.EOF
-            assert await stream.code() is grpc.StatusCode.OK
-            assert await running.shutdown() == 0
-
-    asyncio.run(main())
-
-
-@pytest.mark.timeout(120)
-def test_a_half_close_just_after_the_last_answer_still_ends_the_stream_ok(
-    tmp_path: Path,
+@pytest.mark.parametrize("half_close", ["before_the_answer", "after_the_answer"])
+def test_a_stream_closed_by_its_client_ends_ok_after_its_answers(
+    tmp_path: Path, half_close: str
 ) -> None:
-    """The server may take the client's half-close after the stream's last answer (on a
-    loaded machine it did): within the grace the stream still ends OK, not UNAVAILABLE."""
+    """After the answer too: the server may take the client's half-close after the
+    stream's last answer (on a loaded machine it did); within the grace the stream still
+    ends OK, not UNAVAILABLE."""
     write_affine(tmp_path, MODEL, (1,), extra=execution("thread"))
 
     async def main() -> None:
@@ -310,12 +289,15 @@ def test_a_half_close_just_after_the_last_answer_still_ends_the_stream_ok(
             held = hold_on_worker(running)
             stream = stub.ModelStreamInfer()
             await stream.write(request(x_for(0), rid="only"))
+            if half_close == "before_the_answer":
+                await stream.done_writing()
             await held.reached()
             running.begin_shutdown()
             held.release()
             reply = await stream.read()
             assert answer_version(reply.infer_response, x_for(0)) == 1
-            await stream.done_writing()  # after the answer: the server is waiting for it
+            if half_close == "after_the_answer":
+                await stream.done_writing()  # the server is waiting for it
             assert await stream.read() is grpc.aio.EOF
             assert await stream.code() is grpc.StatusCode.OK
             assert await running.shutdown() == 0
