@@ -25,7 +25,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import perf_analyzer
+
+from warpserve.server.ports import pick_free_port as free_port
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -54,12 +55,6 @@ class Row:
     infer_per_s: float
     p50_us: float
     p99_us: float
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def peers_dir() -> Path:

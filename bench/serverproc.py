@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import grpc
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
+from warpserve.server.ports import pick_free_port as free_port
 
 READY_TIMEOUT_S = 120.0
 _PIDS: dict[str, int] = {}  # address -> process id, while the block runs
@@ -28,12 +28,6 @@ def pid_of(url: str) -> int:
     """The process serving ``url`` (started by ``warpserve`` or ``ceiling``), to read
     its CPU time."""
     return _PIDS[url]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

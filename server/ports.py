@@ -6,7 +6,9 @@ in a traceback after every model has loaded.
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
 from warpserve.server.options import ServerOptions
 
@@ -44,3 +46,34 @@ def check_ports(options: ServerOptions) -> None:
         check_free(options.http_address, options.http_port, "--http-port", "HTTP")
     if options.allow_metrics:
         check_free(options.metrics_address, options.metrics_port, "--metrics-port", "metrics")
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (32768 where unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def pick_free_port(address: str = "127.0.0.1") -> int:
+    """A port nothing holds on ``address``, for a server to be started on it next.
+
+    Picked below the kernel's ephemeral range: a port from ``bind(0)`` lies inside it, and
+    once released the kernel may hand it to any outgoing connection before the server
+    binds it. Below that range only listeners take ports; a caller that starts a server
+    still has to expect the rare listener that got there first.
+    """
+    high = _ephemeral_low()
+    low = max(1024, high - 12000)
+    for _ in range(200):
+        port = random.randrange(low, high)
+        with socket.socket() as probe:
+            try:
+                probe.bind((address, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])

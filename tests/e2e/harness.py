@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +14,7 @@ import grpc
 
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from warpserve.server.ports import pick_free_port as free_port
 
 
 @dataclass
@@ -81,6 +75,41 @@ def start_server(
     wait_ready: bool = True,
     module: str = "warpserve.server.cli",
 ) -> ServerProcess:
+    """Start a server on free ports and wait until it is ready.
+
+    A port can still be taken between the pick and the server's bind (by another
+    listener); a start that fails only for that is tried again on new ports.
+    """
+    for attempt in range(3):
+        try:
+            return _start_server(
+                repo,
+                *args,
+                log_dir=log_dir,
+                timeout=timeout,
+                env=env,
+                wait_ready=wait_ready,
+                module=module,
+            )
+        except PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    """The server exited at start because a port picked for it was taken meanwhile."""
+
+
+def _start_server(
+    repo: Path | None,
+    *args: str,
+    log_dir: Path,
+    timeout: float,
+    env: dict[str, str] | None,
+    wait_ready: bool,
+    module: str,
+) -> ServerProcess:
     grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
     cmd = [
         sys.executable,
@@ -111,7 +140,10 @@ def start_server(
     deadline = time.monotonic() + timeout
     while wait_ready and not _ready(server.url):
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+            log = server.log()
+            taken = process.returncode == 2 and "Address already in use" in log
+            error = PortTaken if taken else RuntimeError
+            raise error(f"server exited with {process.returncode}:\n{log}")
         if time.monotonic() > deadline:
             server.stop(signal.SIGKILL)
             raise TimeoutError(f"server not ready after {timeout} s:\n{server.log()}")

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.e2e.harness import free_port
 from warpserve.server.native import transport
 from warpserve.server.native.transport import NativeServer
 
@@ -305,9 +306,7 @@ def test_a_taken_port_fails_the_start() -> None:
 
 def test_a_held_port_is_the_one_the_server_takes() -> None:
     async def main() -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         server = _server(Probe())
         server.listen("127.0.0.1", port)
         assert await server.start() == port

@@ -16,6 +16,7 @@ from warpserve.server.grpc import server as grpc_server
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.options import ServerOptions
 from warpserve.server.ports import PortUnavailable, check_free, check_ports
+from warpserve.server.ports import pick_free_port as free_port
 
 
 @pytest.fixture
@@ -43,9 +44,7 @@ def test_check_free_names_the_port_and_flag(taken: int) -> None:
     with pytest.raises(PortUnavailable, match=rf"127.0.0.1:{taken} .*--grpc-port"):
         check_free("127.0.0.1", taken, "--grpc-port", "gRPC")
     check_free("127.0.0.1", 0, "--grpc-port", "gRPC")  # any port: nothing to check
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free = s.getsockname()[1]
+    free = free_port()
     check_free("127.0.0.1", free, "--grpc-port", "gRPC")  # control: a free port passes
 
 
@@ -76,3 +75,22 @@ def test_a_port_taken_after_the_check_fails_the_start_before_models_load(
     with pytest.raises(PortUnavailable, match=rf"{taken} .*{flag}"):
         asyncio.run(grpc_server.start_server(options(tmp_path, flag, taken)))
     assert loads == []
+
+
+def test_a_picked_port_is_bindable_and_below_the_ephemeral_range() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        port = free_port()
+        assert 1024 <= port < low
+        check_free("127.0.0.1", port, "--grpc-port", "gRPC")
+
+
+def test_a_picked_port_skips_one_a_listener_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", free_port()))
+        holder.listen()
+        held = holder.getsockname()[1]
+        other = free_port()
+        candidates = iter([held, held, other])
+        monkeypatch.setattr("random.randrange", lambda _low, _high: next(candidates))
+        assert free_port() == other
