@@ -59,7 +59,9 @@ class Ticket:
 class InFlight:
     def __init__(self) -> None:
         self.draining = False
-        self.refused_at = 0.0  # time.monotonic() of the last call refused while draining
+        # time.monotonic() of the last call refused or answered while draining: a caller
+        # just answered may call again at once, and is to be refused, not cut off.
+        self.last_end = 0.0
         self._tickets: set[Ticket] = set()
         self._idle = asyncio.Event()  # set when the last admitted call leaves, once draining
         self._on_drain: set[Callable[[], None]] = set()
@@ -67,7 +69,7 @@ class InFlight:
     def admit(self, kind: str, task: asyncio.Task[Any] | None = None) -> Ticket:
         """Count a call from now on; raises Unavailable once draining started."""
         if self.draining:
-            self.refused_at = time.monotonic()
+            self.last_end = time.monotonic()
             raise Unavailable(SHUTTING_DOWN)
         ticket = Ticket(self, kind, task if task is not None else asyncio.current_task())
         self._tickets.add(ticket)
@@ -76,8 +78,10 @@ class InFlight:
     def release(self, ticket: Ticket) -> None:
         tickets = self._tickets
         tickets.discard(ticket)
-        if not tickets and self.draining:
-            self._idle.set()
+        if self.draining:
+            self.last_end = time.monotonic()
+            if not tickets:
+                self._idle.set()
 
     def counts(self) -> Counter[str]:
         return Counter(ticket.kind for ticket in self._tickets)

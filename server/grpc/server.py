@@ -57,11 +57,13 @@ GrpcServer: TypeAlias = grpc.aio.Server | NativeServer
 # After the exit timeout, how long the UNAVAILABLE answers of what was cut off get to
 # leave before the gRPC server stops.
 CUT_OFF_GRACE_S = 1.0
-# Once everything admitted is answered, the server keeps refusing calls itself until
-# none has arrived for this long (or the exit timeout comes): stopping gRPC kills the
-# calls it has received but not yet handed to a handler with CANCELLED, which clients
-# do not retry. Callers told UNAVAILABLE that go elsewhere stop arriving well within it.
-QUIET_S = 0.1
+# Once everything admitted is answered, the server keeps refusing calls itself until no
+# call has been answered or refused for this long (or the exit timeout comes): stopping
+# gRPC kills the calls it has received but not yet handed to a handler with CANCELLED,
+# which clients do not retry. A caller answered at the end of the drain calls again
+# within it (a Python client on a loaded 2-core machine took over 0.1 s) and is refused;
+# callers told UNAVAILABLE go elsewhere.
+QUIET_S = 0.25
 # Exit status when requests were cut off (by the exit timeout or a second signal): the
 # shutdown did not answer everything, and a supervisor can tell.
 EXIT_CUT_OFF = 1
@@ -154,9 +156,9 @@ class RunningServer:
 
 
 async def _quiet(calls: InFlight, deadline: float) -> None:
-    """Wait until no call was refused for QUIET_S, or until the deadline."""
+    """Wait until no call was answered or refused for QUIET_S, or until the deadline."""
     loop = asyncio.get_running_loop()
-    while (left := QUIET_S - (time.monotonic() - calls.refused_at)) > 0:
+    while (left := QUIET_S - (time.monotonic() - calls.last_end)) > 0:
         if loop.time() + left > deadline:
             return
         await asyncio.sleep(left)

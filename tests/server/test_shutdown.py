@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,9 @@ from tests.server.test_admin import answer_version, code_of, request, serving
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import grpc_service_pb2_grpc as pb_grpc
 from warpserve.server.batching.batcher import DynamicBatcher
+from warpserve.server.grpc import server as grpc_server
 from warpserve.server.grpc.server import RunningServer
+from warpserve.server.inflight import CALL, InFlight
 from warpserve.server.lifecycle.version import ModelVersion, VersionState
 
 MODEL = "affine"
@@ -333,5 +336,31 @@ def test_past_the_exit_timeout_held_requests_are_cut_off_with_unavailable_and_co
             assert version(running).state is VersionState.READY  # a stuck model stays
             held.release()
             await running.registry.close()
+
+    asyncio.run(main())
+
+
+def test_the_quiet_wait_counts_from_the_last_answer_as_from_the_last_refusal() -> None:
+    # A caller answered at the very end of a drain calls again at once: the server keeps
+    # refusing for QUIET_S after that answer too, or gRPC's stop would cut the new call
+    # off with CANCELLED.
+    async def main() -> None:
+        calls = InFlight()
+        ticket = calls.admit(CALL)
+        calls.start_draining()
+        loop = asyncio.get_running_loop()
+        with pytest.raises(Exception, match="shutting down"):
+            calls.admit(CALL)
+        await asyncio.sleep(grpc_server.QUIET_S)  # the refusal is already quiet enough
+        ticket.__exit__(None, None, None)  # the last admitted call is answered now
+        await calls.wait_idle()
+        start = loop.time()
+        await grpc_server._quiet(calls, deadline=start + 10)
+        assert loop.time() - start >= grpc_server.QUIET_S * 0.9
+        # The exit timeout still bounds the wait.
+        calls.last_end = time.monotonic()
+        start = loop.time()
+        await grpc_server._quiet(calls, deadline=start + 0.01)
+        assert loop.time() - start < grpc_server.QUIET_S / 2
 
     asyncio.run(main())
