@@ -148,10 +148,11 @@ class FusedMLP:
     input's kind and device once per kind and kept, so a GPU caller copies them only once.
     A float32 numpy batch on the Numba provider runs every layer in one compiled call
     (`mlp_numba.PackedMLP`): for a small MLP the Python around per-layer calls costs
-    more than the arithmetic.
+    more than the arithmetic. ``threads``: the most Numba threads that call splits a
+    batch over (`PackedMLP`: from 256 rows); None: Numba's thread count.
     """
 
-    def __init__(self, layers: Sequence[LinearLayer]) -> None:
+    def __init__(self, layers: Sequence[LinearLayer], threads: int | None = None) -> None:
         if not layers:
             raise KernelInputError("layers", "an MLP needs at least one layer")
         for index, layer in enumerate(layers):
@@ -172,6 +173,7 @@ class FusedMLP:
             ly.weight.dtype == np.float32 and (ly.bias is None or ly.bias.dtype == np.float32)
             for ly in self.layers
         )
+        self._threads = threads
         self._packed: Any = None
         self._cpu_provider: dict[str, str] = {}
 
@@ -204,7 +206,9 @@ class FusedMLP:
         if self._packed is None:
             from warpserve.kernels.mlp_numba import PackedMLP
 
-            self._packed = PackedMLP([(ly.weight, ly.bias, ly.activation) for ly in self.layers])
+            self._packed = PackedMLP(
+                [(ly.weight, ly.bias, ly.activation) for ly in self.layers], self._threads
+            )
         return True
 
     def _weights_like(self, x: Any) -> list[tuple[Any, Any]]:

@@ -7,12 +7,19 @@ Bias and activation are the epilogue: rows go through in blocks, each block's pr
 is written into the output (or a scratch buffer) and then biased and activated in place
 while it is still in cache, so the output goes to memory once, not once per numpy pass.
 
-The GIL is released throughout, so server worker threads overlap. Threads come only from
-OpenBLAS, for products above its own threshold (M·N·K > 262,144 per call). A Numba
-thread pool around the blocks cost more than it saved: waking it took from tens of
-microseconds to a millisecond on the loaded 2-core machine, against about 60 µs for the
-whole 1024-row fraud scorer on one thread, and a parallel GELU epilogue was slower than
-the vectorised serial one.
+The GIL is released throughout, so server worker threads overlap. In `fused_linear`
+threads come only from OpenBLAS, for products above its own threshold (M·N·K > 262,144
+per call); a parallel GELU epilogue was slower than the vectorised serial one. A whole
+MLP (`PackedMLP`) splits a batch of `PARALLEL_ROWS` rows or more over Numba's threads,
+each running its share of the rows through every layer on one BLAS thread. Below that a
+batch runs on one thread: waking the pool costs 10-20 µs on a quiet 2-core machine
+(60-100 µs with OpenMP's threads told not to spin, up to a millisecond on a loaded one),
+and the 128-row fraud scorer takes 12 µs in all. At 512 rows two threads took the
+fraud scorer from 46 to 25 µs here, where ONNX Runtime on its default two threads took 26.
+The cost: an OpenMP team's end waits for every worker, so on a machine with more runnable
+threads than cores a call can wait for a parked worker's next time slice (12-24 ms were
+measured under load). The server's kernel backend therefore runs its MLPs on one thread
+per instance (``threads=1``), as its instances are its parallelism.
 
 Only "contract" fastmath (fused multiply-add) in the epilogue: full fastmath would let
 LLVM assume no NaN, and a NaN input must come out NaN as it does from torch. Numpy's
@@ -37,6 +44,9 @@ BLOCK_ELEMENTS = 1 << 14
 # a thread hand-off per block cost more than it saved on 2 cores.
 BLAS_ONE_THREAD_MNK = 65536 * 4
 MIN_BLOCK = 16
+# A whole MLP splits batches of this many rows or more over Numba's threads, at least
+# half of it per thread.
+PARALLEL_ROWS = 256
 # float32 constants: a float64 literal would make Numba compute the epilogue in float64.
 _INV_SQRT2 = np.float32(1.0 / math.sqrt(2.0))
 _F1, _F4, _HALF, _ZERO = np.float32(1.0), np.float32(4.0), np.float32(0.5), np.float32(0.0)
@@ -183,11 +193,27 @@ def _mlp(x, params, layout, out, block, widest):
             src = dst
 
 
+@numba.njit(nogil=True, cache=True, parallel=True)
+def _mlp_parallel(x, params, layout, out, block, widest, tasks):
+    """`_mlp` on `tasks` contiguous shares of the rows, one per Numba thread."""
+    m = x.shape[0]
+    for t in numba.prange(tasks):
+        r0, r1 = m * t // tasks, m * (t + 1) // tasks
+        _mlp(x[r0:r1], params, layout, out[r0:r1], block, widest)
+
+
 class PackedMLP:
     """Float32 layers `(weight [out, in], bias [out] or None, activation)` packed for
-    `_mlp`; calling it with a C-contiguous float32 `[M, in]` array runs them all."""
+    `_mlp`; calling it with a C-contiguous float32 `[M, in]` array runs them all.
 
-    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray | None, str]]) -> None:
+    ``threads``: the most Numba threads one call uses (batches of `PARALLEL_ROWS` rows or
+    more); None: Numba's thread count at the time of the call.
+    """
+
+    def __init__(
+        self, layers: list[tuple[np.ndarray, np.ndarray | None, str]], threads: int | None = None
+    ) -> None:
+        self.threads = threads
         chunks: list[np.ndarray] = []
         layout, offset = [], 0
         for weight, bias, activation in layers:
@@ -209,6 +235,14 @@ class PackedMLP:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         m = x.shape[0]
         out = np.empty((m, self.out_features), np.float32)
+        if m >= PARALLEL_ROWS:
+            # Asking Numba for its thread count takes a lock and ~1 µs: only where it matters.
+            threads = numba.get_num_threads() if self.threads is None else self.threads
+            tasks = min(threads, m // (PARALLEL_ROWS // 2))
+            if tasks > 1:
+                share = min(self.block, -(-m // tasks))
+                _mlp_parallel(x, self.params, self.layout, out, share, self.widest, tasks)
+                return out
         if m:
             _mlp(x, self.params, self.layout, out, min(self.block, m), self.widest)
         return out

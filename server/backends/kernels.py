@@ -120,7 +120,10 @@ def _mlp_stage(steps: tuple[Step, ...], where: str, weights: dict[str, np.ndarra
         for step in steps
     ]
     try:
-        model = FusedMLP(layers)
+        # One thread per batch: instances are the server's parallelism, and an OpenMP
+        # team's end waits for every worker, so one the OS has parked behind the event
+        # loop stalls the batch (12-24 ms on a loaded 2-core machine; bench/README.md).
+        model = FusedMLP(layers, threads=1)
     except KernelInputError as exc:
         raise ModelLoadError(f"kernel plan {where}: {exc}") from None
     return lambda x: {"output": model(x)}
@@ -221,8 +224,8 @@ SPEC = BackendSpec(
     install_hint="pip install numba",
     # Inline by the server's rule (execution=auto: a batch-1 run under 200 us, a full
     # batch under 2 ms), as ONNX Runtime: a fused MLP of a few layers takes microseconds,
-    # less than the hop to a worker thread and back. Its kernels keep their own thread
-    # count there (the MLP and the top-k scan up to 8192 items per thread run on one).
+    # less than the hop to a worker thread and back. Its MLPs run on one thread there,
+    # and its top-k scan up to 8192 items per thread.
     capabilities=Capabilities(inline=True, gpu=True),
     gpu_available=gpu_available,
     read_signature=read_signature,

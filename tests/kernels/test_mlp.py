@@ -204,3 +204,28 @@ def test_numba_erf_is_within_its_stated_error_and_exactly_one_far_out() -> None:
     want = np.array([math.erf(float(v)) for v in z])
     assert np.abs(got - want).max() <= 5e-7
     assert got[-1] == 1.0 and got[-4] == -1.0  # GELU(-inf) must stay -inf * 0 = NaN
+
+
+@pytest.mark.parametrize("rows", [255, 256, 257, 1023, 4099])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_mlp_split_over_threads_equals_one_thread(rows: int, threads: int) -> None:
+    # A batch of PARALLEL_ROWS or more goes over Numba's threads in contiguous shares;
+    # every row must come out as on one thread (to rounding: where a share ends BLAS may
+    # take other edge kernels).
+    from warpserve.kernels.mlp_numba import PARALLEL_ROWS, PackedMLP
+
+    rng = np.random.default_rng(4)
+    dims, acts = [16, 64, 32, 1], ["relu", "gelu", "sigmoid"]
+    layers = [
+        (
+            rng.standard_normal((o, i)).astype(np.float32) / 4,
+            rng.standard_normal(o).astype(np.float32),
+            act,
+        )
+        for i, o, act in zip(dims[:-1], dims[1:], acts, strict=True)
+    ]
+    x = rng.standard_normal((rows, 16)).astype(np.float32)
+    one = PackedMLP(layers, threads=1)(x)
+    split = PackedMLP(layers, threads=threads)
+    assert_close(split(x), one, 1e-6, 1e-6)
+    assert rows < PARALLEL_ROWS or min(threads, rows // (PARALLEL_ROWS // 2)) > 1
