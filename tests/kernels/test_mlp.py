@@ -208,15 +208,17 @@ def test_numba_erf_is_within_its_stated_error_and_exactly_one_far_out() -> None:
 
 @pytest.mark.parametrize("rows", [255, 256, 257, 1023, 4099])
 @pytest.mark.parametrize("threads", [2, 3])
-def test_mlp_split_over_threads_equals_one_thread(rows: int, threads: int) -> None:
+def test_mlp_split_over_threads_equals_one_thread(
+    rows: int, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A batch of PARALLEL_ROWS or more goes over Numba's threads in contiguous shares;
     # every row must come out as on one thread (to rounding: where a share ends BLAS may
     # take other edge kernels).
-    from warpserve.kernels.mlp_numba import PARALLEL_ROWS, PackedMLP
+    from warpserve.kernels import mlp_numba
 
     rng = np.random.default_rng(4)
     dims, acts = [16, 64, 32, 1], ["relu", "gelu", "sigmoid"]
-    layers = [
+    layers: list[tuple[np.ndarray, np.ndarray | None, str]] = [
         (
             rng.standard_normal((o, i)).astype(np.float32) / 4,
             rng.standard_normal(o).astype(np.float32),
@@ -225,7 +227,15 @@ def test_mlp_split_over_threads_equals_one_thread(rows: int, threads: int) -> No
         for i, o, act in zip(dims[:-1], dims[1:], acts, strict=True)
     ]
     x = rng.standard_normal((rows, 16)).astype(np.float32)
-    one = PackedMLP(layers, threads=1)(x)
-    split = PackedMLP(layers, threads=threads)
-    assert_close(split(x), one, 1e-6, 1e-6)
-    assert rows < PARALLEL_ROWS or min(threads, rows // (PARALLEL_ROWS // 2)) > 1
+    one = mlp_numba.PackedMLP(layers, threads=1)(x)
+    split_calls: list[int] = []
+    parallel = mlp_numba._mlp_parallel
+
+    def counted(*args: object) -> None:
+        split_calls.append(int(args[-1]))  # type: ignore[call-overload]
+        parallel(*args)
+
+    monkeypatch.setattr(mlp_numba, "_mlp_parallel", counted)
+    assert_close(mlp_numba.PackedMLP(layers, threads=threads)(x), one, 1e-6, 1e-6)
+    split = rows >= mlp_numba.PARALLEL_ROWS
+    assert split_calls == ([min(threads, rows // (mlp_numba.PARALLEL_ROWS // 2))] if split else [])
