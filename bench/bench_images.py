@@ -49,7 +49,6 @@ from warpserve.kernels.preprocess import preprocess_images
 from warpserve.protos import grpc_service_pb2 as pb
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.demo.build import ensure_demo_repository
-from warpserve.server.preprocessing import SMALL_OUTPUT_PIXELS
 from warpserve.server.tools import loadgen
 
 MODEL = "image_classifier"
@@ -182,11 +181,7 @@ def timed_perf_analyzer(
 def _prepare(jpeg: bytes) -> np.ndarray:
     image = Image.open(io.BytesIO(jpeg))
     pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # as served
-    # The provider the server's stage picks for one image (numpy for small outputs).
-    small = SIZE[0] * SIZE[1] <= SMALL_OUTPUT_PIXELS
-    return preprocess_images(
-        pixels[np.newaxis], SIZE, MEAN, STD, provider="numpy" if small else "auto"
-    )
+    return preprocess_images(pixels[np.newaxis], SIZE, MEAN, STD)  # "auto", as served
 
 
 def in_process(

@@ -36,10 +36,6 @@ Inputs = dict[str, np.ndarray]
 # images go to a worker thread (Pillow and Numba release the GIL), so the loop keeps
 # answering others.
 INLINE_LIMIT_BYTES = 64 * 1024
-# Up to this many output pixels the numpy reference runs instead of the parallel kernel:
-# one image to 32x32 took 0.1 ms in numpy and 0.3 to 7 ms in Numba (starting its threads
-# on a loaded 2-core VM), one to 224x224 14.6 ms in numpy and 2.5 ms in Numba.
-SMALL_OUTPUT_PIXELS = 64 * 64
 
 
 def _name(text: str) -> str:
@@ -147,12 +143,11 @@ class ImageStage:
         return out if self.batched else out[0]
 
     def _preprocess(self, images: np.ndarray) -> np.ndarray:
-        small = images.shape[0] * self.size[0] * self.size[1] <= SMALL_OUTPUT_PIXELS
-        provider = "numpy" if small else "auto"
+        # "auto": Numba where installed, which does a small output (one 32x32 image from a
+        # 320x240 photo: 30 µs, the numpy reference 135) on this thread and a large one
+        # over its threads.
         try:
-            return preprocess_images(
-                images, self.size, self.mean, self.std, self.dtype, provider=provider
-            )
+            return preprocess_images(images, self.size, self.mean, self.std, self.dtype)
         except KernelInputError as exc:
             raise InvalidInput(f"{self._where()}: {exc}") from exc
 

@@ -31,6 +31,9 @@ SHAPES = [
     (0, 5, 5, 4, 4),
     (1, 40, 30, 15, 17),
     (2, 9, 13, 20, 15),
+    # Over the Numba kernel's one-thread size (SERIAL_PIXELS): its parallel kernel.
+    (2, 70, 90, 64, 48),
+    (1, 5, 7, 70, 65),
 ]
 
 
@@ -172,3 +175,35 @@ def test_bad_input_names_the_argument(change: dict, argument: str, message: str)
     with pytest.raises(KernelInputError, match=message) as raised:
         preprocess_images(**args)
     assert raised.value.argument == argument
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 240, 320, 32, 32), (4, 240, 320, 32, 32), (1, 40, 40, 70, 65)]
+)
+def test_numba_does_a_small_output_on_one_thread(
+    shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Starting the parallel kernel's threads costs more than a small output's whole work.
+    from warpserve.kernels import preprocess_numba
+
+    n, h, w, out_h, out_w = shape
+    ran: list[str] = []
+
+    def counting(name: str) -> Any:
+        kernel = getattr(preprocess_numba, name)
+
+        def counted(*args: object) -> None:
+            ran.append(name)
+            kernel(*args)
+
+        return counted
+
+    for name in ("_preprocess_kernel", "_preprocess_serial"):
+        monkeypatch.setattr(preprocess_numba, name, counting(name))
+    images = _images(n, h, w)
+    got = preprocess_images(images, (out_h, out_w), MEAN, STD, provider="numba")
+    assert_close(
+        got, preprocess_images(images, (out_h, out_w), MEAN, STD, provider="numpy"), 1e-4, 1e-5
+    )
+    small = n * out_h * out_w <= preprocess_numba.SERIAL_PIXELS
+    assert ran == ["_preprocess_serial" if small else "_preprocess_kernel"]

@@ -208,12 +208,16 @@ def test_cost_decides_inline_or_thread() -> None:
     assert not stage.is_cheap({"IMAGE": np.zeros((1, 480, 640, 3), np.uint8)})
 
 
-def test_larger_outputs_take_the_parallel_kernel_and_match_the_reference() -> None:
+@pytest.mark.parametrize("size", [(80, 72), (32, 32)])
+def test_outputs_large_and_small_match_the_reference(size: tuple[int, int]) -> None:
+    # 80x72 is over the Numba kernel's one-thread size (SERIAL_PIXELS), 32x32 under it.
+    from warpserve.kernels.preprocess_numba import SERIAL_PIXELS
+
     config = _config("TYPE_UINT8", "-1, -1, 3")
-    config.parameters["image_size"].string_value = "80,72"  # over SMALL_OUTPUT_PIXELS
+    config.parameters["image_size"].string_value = f"{size[0]},{size[1]}"
     stage = preprocessing.plan(config, "c")
-    assert stage is not None and preprocessing.SMALL_OUTPUT_PIXELS < 80 * 72
+    assert stage is not None and (size[0] * size[1] > SERIAL_PIXELS) == (size == (80, 72))
     batch = np.stack([_pixels(50, 90, 3)])
     out = stage.apply({"IMAGE": batch})["IMAGE"]
-    want = preprocess_images(batch, (80, 72), MEAN, STD, provider="numpy")
+    want = preprocess_images(batch, size, MEAN, STD, provider="numpy")
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
