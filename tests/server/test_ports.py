@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.models import write_affine
+from warpserve.server import ports
 from warpserve.server.grpc import server as grpc_server
 from warpserve.server.lifecycle.registry import ModelRegistry
 from warpserve.server.options import ServerOptions
@@ -94,3 +95,11 @@ def test_a_picked_port_skips_one_a_listener_holds(monkeypatch: pytest.MonkeyPatc
         candidates = iter([held, held, other])
         monkeypatch.setattr("random.randrange", lambda _low, _high: next(candidates))
         assert free_port() == other
+
+
+def test_without_room_below_the_ephemeral_range_any_free_port_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ports, "_ephemeral_low", lambda: 1024)
+    port = free_port()
+    check_free("127.0.0.1", port, "--grpc-port", "gRPC")
