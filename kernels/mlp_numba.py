@@ -12,10 +12,11 @@ threads come only from OpenBLAS, for products above its own threshold (M·N·K >
 per call); a parallel GELU epilogue was slower than the vectorised serial one. A whole
 MLP (`PackedMLP`) splits a batch of `PARALLEL_ROWS` rows or more over Numba's threads,
 each running its share of the rows through every layer on one BLAS thread. Below that a
-batch runs on one thread: waking the pool costs 10-20 µs on a quiet 2-core machine
-(60-100 µs with OpenMP's threads told not to spin, up to a millisecond on a loaded one),
-and the 128-row fraud scorer takes 12 µs in all. At 512 rows two threads took the
-fraud scorer from 46 to 25 µs here, where ONNX Runtime on its default two threads took 26.
+batch runs on one thread: on a quiet 2-core machine two threads took the 128-row fraud
+scorer from 12.3 to 9.9 µs only (with OpenMP's threads told not to spin, a split call
+cost 60-100 µs more; on a loaded machine waking threads took up to a millisecond). At
+512 rows two threads took it from 46 to 25 µs, where ONNX Runtime on its default two
+threads took 26.
 The cost: an OpenMP team's end waits for every worker, so on a machine with more runnable
 threads than cores a call can wait for a parked worker's next time slice (12-24 ms were
 measured under load). The server's kernel backend therefore runs its MLPs on one thread
