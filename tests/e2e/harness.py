@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -80,21 +82,20 @@ def start_server(
     A port can still be taken between the pick and the server's bind (by another
     listener); a start that fails only for that is tried again on new ports.
     """
-    for attempt in range(3):
-        try:
-            return _start_server(
-                repo,
-                *args,
-                log_dir=log_dir,
-                timeout=timeout,
-                env=env,
-                wait_ready=wait_ready,
-                module=module,
-            )
-        except PortTaken:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    start = partial(
+        _start_server,
+        repo,
+        *args,
+        log_dir=log_dir,
+        timeout=timeout,
+        env=env,
+        wait_ready=wait_ready,
+        module=module,
+    )
+    for _ in range(2):
+        with contextlib.suppress(PortTaken):
+            return start()
+    return start()
 
 
 class PortTaken(RuntimeError):

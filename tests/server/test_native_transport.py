@@ -18,9 +18,9 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.e2e.harness import free_port
 from warpserve.server.native import transport
 from warpserve.server.native.transport import NativeServer
+from warpserve.server.ports import pick_free_port as free_port
 
 pytestmark = pytest.mark.skipif(not transport.available(), reason=transport.MISSING)
 

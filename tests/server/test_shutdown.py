@@ -352,7 +352,7 @@ def test_the_quiet_wait_counts_from_the_last_answer_as_from_the_last_refusal() -
         with pytest.raises(Exception, match="shutting down"):
             calls.admit(CALL)
         await asyncio.sleep(grpc_server.QUIET_S)  # the refusal is already quiet enough
-        ticket.__exit__(None, None, None)  # the last admitted call is answered now
+        calls.release(ticket)  # the last admitted call is answered now
         await calls.wait_idle()
         start = loop.time()
         await grpc_server._quiet(calls, deadline=start + 10)
