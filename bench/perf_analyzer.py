@@ -56,14 +56,18 @@ def measure(
     batch_size: int = 1,
     protocol: str = "grpc",
     window_ms: int = 1000,
+    shared_memory: str = "none",
 ) -> Measured:
-    """One concurrency level, closed loop, random input data (perf_analyzer's default)."""
+    """One concurrency level, closed loop, random input data (perf_analyzer's default).
+    ``shared_memory="system"``: the tensors travel in system shared memory regions that
+    perf_analyzer registers with the server (which must allow it), not in the requests."""
     binary, env = tool
     command = [
         binary,
         *("-m", model, "-u", url, "-i", protocol, "-b", str(batch_size)),
         *("--concurrency-range", str(concurrency), "--measurement-interval", str(window_ms)),
         *("--stability-percentage", "100", "--percentile", "50"),
+        *("--shared-memory", shared_memory),
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()

@@ -1,10 +1,11 @@
 """The dynamic batcher: one per model version.
 
-Triton's semantics (max_batch_size, preferred sizes, max_queue_delay, priority
-levels, queue policy) with two changes: when an execution instance is idle a
-request is dispatched at once instead of waiting for a fuller batch (batches then
-form by themselves while instances are busy), and a request carrying several rows
-counts all of them toward max_batch_size.
+Triton's semantics (max_batch_size, preferred sizes, max_queue_delay, priority levels,
+queue policy) with three changes: an idle execution instance takes a request at once
+instead of waiting for a fuller batch (batches form by themselves while instances are
+busy); a request carrying several rows counts all of them toward max_batch_size; and
+of several instances, one that falls free takes its share of the outstanding rows, not
+the whole queue (``policy.balanced_rows``).
 
 Inline executors (tiny models run on the event loop thread) are never busy while a
 request arrives, so for them "idle" means an idle loop (see ``loopload``): when the
@@ -29,11 +30,11 @@ import numpy as np
 from warpserve.server.batching.deadlines import Deadlines
 from warpserve.server.batching.executor import BatchResult, Executor
 from warpserve.server.batching.loopload import MIN_COMPANY, LoopLoad
-from warpserve.server.batching.policy import BatchingPolicy
+from warpserve.server.batching.policy import BatchingPolicy, balanced_rows
 from warpserve.server.batching.request import DONE, QUEUED, RUNNING, Outputs, QueuedRequest
 from warpserve.server.batching.window import HoldingWindow, InlineCollector
 from warpserve.server.busypoll import BusyPoller
-from warpserve.server.errors import DeadlineExceeded, LoadShed, QueueFull, Unavailable
+from warpserve.server.errors import DeadlineExceeded, QueueFull, Unavailable
 from warpserve.server.stats import VersionStats
 
 # How long a saturated loop holds a request for an inline batch when the config sets
@@ -181,7 +182,10 @@ class DynamicBatcher:
             raise Unavailable(f"model '{self.name}' is draining; retry the request")
         level = request.priority - 1
         if self.policy.shed_queue_size:
-            self._maybe_shed(level)
+            refused = self.policy.shed(self.name, level, self.queued)
+            if refused is not None:
+                self.shed[level] += 1
+                raise refused
         limit = self.policy.queue_for(request.priority).max_queue_size
         if limit and self._queued[level] >= limit:
             raise QueueFull(
@@ -198,19 +202,6 @@ class DynamicBatcher:
             self._inline.collect()
             return
         self._schedule()
-
-    def _maybe_shed(self, level: int) -> None:
-        """Refuse a request of ``level`` while the queue (all levels) is at its level's
-        shed size: lower levels shed first, so a spike leaves higher ones their latency."""
-        size = self.policy.shed_queue_size[level]
-        queued = self.queued
-        if size and queued >= size:
-            self.shed[level] += 1
-            raise LoadShed(
-                f"load shed: model '{self.name}' has {queued} requests queued, at or over "
-                f"{size} for priority {level + 1} (shed_queue_size); retry with backoff or "
-                "send at a higher priority"
-            )
 
     def cancel(self, request: QueuedRequest) -> None:
         """The caller went away: take the request out of the queue if it is still there."""
@@ -300,8 +291,13 @@ class DynamicBatcher:
         head = self._head()
         if head is None:
             return None
-        limit = self.batch_rows
-        batch = self._collect(head, limit) if limit else [head]
+        limit = take = self.batch_rows
+        executors = self.executors
+        if limit and len(executors) > 1 and self.policy.eager:
+            running = sum(e.rows_running for e in executors)
+            own = self._idle[-1].rows_running  # the instance _schedule hands the batch to
+            take = balanced_rows(limit, self._queued_rows, running, own, len(executors))
+        batch = self._collect(head, take) if limit else [head]
         batch = self.policy.trim_to_preferred(batch)
         rows = sum(r.rows for r in batch)
         if self._should_wait(head, rows, limit):
@@ -338,9 +334,11 @@ class DynamicBatcher:
     def _dispatch(self, executor: Executor, batch: list[QueuedRequest]) -> None:
         self._running += len(batch)
         executor.running += 1
+        rows = sum(r.rows for r in batch)
+        executor.rows_running += rows
         if self._hook:
             self._hook("dispatch")
-        if executor.inline and executor.runs_inline(sum(r.rows for r in batch)):
+        if executor.inline and executor.runs_inline(rows):
             self._finish(executor, batch, executor.run(batch))
             return
         self._offer(executor)  # a free place for the next batch, behind idle instances
@@ -391,6 +389,7 @@ class DynamicBatcher:
             self._inline.answered(len(batch))
         self._running -= len(batch)
         executor.running -= 1
+        executor.rows_running -= sum(r.rows for r in batch)
         self._offer(executor)
         self._check_drained()
         if any(self._queued):

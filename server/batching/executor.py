@@ -60,6 +60,7 @@ class Executor:
     # just after the next batch was handed over waits one more run.
     depth: int = 1
     running: int = field(default=0, init=False)  # batches handed over, not yet finished
+    rows_running: int = field(default=0, init=False)  # their rows
     # Sees the inputs of every batch run for serving (the drift monitor's sampling);
     # None, as for most models, costs one attribute check per batch.
     observer: Callable[[dict[str, np.ndarray]], None] | None = None

@@ -7,7 +7,7 @@ from typing import Any
 
 from warpserve.protos import model_config_pb2 as mc
 from warpserve.server.batching.request import QueuedRequest
-from warpserve.server.errors import InvalidInput, ModelLoadError
+from warpserve.server.errors import InvalidInput, LoadShed, ModelLoadError
 from warpserve.server.repository.parameters import BATCHING, integer_list_with_zeros
 
 # Load shedding by priority: per level, how many queued requests (all levels together)
@@ -66,6 +66,19 @@ class BatchingPolicy:
         """Most rows one execution may take."""
         return self.max_batch_size if self.dynamic and self.max_batch_size > 0 else 0
 
+    def shed(self, model: str, level: int, queued: int) -> LoadShed | None:
+        """The refusal of a request of 0-based ``level`` while ``queued`` requests (all
+        levels) wait, if that is its level's shed size or more: lower levels shed first, so
+        a spike leaves higher ones their latency."""
+        size = self.shed_queue_size[level]
+        if not size or queued < size:
+            return None
+        return LoadShed(
+            f"load shed: model '{model}' has {queued} requests queued, at or over {size} for "
+            f"priority {level + 1} (shed_queue_size); retry with backoff or send at a higher "
+            "priority"
+        )
+
     def trim_to_preferred(self, batch: list[QueuedRequest]) -> list[QueuedRequest]:
         """The longest leading part of ``batch`` whose rows make a preferred batch size;
         all of it when no part does."""
@@ -87,6 +100,26 @@ def _queue_policy(p: mc.ModelQueuePolicy) -> QueuePolicy:
         allow_timeout_override=p.allow_timeout_override,
         delay_on_timeout=p.timeout_action == mc.ModelQueuePolicy.DELAY,
     )
+
+
+def balanced_rows(limit: int, queued: int, running: int, own: int, instances: int) -> int:
+    """The rows an instance that falls free takes in eager mode (Triton mode takes up to
+    ``limit``, as Triton does): its share of the outstanding rows (``queued``, plus
+    ``running`` on every instance, ``own`` of them on this one), at least one row and
+    at most ``limit``.
+
+    Taking the whole queue instead splits closed-loop callers of a model whose batch
+    costs about what its rows cost one by one (a CNN on one CPU thread per instance) into
+    two groups: the instance that falls free first serves the first caller of a burst
+    alone and keeps cycling the few it answers, while another collects everyone else into
+    one long batch. Throughput is the same, latency bimodal: ResNet-18 on two one-thread
+    instances at 16 callers put 40 % of its batches at one row, and p99 was twice p50. In
+    a simulation of closed-loop callers this share was never worse than the whole queue,
+    whether a batch costs its rows or one fixed cost (a GPU), and better where the cost
+    has both parts.
+    """
+    share = -(-(queued + running) // instances) - own
+    return max(1, min(limit, queued, share))
 
 
 def from_config(config: mc.ModelConfig) -> BatchingPolicy:

@@ -27,7 +27,7 @@ MIN_INLINE_ROWS = 4
 @dataclass(frozen=True)
 class Timing:
     one_ns: float  # a batch-1 run's median
-    rows: int  # the largest batch measured last (max_batch_size, or halved from it)
+    rows: int  # the batch measured last (max_batch_size, or halved from it; 1: none)
     rows_ns: float  # its median
 
     @property
@@ -57,8 +57,9 @@ async def measure(
     INLINE_BATCH_LIMIT_NS, halving from a full one down to MIN_INLINE_ROWS."""
     one = direct_request(warmup.with_rows(known, 1) if batched else known, 1)
     one_ns = await asyncio.to_thread(_median_run_ns, executor, one)
-    rows_ns, rows = one_ns, max_batch_size
-    if one_ns < INLINE_THRESHOLD_NS and rows > 1:
+    rows_ns, rows = one_ns, 1  # no larger batch timed
+    if one_ns < INLINE_THRESHOLD_NS and max_batch_size > 1:
+        rows = max_batch_size
         while True:
             batch = direct_request(warmup.with_rows(known, rows), rows)
             rows_ns = await asyncio.to_thread(_median_run_ns, executor, batch, 5)

@@ -297,13 +297,11 @@ class ModelVersion:
             await self._use_single_threaded(executors[0])
         capped = executors[0].inline_rows
         log.info(
-            "model '%s' version %d: a batch-1 run takes %.0f us, a batch of %d %.0f us; "
-            "executing %s%s",
+            "model '%s' version %d: a batch-1 run takes %.0f us%s; executing %s%s",
             self.name,
             self.version,
             timing.one_ns / 1000,
-            timing.rows,
-            timing.rows_ns / 1000,
+            f", a batch of {timing.rows} {timing.rows_ns / 1000:.0f} us" if timing.rows > 1 else "",
             (
                 f"inline on the event loop up to {capped} rows (more on a worker thread)"
                 if capped
