@@ -114,9 +114,8 @@ def balanced_rows(limit: int, queued: int, running: int, own: int, instances: in
     alone and keeps cycling the few it answers, while another collects everyone else into
     one long batch. Throughput is the same, latency bimodal: ResNet-18 on two one-thread
     instances at 16 callers put 40 % of its batches at one row, and p99 was twice p50. In
-    a simulation of closed-loop callers this share was never worse than the whole queue,
-    whether a batch costs its rows or one fixed cost (a GPU), and better where the cost
-    has both parts.
+    a simulation of closed-loop callers (``bench/batch_share_sim.py``) this share was never
+    worse than the whole queue, whether a batch costs its rows or one fixed cost (a GPU).
     """
     share = -(-(queued + running) // instances) - own
     return max(1, min(limit, queued, share))
