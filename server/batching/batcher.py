@@ -4,8 +4,8 @@ Triton's semantics (max_batch_size, preferred sizes, max_queue_delay, priority l
 queue policy) with three changes: an idle execution instance takes a request at once
 instead of waiting for a fuller batch (batches form by themselves while instances are
 busy); a request carrying several rows counts all of them toward max_batch_size; and
-of several instances, one that falls free takes its share of the outstanding rows, not
-the whole queue (``policy.balanced_rows``).
+of several worker-thread instances, one that falls free takes its share of the
+outstanding rows, not the whole queue (``policy.balanced_rows``).
 
 Inline executors (tiny models run on the event loop thread) are never busy while a
 request arrives, so for them "idle" means an idle loop (see ``loopload``): when the
@@ -293,7 +293,7 @@ class DynamicBatcher:
             return None
         limit = take = self.batch_rows
         executors = self.executors
-        if limit and len(executors) > 1 and self.policy.eager:
+        if limit and len(executors) > 1 and self.policy.eager and not executors[0].inline:
             running = sum(e.rows_running for e in executors)
             own = self._idle[-1].rows_running  # the instance _schedule hands the batch to
             take = balanced_rows(limit, self._queued_rows, running, own, len(executors))

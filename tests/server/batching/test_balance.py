@@ -8,8 +8,19 @@ import threading
 
 import pytest
 
-from tests.server.batching.test_batcher import POLICY, FakeModel, make, request, until
+from tests.server.batching.test_batcher import (
+    POLICY,
+    FakeModel,
+    Saturated,
+    make,
+    request,
+    run_now,
+    until,
+)
+from warpserve.server.batching.batcher import DynamicBatcher
+from warpserve.server.batching.executor import Executor
 from warpserve.server.batching.policy import BatchingPolicy, balanced_rows
+from warpserve.server.stats import VersionStats
 
 
 @pytest.mark.parametrize(
@@ -65,3 +76,21 @@ def test_a_free_instance_leaves_the_other_its_share() -> None:
 def test_triton_mode_takes_the_whole_queue() -> None:
     triton = BatchingPolicy(max_batch_size=8, dynamic=True, eager=False)
     assert sorted(burst(triton)) == [1, 1, 6]
+
+
+def test_inline_instances_take_the_whole_queue() -> None:
+    # Inline runs take turns on the one loop thread (execution: inline with two
+    # instances): halving a batch between them would only run it in two goes.
+    async def body() -> list[int]:
+        model = FakeModel()
+        executors = [Executor(model, batched=True, label=str(i), inline=True) for i in range(2)]
+        policy = BatchingPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=20_000)
+        batcher = DynamicBatcher("fake", policy, executors, VersionStats(), load=Saturated())
+        rs = [request() for _ in range(4)]
+        for r in rs:
+            assert run_now(batcher, r.inputs, r.rows) is None, "a saturated loop holds"
+            batcher.submit(r)
+        await asyncio.gather(*(r.future for r in rs))
+        return model.batches
+
+    assert asyncio.run(asyncio.wait_for(body(), 20)) == [4]
