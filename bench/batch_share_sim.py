@@ -11,7 +11,8 @@ rows an instance that falls free takes:
 Prints throughput, p50, p99 and the share of one-row batches per rule and cost model.
 It explains the ResNet-18 measurement in bench/README.md (two one-thread instances,
 p99 at twice p50 with ``whole``) and checks that ``share`` costs no throughput where a
-batch is one fixed cost (a GPU).
+batch is one fixed cost (a GPU), whether the instances run side by side or take turns on
+one device.
 
     python bench/batch_share_sim.py
 """
@@ -44,6 +45,7 @@ def simulate(
     per_row: float,
     rtt: float = 0.3,
     horizon: float = 200_000.0,
+    one_device: bool = False,
 ) -> str:
     rng = random.Random(0)
     events: list[tuple[float, int, list[float]]] = []  # (time, instance or -1, arrivals)
@@ -53,6 +55,7 @@ def simulate(
     running = [0] * instances
     latencies: list[float] = []
     batches: list[int] = []
+    device_free = 0.0  # one_device: the instances' batches run one after another
     while events:
         now, instance, answered = heapq.heappop(events)
         if now > horizon:
@@ -71,7 +74,10 @@ def simulate(
             taken, queue[:] = queue[:rows], queue[rows:]
             running[free] = rows
             batches.append(rows)
-            heapq.heappush(events, (now + fixed + per_row * rows, free, taken))
+            start = max(now, device_free) if one_device else now
+            done = start + fixed + per_row * rows
+            device_free = done if one_device else device_free
+            heapq.heappush(events, (done, free, taken))
     kept = sorted(latencies[len(latencies) // 10 :])  # past the start
     rate = len(kept) / (horizon * 0.9) * 1000
 
@@ -88,15 +94,24 @@ CASES = [
     ("a batch costs its rows (CNN, one CPU thread)", dict(fixed=1.0, per_row=19.0)),
     ("one fixed cost per batch (GPU)", dict(fixed=10.0, per_row=0.5)),
     ("both parts", dict(fixed=5.0, per_row=5.0)),
+    ("one fixed cost, instances taking turns on one device", dict(fixed=10.0, per_row=0.5)),
 ]
 
 
 def main() -> None:
     for title, cost in CASES:
         print(title)
+        shared = "one device" in title
         for callers, instances, limit in ((16, 2, 8), (16, 2, 64), (64, 2, 64), (32, 4, 64)):
             for name, rule in RULES.items():
-                result = simulate(rule, callers=callers, instances=instances, limit=limit, **cost)
+                result = simulate(
+                    rule,
+                    callers=callers,
+                    instances=instances,
+                    limit=limit,
+                    one_device=shared,
+                    **cost,
+                )
                 print(
                     f"  {callers:>2} callers, {instances} instances, limit {limit:>2}, "
                     f"{name:<5} {result}"
